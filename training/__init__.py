@@ -1,0 +1,1 @@
+"""Training, evaluation and ONNX export for stochastic attribute modelling face SR (PyTorch)."""

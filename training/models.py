@@ -1,0 +1,207 @@
+"""The three networks of the paper, with its layer names (SPEC.md, Tables 3-5).
+
+ConvBlock = Conv-BN-ReLU and DeconvBlock = ConvTranspose-BN-ReLU (after FSRNet); ResBlock = two 3x3
+convs with BN/ReLU and an identity skip. All three networks are fully convolutional: a 128x128
+input gives an 8x8 latent, a 64x64 training patch a 4x4 one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from training.config import ModelConfig
+
+
+class ConvBlock(nn.Sequential):
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class DeconvBlock(nn.Sequential):
+    """4x4 transposed conv, stride 2: doubles the spatial size."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(
+            nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(ch, ch, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(ch),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(ch, ch, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(ch),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+def res_stack(ch: int, n: int) -> nn.Sequential:
+    return nn.Sequential(*[ResBlock(ch) for _ in range(n)])
+
+
+class LogVarHead(nn.Sequential):
+    """3x3 to `hidden`, BN, LeakyReLU, 3x3 to the latent, BN, Tanh: log sigma^2 in [-1, 1]."""
+
+    def __init__(self, cin: int, hidden: int, cout: int):
+        super().__init__(
+            nn.Conv2d(cin, hidden, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(hidden, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.Tanh(),
+        )
+
+
+class Encoder(nn.Module):
+    """Table 3, encoder: x (3x128x128) -> features (C x 64 x 64)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c = cfg.channels
+        self.ConvBlock1 = ConvBlock(3, c, stride=2)
+        self.ResBlock1 = res_stack(c, cfg.encoder_blocks)
+        self.Conv1 = nn.Conv2d(c, c, 3, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.Conv1(self.ResBlock1(self.ConvBlock1(x)))
+
+
+class ZBranch(nn.Module):
+    """Table 3, z branch: z (L x 8 x 8) -> C x 64 x 64, added to the encoder output."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c = cfg.channels
+        self.DeconvBlock2 = DeconvBlock(cfg.latent_channels, c)
+        self.ResBlock3 = res_stack(c, 1)
+        self.DeconvBlock3 = DeconvBlock(c, c)
+        self.ResBlock4 = res_stack(c, 1)
+        self.DeconvBlock4 = DeconvBlock(c, c)
+        self.ResBlock5 = res_stack(c, 1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.ResBlock3(self.DeconvBlock2(z))
+        h = self.ResBlock4(self.DeconvBlock3(h))
+        return self.ResBlock5(self.DeconvBlock4(h))
+
+
+class Decoder(nn.Module):
+    """Table 3, decoder: features (+ z branch) -> y (3 x 128 x 128), in [-1, 1] up to the residual."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c = cfg.channels
+        self.global_residual = cfg.global_residual
+        self.z_branch = ZBranch(cfg)
+        self.BatchNorm1 = nn.BatchNorm2d(c)
+        self.ConvBlock2 = ConvBlock(c, c)
+        self.DeconvBlock1 = DeconvBlock(c, c)
+        self.ResBlock2 = res_stack(c, cfg.decoder_blocks)
+        self.ConvBlock3 = nn.Conv2d(c, 3, 3, 1, 1)  # ours: plain conv before Tanh1
+        self.Tanh1 = nn.Tanh()
+        if self.global_residual:
+            # The network starts as the identity on the bicubic input.
+            nn.init.zeros_(self.ConvBlock3.weight)
+            nn.init.zeros_(self.ConvBlock3.bias)
+
+    def forward(self, features: Tensor, z: Tensor | None, x: Tensor | None = None) -> Tensor:
+        # z = None is the deterministic path f(x, 0): the branch contributes nothing. (Feeding a
+        # zero tensor through it would not: its BatchNorm shifts turn 0 into a constant.)
+        h = features if z is None else features + self.z_branch(z)
+        h = self.ConvBlock2(self.BatchNorm1(h))
+        h = self.ResBlock2(self.DeconvBlock1(h))
+        out = self.Tanh1(self.ConvBlock3(h))
+        if self.global_residual:
+            if x is None:
+                raise ValueError("a global-residual decoder needs the input x")
+            out = x + out
+        return out
+
+
+class EncoderDecoder(nn.Module):
+    """f_theta(x, z): the SR network (Table 3)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
+        return self.decoder(self.encoder(x), z, x)
+
+
+class REN(nn.Module):
+    """g_phi(r): the residual r = y - y_d to (mu_res, log sigma^2_res), both in [-1, 1] (Table 5)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c, lat = cfg.channels, cfg.latent_channels
+        self.ConvBlock8 = nn.Sequential(
+            ConvBlock(3, c, 2), ConvBlock(c, c, 2), ConvBlock(c, c, 2), ConvBlock(c, c, 2)
+        )
+        self.Conv5 = nn.Conv2d(c, lat, 3, 1, 1, bias=False)
+        self.BatchNorm4 = nn.BatchNorm2d(lat)
+        self.logvar_head = LogVarHead(c, cfg.hidden_logvar, lat)  # Conv6 ... Tanh3
+
+    def forward(self, r: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.ConvBlock8(r)
+        mu = torch.tanh(self.BatchNorm4(self.Conv5(h)))  # ours: Tanh bounds mu to [-1, 1]
+        return mu, self.logvar_head(h)
+
+
+class ICAP(nn.Module):
+    """q_omega(x): the bicubic input to (mu_pred, log sigma^2_pred), both in [-1, 1] (Table 4)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c, lat = cfg.channels, cfg.latent_channels
+        self.ConvBlock4, self.ResBlock6 = ConvBlock(3, c, 2), res_stack(c, 1)
+        self.ConvBlock5, self.ResBlock7 = ConvBlock(c, c, 2), res_stack(c, 1)
+        self.ConvBlock6, self.ResBlock8 = ConvBlock(c, c, 2), res_stack(c, 1)
+        self.ConvBlock7, self.ResBlock9 = ConvBlock(c, c, 2), res_stack(c, 1)
+        self.Conv2 = nn.Conv2d(c, lat, 3, 1, 1)
+        self.logvar_head = LogVarHead(c, cfg.hidden_logvar, lat)  # Conv3 ... Tanh2
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.ResBlock6(self.ConvBlock4(x))
+        h = self.ResBlock7(self.ConvBlock5(h))
+        h = self.ResBlock8(self.ConvBlock6(h))
+        h = self.ResBlock9(self.ConvBlock7(h))
+        mu = torch.tanh(self.Conv2(h))  # ours: Tanh bounds mu to [-1, 1]
+        return mu, self.logvar_head(h)
+
+
+class StochasticSR(nn.Module):
+    """The three networks together: f_theta (sr), g_phi (ren), q_omega (icap)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.sr = EncoderDecoder(cfg)
+        self.ren = REN(cfg)
+        self.icap = ICAP(cfg)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, temperature: float = 0.0, n: int = 1,
+                generator: torch.Generator | None = None) -> Tensor:
+        """ICAP mean (temperature 0) or n samples per input: (N*n, 3, H, W) grouped by input."""
+        mu, logvar = self.icap(x)
+        feats = self.sr.encoder(x)
+        mu, logvar = mu.repeat_interleave(n, 0), logvar.repeat_interleave(n, 0)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + temperature * torch.exp(0.5 * logvar) * eps
+        return self.sr.decoder(feats.repeat_interleave(n, 0), z, x.repeat_interleave(n, 0))
