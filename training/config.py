@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
@@ -50,18 +50,18 @@ class TrainConfig:
     batch_size: int = 16
     patch: int = 0  # >0: train phase 1 on random HR patches of this side (multiple of 16)
     patch_steps: int = 0  # how many of the phase-1 steps use patches (the rest use full faces)
+    patch_batch_size: int = 0  # batch size while on patches; 0: batch_size
+    hflip: bool = False  # random horizontal flips (the paper uses no augmentation)
     lr_phase1: float = 2.5e-4
     lr_phase2: float = 5e-3
     lambda_s: float = 1.0  # weight of the L1 loss on the z_res path
     device: str = "auto"
     bf16: bool | None = None  # None: on for CUDA and CPU alike (see SPEC.md measurements)
     channels_last: bool | None = None
-    workers: int = 0
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 200
     sample_every: int = 0  # steps between sample grids; 0: once per epoch of the pack
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

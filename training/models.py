@@ -100,7 +100,7 @@ class ZBranch(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Table 3, decoder: features (+ z branch) -> y (3 x 128 x 128), in [-1, 1] up to the residual."""
+    """Table 3, decoder: features (+ z branch) -> y (3 x 128 x 128)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -145,7 +145,7 @@ class EncoderDecoder(nn.Module):
 
 
 class REN(nn.Module):
-    """g_phi(r): the residual r = y - y_d to (mu_res, log sigma^2_res), both in [-1, 1] (Table 5)."""
+    """g_phi(r): residual r = y - y_d to (mu_res, log sigma^2_res), both in [-1, 1] (Table 5)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -1,0 +1,144 @@
+"""Command lines: facesr-prepare, facesr-train, facesr-eval, facesr-export.
+
+Also `python -m training.cli {prepare,train,eval,export} ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+# glibc malloc settings measured on the 2-core CPU (SPEC.md): without them ~25% of training time
+# went to page faults on re-mapped activation buffers; with them 1.53x throughput.
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+
+
+def _tuned_malloc_or_reexec(argv: list[str], command: str) -> None:
+    """Re-run this process once with the malloc settings unless they are set (or opted out)."""
+    if sys.platform != "linux" or os.environ.get("FACESR_NO_MALLOC_TUNING"):
+        return
+    if all(k in os.environ for k in MALLOC_ENV):
+        return
+    os.environ.update({k: os.environ.get(k, v) for k, v in MALLOC_ENV.items()})
+    os.execv(sys.executable, [sys.executable, "-m", "training.cli", command, *argv])
+
+
+def prepare_main(argv: list[str] | None = None) -> None:
+    from training.data import collect_faces, write_pack
+
+    p = argparse.ArgumentParser("facesr-prepare", description="Pack HR 128x128 face crops (with "
+                                "their train/val/test split) into one .npz for training.")
+    p.add_argument("--celeba", type=Path, help="CelebA img_align_celeba folder (178x218)")
+    p.add_argument("--identities", type=Path, help="identity_CelebA.txt: identity-disjoint split")
+    p.add_argument("--utkface", type=Path, help="UTKFace folder (200x200 crops)")
+    p.add_argument("--celeba-wild", type=Path, help="CelebA in-the-wild face crops (train only)")
+    p.add_argument("--folder", type=Path, action="append", default=[],
+                   help="any folder of face crops (train only); repeatable")
+    p.add_argument("--out", type=Path, required=True, help="output .npz")
+    p.add_argument("--test", type=int, default=300, help="test faces per source (default 300)")
+    p.add_argument("--val", type=int, default=64, help="validation faces per source (default 64)")
+    p.add_argument("--limit", type=int, help="at most this many images per source")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the pack (default 90)")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if not any([a.celeba, a.utkface, a.celeba_wild, a.folder]):
+        p.error("give at least one of --celeba, --utkface, --celeba-wild, --folder")
+    faces = collect_faces(a.celeba, a.identities, a.utkface, a.celeba_wild, a.folder,
+                          n_test=a.test, n_val=a.val, seed=a.seed, limit=a.limit)
+    summary = write_pack(faces, a.out, quality=a.quality)
+    size = a.out.stat().st_size / 2**20
+    print(json.dumps({**summary, "path": str(a.out), "MiB": round(size, 1)}, indent=2))
+
+
+def _add_dataclass_flags(p: argparse.ArgumentParser, cls) -> None:
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if f.type in ("bool", "bool | None"):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type]
+            p.add_argument(flag, type=kind, default=default, help=f"default: {default}")
+
+
+def train_main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    _tuned_malloc_or_reexec(argv, "train")
+    from training.config import TrainConfig
+    from training.train import train
+
+    p = argparse.ArgumentParser("facesr-train", description="Phase 1 (SR Encoder-Decoder + REN) "
+                                "then phase 2 (ICAP). Resumes from OUT/checkpoint.pt if present.")
+    _add_dataclass_flags(p, TrainConfig)
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a = vars(p.parse_args(argv))
+    resume, progress = not a.pop("no_resume"), not a.pop("no_progress")
+    if not a["data"]:
+        p.error("--data PACK.npz is required (make one with facesr-prepare)")
+    print(json.dumps(train(TrainConfig(**a), resume=resume, progress=progress), indent=2))
+
+
+def eval_main(argv: list[str] | None = None) -> None:
+    from training.evaluate import evaluate, markdown_table, write_report
+    from training.weights import load_model
+
+    p = argparse.ArgumentParser("facesr-eval", description="PSNR/SSIM table (Tables 1-2) and "
+                                "figures (Figs. 4, 7, 8) on a held-out split of a pack.")
+    p.add_argument("--model", type=Path, required=True,
+                   help="a training run folder (checkpoint.pt) or an exported model folder")
+    p.add_argument("--pack", type=Path, required=True)
+    p.add_argument("--scale", type=int, help="default: the model's")
+    p.add_argument("--split", default="test")
+    p.add_argument("--sources", nargs="+", default=["celeba", "utkface"],
+                   help="evaluate each source separately (default: celeba utkface)")
+    p.add_argument("--best-of", type=int, nargs="*", default=[10, 100])
+    p.add_argument("--limit", type=int, help="at most this many faces per source")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="folder for metrics.json/.md, figures")
+    a = p.parse_args(argv)
+    model, scale = load_model(a.model)
+    scale = a.scale or scale
+    results = [evaluate(model, a.pack, scale, a.split, (src,), tuple(a.best_of), a.limit,
+                        a.device, a.seed, figures=a.out / f"figures_{src}")
+               for src in a.sources]
+    write_report(results, a.out)
+    print(markdown_table(results))
+
+
+def export_main(argv: list[str] | None = None) -> None:
+    from training.export import export_model
+    from training.weights import load_model, run_summary
+
+    p = argparse.ArgumentParser("facesr-export", description="ONNX graphs + manifest.json for the "
+                                "service, each checked against PyTorch in ONNX Runtime.")
+    p.add_argument("--model", type=Path, required=True, help="training run folder")
+    p.add_argument("--out", type=Path, required=True, help="model folder, e.g. models/x8")
+    p.add_argument("--metrics", type=Path, help="metrics.json from facesr-eval, for the manifest")
+    p.add_argument("--name")
+    p.add_argument("--version")
+    a = p.parse_args(argv)
+    model, scale = load_model(a.model)
+    summary = run_summary(a.model)
+    metrics = {}
+    if a.metrics:
+        for res in json.loads(a.metrics.read_text()):
+            metrics["+".join(res["sources"]) + f"_{res['split']}"] = {
+                **res["rows"], "count": res["count"], "protocol": res["protocol"]}
+    manifest = export_model(model, a.out, scale=scale, preset=summary.get("preset", "custom"),
+                            name=a.name, version=a.version, training=summary, metrics=metrics)
+    print(f"wrote {a.out}: " + ", ".join(f.path for f in manifest.files.values()))
+
+
+COMMANDS = {"prepare": prepare_main, "train": train_main, "eval": eval_main,
+            "export": export_main}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: python -m training.cli {{{','.join(COMMANDS)}}} ...")
+    COMMANDS[sys.argv[1]](sys.argv[2:])

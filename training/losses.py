@@ -1,0 +1,53 @@
+"""Losses of Algorithm 1."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:
+    """KL(q || p) between diagonal Gaussians, summed over the latent, averaged over the batch."""
+    kl = 0.5 * (logvar_p - logvar_q
+                + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1.0)
+    return kl.flatten(1).sum(1).mean()
+
+
+def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    eps = torch.randn(mu.shape, generator=generator, dtype=torch.float32).to(mu)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+class Phase1Objective(nn.Module):
+    """theta and phi together, so that one DistributedDataParallel wrapper syncs both."""
+
+    def __init__(self, sr: nn.Module, ren: nn.Module, lambda_s: float):
+        super().__init__()
+        self.sr, self.ren, self.lambda_s = sr, ren, lambda_s
+
+    def forward(self, x: Tensor, y: Tensor,
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        return phase1_losses(self.sr, self.ren, x, y, self.lambda_s, generator)
+
+
+def phase1_losses(sr, ren, x: Tensor, y: Tensor, lambda_s: float,
+                  generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """L_d = MSE(y, f(x, 0)) + lambda * L1(y, f(x, z_res)); the encoder runs once for both."""
+    feats = sr.encoder(x)
+    y_d = sr.decoder(feats, None, x)
+    loss_d = F.mse_loss(y_d.float(), y)
+    mu, logvar = ren((y - y_d).detach())  # r = y - y_d, detached (ours; the paper is silent)
+    y_s = sr.decoder(feats, reparameterize(mu, logvar, generator), x)
+    loss_s = F.l1_loss(y_s.float(), y)
+    return {"loss": loss_d + lambda_s * loss_s, "loss_d": loss_d, "loss_s": loss_s,
+            "logvar_res": logvar.detach().float().mean()}
+
+
+def phase2_losses(sr, ren, mu_q: Tensor, logvar_q: Tensor, x: Tensor,
+                  y: Tensor) -> dict[str, Tensor]:
+    """KL(q_omega(z|x) || g_phi(z|r)) for the ICAP's (mu_q, logvar_q); theta and phi frozen."""
+    with torch.no_grad():
+        mu_r, logvar_r = ren(y - sr(x, None))
+    kl = gaussian_kl(mu_q.float(), logvar_q.float(), mu_r.float(), logvar_r.float())
+    return {"loss": kl, "kl": kl}

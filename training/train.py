@@ -1,0 +1,281 @@
+"""Two-phase training (Algorithm 1), resumable, on CPU or CUDA, single process or torchrun/DDP.
+
+All randomness of a step (batch order, flips, patch positions, eps) is a function of
+(seed, phase, step, rank), so a run resumed from its checkpoint takes exactly the steps an
+uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data.distributed import DistributedSampler
+
+from training.config import ModelConfig, TrainConfig
+from training.data import FacePack, PairDataset, random_patches
+from training.losses import Phase1Objective, phase2_losses
+from training.models import StochasticSR
+from training.visuals import sample_grid, save_loss_curve
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    bf16: bool = False
+    channels_last: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    """Single process, or one rank of a torchrun job (gloo on CPU, nccl on CUDA)."""
+    device = resolve_device(cfg.device)
+    rank, world = 0, 1
+    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+    bf16 = True if cfg.bf16 is None else cfg.bf16
+    channels_last = True if cfg.channels_last is None else cfg.channels_last
+    return Runtime(device, rank, world, bf16, channels_last)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)  # no arbitrary pickle
+
+
+def build_model(cfg: TrainConfig) -> StochasticSR:
+    return StochasticSR(ModelConfig.preset(cfg.preset, global_residual=cfg.global_residual))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, rt: Runtime):
+        self.cfg, self.rt = cfg, rt
+        self.out = Path(cfg.out)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg).to(rt.device)
+        if rt.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.opt1 = torch.optim.Adam([*self.model.sr.parameters(), *self.model.ren.parameters()],
+                                     lr=cfg.lr_phase1)
+        self.opt2 = torch.optim.Adam(self.model.icap.parameters(), lr=cfg.lr_phase2)
+        self.steps = {"phase1": 0, "phase2": 0}
+        self.train_pack = FacePack(cfg.data, split="train")
+        if len(self.train_pack) == 0:
+            raise SystemExit(f"{cfg.data}: no training faces in this pack")
+        self.data = PairDataset(self.train_pack.hr, cfg.scale, hflip=cfg.hflip)
+        val = FacePack(cfg.data, split="val")
+        self.preview_hr = (val.hr if len(val) else self.train_pack.hr)[:4]
+        self.objective1 = Phase1Objective(self.model.sr, self.model.ren, cfg.lambda_s)
+        self.wrapped1: nn.Module = self.objective1
+        self.wrapped_icap: nn.Module = self.model.icap
+        if rt.world > 1:
+            ids = [rt.device.index] if rt.device.type == "cuda" else None
+            self.wrapped1 = DDP(self.objective1, device_ids=ids)
+            self.wrapped_icap = DDP(self.model.icap, device_ids=ids)
+        self.sampler = DistributedSampler(range(len(self.data)), num_replicas=rt.world,
+                                          rank=rt.rank, shuffle=True, seed=cfg.seed,
+                                          drop_last=True)
+        self._epoch_cache: tuple[int, list[int]] | None = None
+        self.started = time.time()
+        self.wall_before = 0.0
+
+    # -- state -------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "opt1": self.opt1.state_dict(),
+                "opt2": self.opt2.state_dict(), "steps": dict(self.steps),
+                "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
+                "wall_s": self.wall_before + time.time() - self.started}
+
+    def save(self) -> None:
+        if not self.rt.main:
+            return
+        tmp = self.out / (CHECKPOINT + ".tmp")
+        torch.save(self.state(), tmp)
+        tmp.replace(self.out / CHECKPOINT)  # atomic: a crash never leaves half a checkpoint
+
+    def resume(self) -> bool:
+        path = self.out / CHECKPOINT
+        if not path.exists():
+            return False
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["model"])
+        self.opt1.load_state_dict(ckpt["opt1"])
+        self.opt2.load_state_dict(ckpt["opt2"])
+        self.steps = dict(ckpt["steps"])
+        self.wall_before = float(ckpt.get("wall_s", 0.0))
+        return True
+
+    # -- data --------------------------------------------------------------------------------
+    def per_rank_batch(self, phase: int) -> int:
+        full = self.cfg.patch_batch_size if (phase == 1 and self.in_patch_stage()) else 0
+        return max(1, (full or self.cfg.batch_size) // self.rt.world)
+
+    def in_patch_stage(self) -> bool:
+        return self.cfg.patch > 0 and self.steps["phase1"] < self.cfg.patch_steps
+
+    def generator(self, phase: int, step: int) -> torch.Generator:
+        return torch.Generator().manual_seed(
+            ((self.cfg.seed * 7919 + phase) * 1_000_003 + step) * 131 + self.rt.rank)
+
+    def batch(self, phase: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.per_rank_batch(phase)
+        per_epoch = max(1, len(self.sampler) // b)
+        epoch, offset = divmod(step, per_epoch)
+        key = epoch + 10_000 * phase
+        if self._epoch_cache is None or self._epoch_cache[0] != key:
+            self.sampler.set_epoch(key)
+            self._epoch_cache = (key, list(self.sampler))
+        order = self._epoch_cache[1]
+        idx = [order[(offset * b + k) % len(order)] for k in range(b)]
+        gen = self.generator(phase, step)
+        flips = (torch.rand(b, generator=gen) < 0.5).tolist()
+        x, y = self.data.batch(idx, flips)
+        if phase == 1 and self.in_patch_stage():
+            x, y = random_patches(x, y, self.cfg.patch, gen)
+        return self.to_device(x), self.to_device(y)
+
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.to(self.rt.device, non_blocking=True)
+        return t.contiguous(memory_format=torch.channels_last) if self.rt.channels_last else t
+
+    def epoch_length(self, phase: int) -> int:
+        return max(1, len(self.sampler) // self.per_rank_batch(phase))
+
+    # -- steps -------------------------------------------------------------------------------
+    def autocast(self):
+        if not self.rt.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.rt.device.type, dtype=torch.bfloat16)
+
+    def step_phase1(self) -> dict[str, float]:
+        step = self.steps["phase1"]
+        x, y = self.batch(1, step)
+        self.model.sr.train()
+        self.model.ren.train()
+        with self.autocast():
+            losses = self.wrapped1(x, y, self.generator(1, step))
+        self.opt1.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        self.opt1.step()
+        self.steps["phase1"] += 1
+        self.steps["phase2"] = 0  # theta/phi moved: the ICAP must be fitted again afterwards
+        return {k: float(v) for k, v in losses.items()}
+
+    def step_phase2(self) -> dict[str, float]:
+        x, y = self.batch(2, self.steps["phase2"])
+        self.model.sr.eval()
+        self.model.ren.eval()
+        self.model.icap.train()
+        with self.autocast():
+            mu_q, logvar_q = self.wrapped_icap(x)
+            losses = phase2_losses(self.model.sr, self.model.ren, mu_q, logvar_q, x, y)
+        self.opt2.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        self.opt2.step()
+        self.steps["phase2"] += 1
+        return {k: float(v) for k, v in losses.items()}
+
+    # -- loop --------------------------------------------------------------------------------
+    def run(self, progress: bool = True) -> dict:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        if self.rt.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        for phase, total in ((1, cfg.phase1_steps), (2, cfg.phase2_steps)):
+            key = f"phase{phase}"
+            todo = total - self.steps[key]
+            if todo <= 0:
+                continue
+            bar = tqdm(total=total, initial=self.steps[key], desc=f"phase {phase}", unit="step",
+                       disable=not (progress and self.rt.main), dynamic_ncols=True)
+            step_fn = self.step_phase1 if phase == 1 else self.step_phase2
+            tick = time.time()
+            for _ in range(todo):
+                images = self.per_rank_batch(phase) * self.rt.world
+                losses = step_fn()
+                if not all(math.isfinite(v) for v in losses.values()):
+                    raise FloatingPointError(f"{key} step {self.steps[key]}: loss {losses}")
+                now = time.time()
+                speed = images / max(now - tick, 1e-9)
+                tick = now
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses['loss']:.4f}", img_s=f"{speed:.1f}")
+                self.after_step(phase, losses, speed)
+            bar.close()
+            self.save()
+        summary = self.summary()
+        if self.rt.main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            save_loss_curve(self.out / "log.jsonl", self.out / "loss_curve.png")
+        return summary
+
+    def after_step(self, phase: int, losses: dict[str, float], speed: float) -> None:
+        step = self.steps[f"phase{phase}"]
+        if not self.rt.main:
+            return
+        if step % self.cfg.log_every == 0 or step == 1:
+            record = {"phase": phase, "step": step, "images_per_s": round(speed, 3),
+                      "wall_s": round(self.wall_before + time.time() - self.started, 1),
+                      **{k: round(v, 6) for k, v in losses.items()}}
+            with open(self.out / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        if step % self.cfg.ckpt_every == 0:
+            self.save()
+            save_loss_curve(self.out / "log.jsonl", self.out / "loss_curve.png")
+        every = self.cfg.sample_every or self.epoch_length(phase)
+        if step % every == 0:
+            self.write_grid(f"phase{phase}_step{step:06d}")
+
+    def write_grid(self, tag: str) -> None:
+        path = self.out / "samples" / f"{tag}.png"
+        path.parent.mkdir(exist_ok=True)
+        sample_grid(self.model, self.preview_hr, self.cfg.scale, self.rt.device).save(path)
+
+    def summary(self) -> dict:
+        return {"steps": dict(self.steps), "scale": self.cfg.scale, "preset": self.cfg.preset,
+                "global_residual": self.cfg.global_residual, "batch_size": self.cfg.batch_size,
+                "patch": self.cfg.patch, "patch_steps": self.cfg.patch_steps,
+                "device": str(self.rt.device), "world_size": self.rt.world,
+                "bf16": self.rt.bf16, "wall_s": round(self.wall_before + time.time()
+                                                      - self.started, 1),
+                "data": {"pack": str(self.cfg.data), "train_faces": len(self.train_pack),
+                         "pack_meta": self.train_pack.meta}}
+
+
+def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> dict:
+    rt = setup_runtime(cfg)
+    try:
+        trainer = Trainer(cfg, rt)
+        if resume and trainer.resume() and rt.main:
+            print(f"resumed from {trainer.out / CHECKPOINT} at {trainer.steps}")
+        return trainer.run(progress)
+    finally:
+        if rt.world > 1:
+            dist.destroy_process_group()
