@@ -80,7 +80,9 @@ def train_main(argv: list[str] | None = None) -> None:
     resume, progress = not a.pop("no_resume"), not a.pop("no_progress")
     if not a["data"]:
         p.error("--data PACK.npz is required (make one with facesr-prepare)")
-    print(json.dumps(train(TrainConfig(**a), resume=resume, progress=progress), indent=2))
+    summary = train(TrainConfig(**a), resume=resume, progress=progress)
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(summary, indent=2))
 
 
 def eval_main(argv: list[str] | None = None) -> None:

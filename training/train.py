@@ -184,7 +184,7 @@ class Trainer:
         self.opt1.step()
         self.steps["phase1"] += 1
         self.steps["phase2"] = 0  # theta/phi moved: the ICAP must be fitted again afterwards
-        return {k: float(v) for k, v in losses.items()}
+        return {k: float(v.detach()) for k, v in losses.items()}
 
     def step_phase2(self) -> dict[str, float]:
         x, y = self.batch(2, self.steps["phase2"])
@@ -198,7 +198,7 @@ class Trainer:
         losses["loss"].backward()
         self.opt2.step()
         self.steps["phase2"] += 1
-        return {k: float(v) for k, v in losses.items()}
+        return {k: float(v.detach()) for k, v in losses.items()}
 
     # -- loop --------------------------------------------------------------------------------
     def run(self, progress: bool = True) -> dict:

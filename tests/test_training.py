@@ -1,0 +1,163 @@
+"""Training, resume, export and DDP on tiny generated faces (CPU, seconds)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from facesr_core.manifest import load_manifest
+from training.config import ModelConfig, TrainConfig
+from training.data import collect_faces, write_pack
+from training.export import ExportError, export_model
+from training.models import StochasticSR
+from training.train import CHECKPOINT, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def blob_face(seed: int) -> Image.Image:
+    """A smooth random 'face': a few coloured Gaussian blobs on a gradient, 150x150."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:150, 0:150] / 150.0
+    img = np.stack([xx, yy, 1 - xx], -1) * 120
+    for _ in range(6):
+        cy, cx, r = rng.uniform(0.2, 0.8, 2).tolist() + [rng.uniform(0.05, 0.2)]
+        img += rng.uniform(0, 120, 3) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r**2)[..., None]
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("faces")
+    (root / "imgs").mkdir()
+    for k in range(24):
+        blob_face(k).save(root / "imgs" / f"{k:03d}.png")
+    faces = collect_faces(utkface=root / "imgs", n_test=4, n_val=4)
+    write_pack(faces, root / "pack.npz", progress=False)
+    return root / "pack.npz"
+
+
+def tiny_cfg(pack: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(pack), out=str(out), scale=8, preset="tiny", phase1_steps=3,
+                phase2_steps=2, batch_size=4, log_every=1, ckpt_every=100, sample_every=100)
+    return TrainConfig(**{**base, **kw})
+
+
+def logged(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_both_phases_write_checkpoint_and_artifacts(pack, tmp_path):
+    summary = train(tiny_cfg(pack, tmp_path / "run"), progress=False)
+    assert summary["steps"] == {"phase1": 3, "phase2": 2}
+    run = tmp_path / "run"
+    for name in (CHECKPOINT, "log.jsonl", "loss_curve.png", "summary.json", "config.json"):
+        assert (run / name).is_file(), name
+    ckpt = torch.load(run / CHECKPOINT, weights_only=True)
+    assert ckpt["steps"] == {"phase1": 3, "phase2": 2}
+    phases = [r["phase"] for r in logged(run)]
+    assert phases == [1, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize(("stop_at", "full"), [
+    ({"phase1_steps": 2, "phase2_steps": 0}, {"phase1_steps": 3, "phase2_steps": 0}),
+    ({"phase1_steps": 2, "phase2_steps": 2}, {"phase1_steps": 2, "phase2_steps": 3}),
+])
+def test_resume_gives_identical_next_step_loss(pack, tmp_path, stop_at, full):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(tiny_cfg(pack, straight, patch=64, patch_steps=1, **full), progress=False)
+    train(tiny_cfg(pack, resumed, patch=64, patch_steps=1, **stop_at), progress=False)
+    train(tiny_cfg(pack, resumed, patch=64, patch_steps=1, **full), progress=False)
+    assert logged(resumed)[-1] == {**logged(straight)[-1], "wall_s": logged(resumed)[-1]["wall_s"],
+                                   "images_per_s": logged(resumed)[-1]["images_per_s"]}
+    a = torch.load(straight / CHECKPOINT, weights_only=True)["model"]
+    b = torch.load(resumed / CHECKPOINT, weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def random_tiny(global_residual: bool = True) -> StochasticSR:
+    torch.manual_seed(0)
+    model = StochasticSR(ModelConfig.preset("tiny", global_residual=global_residual))
+    with torch.no_grad():  # zero-initialised last conv would make the decoder check trivial
+        model.sr.decoder.ConvBlock3.weight.normal_(0, 0.05)
+    return model.eval()
+
+
+@pytest.mark.parametrize("global_residual", [True, False])
+def test_onnx_parity_and_manifest(tmp_path, global_residual):
+    model = random_tiny(global_residual)
+    manifest = export_model(model, tmp_path / "x8", scale=8, preset="tiny")
+    loaded = load_manifest(tmp_path / "x8")  # sha256 of every file checked
+    assert loaded == manifest and manifest.lr_size == 16 and manifest.opset >= 17
+    assert set(manifest.files["decoder"].inputs) == (
+        {"features", "z", "x"} if global_residual else {"features", "z"})
+    sess = {g: ort.InferenceSession(str(tmp_path / "x8" / f"{g}.onnx")) for g in manifest.files}
+    x = torch.rand(5, 3, 128, 128) * 2 - 1  # a batch size the export never saw
+    mu, logvar = sess["icap"].run(None, {"x": x.numpy()})
+    feats = sess["encoder"].run(None, {"x": x.numpy()})[0]
+    feeds = {"features": feats, "z": mu, "x": x.numpy()}
+    y = sess["decoder"].run(None, {i.name: feeds[i.name] for i in sess["decoder"].get_inputs()})[0]
+    with torch.no_grad():
+        want = model.predict(x)
+        want_mu, want_lv = model.icap(x)
+    assert np.abs(y - want.numpy()).max() <= 1e-4
+    assert np.abs(mu - want_mu.numpy()).max() <= 1e-4
+    assert np.abs(logvar - want_lv.numpy()).max() <= 1e-4
+
+
+def test_export_fails_loudly_when_onnx_differs(tmp_path, monkeypatch):
+    import training.export as export
+
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # nothing can meet a negative tolerance
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export.export_model(random_tiny(), tmp_path / "x8", scale=8, preset="tiny",
+                            tolerance=export.TOLERANCE)
+
+
+def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(pack, tmp_path):
+    out = tmp_path / "ddp"
+    proc = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "-m", "training.cli", "train", "--data", str(pack), "--out", str(out),
+                   "--preset", "tiny", "--phase1-steps", "2", "--phase2-steps", "2",
+                   "--batch-size", "4", "--log-every", "1", "--no-progress",
+                   env_extra={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == {"phase1": 2, "phase2": 2}
+    assert (out / CHECKPOINT).is_file()
+    assert len(logged(out)) == 4  # rank 0 alone writes the log
+
+
+@pytest.mark.slow
+def test_cli_prepare_train_eval_export(tmp_path, pack):
+    run, evald, model_dir = tmp_path / "run", tmp_path / "eval", tmp_path / "models" / "x8"
+    steps = [
+        ("train", "--data", str(pack), "--out", str(run), "--preset", "tiny", "--phase1-steps",
+         "2", "--phase2-steps", "1", "--batch-size", "4", "--no-progress"),
+        ("eval", "--model", str(run), "--pack", str(pack), "--sources", "utkface",
+         "--best-of", "2", "--out", str(evald)),
+        ("export", "--model", str(run), "--out", str(model_dir), "--metrics",
+         str(evald / "metrics.json")),
+    ]
+    for step in steps:
+        proc = run_cli("-m", "training.cli", *step)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = load_manifest(model_dir)
+    assert manifest.metrics["utkface_test"]["best_of_2"]["psnr"] > 0
+    assert manifest.training["steps"] == {"phase1": 2, "phase2": 1}
+    for fig in ("fig4_oracle.png", "fig7_samples.png", "fig8_traversal.png"):
+        assert (evald / "figures_utkface" / fig).is_file()
