@@ -1,0 +1,3 @@
+"""The FaceSR inference service: FastAPI over ONNX Runtime, numpy and Pillow only (no torch)."""
+
+__version__ = "0.1.0"

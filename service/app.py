@@ -1,0 +1,162 @@
+"""The app factory: `uvicorn --factory service.app:create_app`, or `python -m service`.
+
+Start-up loads every model and checks its provider (a failure there stops the process), then
+warms up in the background: /health/live answers at once, /health/ready and the inference
+endpoints answer 503 until every bucket of every model has run once. Shutdown (SIGTERM) lets
+uvicorn finish in-flight requests, then drains the micro-batchers and the inference pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.batching import MicroBatcher
+from service.engine import EngineError, Runner, load_models
+from service.errors import InferenceFailed, ServiceError, install_error_handlers
+from service.metrics import Metrics
+from service.middleware import Gate
+from service.settings import Settings
+
+log = logging.getLogger("facesr")
+T = TypeVar("T")
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    metrics: Metrics
+    runners: dict[int, Runner] = field(default_factory=dict)
+    batchers: dict[int, MicroBatcher] = field(default_factory=dict)
+    executor: ThreadPoolExecutor | None = None
+    ready: bool = False
+    status: str = "starting"
+    in_flight: int = 0
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        return tuple(sorted(self.runners))
+
+    async def infer(self, fn: Callable[..., T], *args: Any) -> tuple[T, float, float]:
+        """Run fn in the inference pool: (result, queue seconds, inference seconds)."""
+        submitted = time.perf_counter()
+
+        def timed() -> tuple[T, float, float]:
+            start = time.perf_counter()
+            return fn(*args), start, time.perf_counter()
+
+        loop = asyncio.get_running_loop()
+        try:
+            out, start, end = await loop.run_in_executor(self.executor, timed)
+        except ServiceError:
+            raise
+        except Exception as exc:
+            log.exception("inference failed")
+            raise InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}") from exc
+        return out, start - submitted, end - start
+
+
+async def _warm_up(state: ServiceState) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        for scale in state.scales:
+            runner = state.runners[scale]
+            state.status = f"warming up model {runner.manifest.name}"
+            seconds = await loop.run_in_executor(state.executor, runner.warmup)
+            log.info("warmed up %s in %.2f s (decoder buckets %s)", runner.manifest.name,
+                     seconds, runner.decoder_buckets)
+    except Exception as exc:  # noqa: BLE001 - reported by /health/ready, the process stays up
+        log.exception("warm-up failed")
+        state.status = f"warm-up failed: {type(exc).__name__}: {exc}"
+        return
+    state.ready, state.status = True, "ready"
+    state.metrics.ready.set(1)
+    log.info("ready: scales %s", ", ".join(f"x{s}" for s in state.scales))
+
+
+def _start_models(state: ServiceState, runners: dict[int, Runner]) -> None:
+    s, m = state.settings, state.metrics
+    state.runners = runners
+    for scale, runner in runners.items():
+        man = runner.manifest
+        m.model_info.labels(name=man.name, scale=str(scale), version=man.version,
+                            provider=runner.provider).set(1)
+        state.batchers[scale] = MicroBatcher(
+            runner.superresolve, state.executor, s.max_batch, s.max_wait_ms / 1000,
+            on_batch=m.batch_size.labels(scale=str(scale)).observe, name=man.name)
+        state.batchers[scale].start()
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: ServiceState = app.state.svc
+    s = state.settings
+    state.metrics.ready.set(0)
+    state.executor = ThreadPoolExecutor(s.run_concurrency, thread_name_prefix="facesr-ort")
+    try:
+        runners = await asyncio.to_thread(load_models, s)
+    except EngineError as exc:
+        log.error("cannot start: %s", exc)
+        state.executor.shutdown(wait=False)
+        raise
+    _start_models(state, runners)
+    warm = None
+    if s.warmup:
+        warm = asyncio.create_task(_warm_up(state))
+    else:
+        state.ready, state.status = True, "ready (warm-up disabled)"
+        state.metrics.ready.set(1)
+    try:
+        yield
+    finally:
+        await _shutdown(state, warm)
+
+
+async def _shutdown(state: ServiceState, warm: asyncio.Task | None) -> None:
+    state.ready, state.status = False, "shutting down"
+    state.metrics.ready.set(0)
+    if warm is not None:
+        await warm  # a running warm-up cannot be interrupted; it is bounded
+    for batcher in state.batchers.values():
+        await batcher.drain()
+    if state.executor is not None:
+        await asyncio.to_thread(state.executor.shutdown, True)
+    state.metrics.process_exit()
+    log.info("shut down cleanly")
+
+
+def configure_logging(level: str) -> None:
+    """Level for the facesr loggers; a stderr handler unless logging is configured already."""
+    logger = logging.getLogger("facesr")
+    logger.setLevel(level.upper())
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The FastAPI app; settings default to the FACESR_* environment."""
+    from service.routes import build_router
+
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    metrics = Metrics()
+    state = ServiceState(settings, metrics)
+    app = FastAPI(title="FaceSR", version=__version__, lifespan=lifespan,
+                  description="Stochastic face super-resolution (Cho et al.): the ICAP mean, "
+                              "best-of-n samples and latent traversals, on ONNX Runtime.")
+    app.state.svc = state
+    install_error_handlers(app, lambda kind: metrics.errors.labels(kind=kind).inc())
+    app.include_router(build_router(state))
+    app.add_middleware(Gate, state=state)
+    return app

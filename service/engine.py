@@ -1,0 +1,288 @@
+"""ONNX Runtime sessions built from manifests: providers, fallback detection, buckets, warm-up.
+
+Batch buckets: every graph call is padded (with zero rows, sliced off afterwards) to the next
+bucket size: 1, 2, 4, 8, then multiples of 8, and the largest size the settings allow. Warm-up
+runs every bucket of every graph, so every batch shape that will ever be served has run once
+before /health/ready says 200 (this matters on GPUs, where cuDNN and TensorRT tune per shape).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from facesr_core.degradation import HR_SIZE, bicubic_upsample, from_model_range, to_model_range
+from facesr_core.manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest
+from service.settings import GPU_PROVIDERS, Settings
+
+log = logging.getLogger("facesr.engine")
+CPU = "CPUExecutionProvider"
+RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml",
+                         "onnxruntime-openvino", "onnxruntime-qnn")
+DECODER_INPUTS = ("features", "z", "x")
+
+
+class EngineError(RuntimeError):
+    """The models cannot be served as configured (startup refuses)."""
+
+
+def installed_runtimes() -> list[str]:
+    """'name==version' of every ONNX Runtime distribution installed (more than one is a bug)."""
+    found = []
+    for name in RUNTIME_DISTRIBUTIONS:
+        try:
+            found.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def warn_if_several_runtimes(found: list[str]) -> bool:
+    if len(found) > 1:
+        log.warning("several ONNX Runtime packages are installed (%s): they share the "
+                    "`onnxruntime` module and the last one installed wins, which usually leaves "
+                    "only the CPU provider. Uninstall all of them and install exactly one.",
+                    ", ".join(found))
+        return True
+    return False
+
+
+def requested_providers(settings: Settings, available: list[str]) -> list[str]:
+    """Providers to ask ONNX Runtime for, best first, CPU always last as the fallback."""
+    names = settings.provider_names()
+    if names is None:  # auto: TensorRT (if enabled), CUDA, CPU, whichever this build has
+        names = [p for p in GPU_PROVIDERS
+                 if p != "TensorrtExecutionProvider" or settings.enable_tensorrt]
+        names = [p for p in names if p in available]
+    else:
+        missing = [p for p in names if p not in available]
+        if missing:
+            msg = (f"providers {missing} are not in this onnxruntime build "
+                   f"(available: {available})")
+            if settings.require_gpu:
+                raise EngineError(msg)
+            log.warning("%s; skipping them", msg)
+        names = [p for p in names if p in available]
+    if settings.require_gpu and not any(p in GPU_PROVIDERS for p in names):
+        raise EngineError(f"FACESR_REQUIRE_GPU is set but no GPU provider can be requested "
+                          f"(FACESR_PROVIDERS={settings.providers!r}, available: {available})")
+    return [*[p for p in names if p != CPU], CPU]
+
+
+def batch_buckets(max_size: int) -> list[int]:
+    """1, 2, 4, 8, 16, 24, ... (multiples of 8) below max_size, then max_size itself."""
+    base = [1, 2, 4, *range(8, max_size, 8)]
+    return sorted({b for b in base if b < max_size} | {max_size})
+
+
+def bucket_for(n: int, buckets: list[int]) -> int:
+    for b in buckets:
+        if b >= n:
+            return b
+    raise ValueError(f"batch of {n} is larger than the largest bucket {buckets[-1]}")
+
+
+def pad_rows(arr: np.ndarray, size: int) -> np.ndarray:
+    """arr padded with zero rows (or one row repeated, for a single row) to `size` rows."""
+    if len(arr) == size:
+        return np.ascontiguousarray(arr)
+    if len(arr) == 1:
+        return np.ascontiguousarray(np.repeat(arr, size, axis=0))
+    pad = np.zeros((size - len(arr), *arr.shape[1:]), dtype=arr.dtype)
+    return np.concatenate([arr, pad])
+
+
+def model_input(lr: Any) -> np.ndarray:
+    """LR Pillow image to the network input x (3,128,128): the shared bicubic upsample."""
+    return to_model_range(bicubic_upsample(lr, HR_SIZE))
+
+
+def discover(model_dir: Path) -> list[Path]:
+    """The model directories under FACESR_MODEL_DIR (itself, or its subfolders)."""
+    if (model_dir / MANIFEST_NAME).is_file():
+        return [model_dir]
+    if not model_dir.is_dir():
+        raise EngineError(f"model directory {model_dir} does not exist (FACESR_MODEL_DIR)")
+    dirs = sorted(p for p in model_dir.iterdir() if (p / MANIFEST_NAME).is_file())
+    if not dirs:
+        raise EngineError(f"no model in {model_dir}: expected {MANIFEST_NAME} there or in its "
+                          "subfolders (e.g. x4/ x8/ x16/)")
+    return dirs
+
+
+@dataclass
+class Runner:
+    """The three sessions of one model (one scale), and what was asked of and given by ORT."""
+
+    root: Path
+    manifest: Manifest
+    sessions: dict[str, ort.InferenceSession]
+    requested: list[str]
+    encoder_buckets: list[int]
+    decoder_buckets: list[int]
+    warm_seconds: float | None = None
+    calls: dict[str, set[int]] = field(default_factory=lambda: {"icap": set(), "encoder": set(),
+                                                                "decoder": set()})
+
+    @property
+    def scale(self) -> int:
+        return self.manifest.scale
+
+    @property
+    def providers(self) -> list[str]:
+        return self.sessions["decoder"].get_providers()
+
+    @property
+    def provider(self) -> str:
+        """The provider really in use (ORT silently drops ones it cannot load)."""
+        return self.providers[0]
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.calls[graph].add(len(next(iter(feeds.values()))))
+        return self.sessions[graph].run(None, feeds)
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """ICAP and encoder on x (N,3,128,128): mu, logvar (N,L,8,8), features (N,C,64,64)."""
+        n = len(x)
+        xb = pad_rows(x, bucket_for(n, self.encoder_buckets))
+        mu, logvar = self._run("icap", {"x": xb})
+        (features,) = self._run("encoder", {"x": xb})
+        return mu[:n], logvar[:n], features[:n]
+
+    def decode(self, features: np.ndarray, z: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """One decoder call for all z (M,...); features and x have M rows or one (shared)."""
+        m = len(z)
+        size = bucket_for(m, self.decoder_buckets)
+        feeds = {"features": pad_rows(features, size), "z": pad_rows(z, size)}
+        names = [i.name for i in self.sessions["decoder"].get_inputs()]
+        if "x" in names:
+            feeds["x"] = pad_rows(x, size)
+        (y,) = self._run("decoder", {k: v for k, v in feeds.items() if k in names})
+        return from_model_range(y[:m])
+
+    def superresolve(self, x: np.ndarray) -> np.ndarray:
+        """The ICAP-mean output f(x, mu) for each x (N,3,128,128): uint8 (N,128,128,3)."""
+        mu, _, features = self.encode(x)
+        return self.decode(features, mu, x)
+
+    def warmup(self) -> float:
+        """Run every bucket of every graph once; returns the seconds it took."""
+        start = time.perf_counter()
+        latent = self.manifest.latent_shape
+        for b in self.encoder_buckets:
+            self.encode(np.zeros((b, 3, HR_SIZE, HR_SIZE), np.float32))
+        x1 = np.zeros((1, 3, HR_SIZE, HR_SIZE), np.float32)
+        _, _, feats = self.encode(x1)
+        for b in self.decoder_buckets:
+            self.decode(feats, np.zeros((b, *latent), np.float32), x1)
+        self.warm_seconds = time.perf_counter() - start
+        return self.warm_seconds
+
+    def info(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "name": m.name, "scale": m.scale, "lr_size": m.lr_size, "version": m.version,
+            "preset": m.preset, "latent_shape": list(m.latent_shape),
+            "global_residual": m.global_residual, "opset": m.opset,
+            "provider": self.provider, "providers": self.providers,
+            "requested_providers": self.requested,
+            "files": {k: {"path": f.path, "sha256": f.sha256}
+                      for k, f in {**m.files, **m.weights}.items()},
+            "metrics": m.metrics,
+            "batch_buckets": {"icap": self.encoder_buckets, "encoder": self.encoder_buckets,
+                              "decoder": self.decoder_buckets},
+            "warmup_seconds": self.warm_seconds,
+        }
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    if settings.intra_op_threads:
+        so.intra_op_num_threads = settings.intra_op_threads
+    return so
+
+
+def provider_options(name: str, inputs: dict[str, list], max_batch: int) -> dict[str, Any]:
+    """TensorRT gets one optimisation profile spanning every bucket (else it rebuilds per shape)."""
+    if name != "TensorrtExecutionProvider":
+        return {}
+
+    def shapes(batch: int) -> str:
+        return ",".join(f"{k}:{'x'.join(str(d) for d in [batch, *s[1:]])}"
+                        for k, s in inputs.items())
+
+    return {"trt_profile_min_shapes": shapes(1), "trt_profile_opt_shapes": shapes(max_batch),
+            "trt_profile_max_shapes": shapes(max_batch)}
+
+
+def check_graphs(root: Path, manifest: Manifest, sessions: dict[str, ort.InferenceSession]) -> None:
+    dec = {i.name for i in sessions["decoder"].get_inputs()}
+    if not dec <= set(DECODER_INPUTS) or not {"features", "z"} <= dec:
+        raise EngineError(f"{root}: decoder inputs {sorted(dec)}, expected features, z (and x)")
+    if ("x" in dec) != manifest.global_residual:
+        raise EngineError(f"{root}: manifest global_residual={manifest.global_residual} but the "
+                          f"decoder inputs are {sorted(dec)}")
+    if manifest.hr_size != HR_SIZE:
+        raise EngineError(f"{root}: hr_size {manifest.hr_size}, this service serves {HR_SIZE}")
+
+
+def load_runner(root: Path, settings: Settings, requested: list[str]) -> Runner:
+    try:
+        manifest = load_manifest(root, verify=True)
+    except ManifestError as exc:
+        raise EngineError(str(exc)) from exc
+    enc_buckets = batch_buckets(settings.max_batch)
+    dec_buckets = batch_buckets(max(settings.max_samples + 1, settings.max_steps,
+                                    settings.max_batch))
+    sessions = {}
+    for graph in ("icap", "encoder", "decoder"):
+        top = dec_buckets[-1] if graph == "decoder" else enc_buckets[-1]
+        inputs = manifest.files[graph].inputs
+        providers = [(p, provider_options(p, inputs, top)) for p in requested]
+        sessions[graph] = ort.InferenceSession(str(manifest.graph_path(root, graph)),
+                                               session_options(settings), providers=providers)
+    check_graphs(root, manifest, sessions)
+    return Runner(root, manifest, sessions, requested, enc_buckets, dec_buckets)
+
+
+def check_provider(runner: Runner, settings: Settings) -> None:
+    """Log what runs where; refuse when the GPU is required but ORT fell back to the CPU."""
+    asked, got = runner.requested[0], runner.provider
+    if settings.require_gpu and got not in GPU_PROVIDERS:
+        raise EngineError(
+            f"{runner.manifest.name}: FACESR_REQUIRE_GPU is set but ONNX Runtime runs it on {got} "
+            f"(asked for {runner.requested}); the CUDA/cuDNN libraries this onnxruntime-gpu "
+            "needs are probably missing (see the ONNX Runtime log above)")
+    if got != asked:
+        log.warning("%s: asked for %s but ONNX Runtime runs it on %s (fallback)",
+                    runner.manifest.name, asked, got)
+    log.info("model %s scale x%d version %s: provider %s (session providers %s)",
+             runner.manifest.name, runner.scale, runner.manifest.version, got, runner.providers)
+
+
+def load_models(settings: Settings) -> dict[int, Runner]:
+    """Every model under FACESR_MODEL_DIR, by scale; raises EngineError on anything wrong."""
+    warn_if_several_runtimes(installed_runtimes())
+    available = ort.get_available_providers()
+    requested = requested_providers(settings, available)
+    log.info("onnxruntime %s, available providers %s, requesting %s", ort.__version__,
+             available, requested)
+    runners: dict[int, Runner] = {}
+    for root in discover(Path(settings.model_dir)):
+        runner = load_runner(root, settings, requested)
+        if runner.scale in runners:
+            raise EngineError(f"two models for scale {runner.scale}: "
+                              f"{runners[runner.scale].root} and {root}")
+        check_provider(runner, settings)
+        runners[runner.scale] = runner
+    return runners

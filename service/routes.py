@@ -1,0 +1,311 @@
+"""The HTTP endpoints. Handlers only validate, schedule and encode; the work lives elsewhere.
+
+No `from __future__ import annotations` here: FastAPI reads the parameter annotations at
+runtime, and some of them close over the settings.
+"""
+
+import asyncio
+import base64
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel
+
+from facesr_core.degradation import SCALES
+from service.engine import Runner, model_input
+from service.errors import ErrorBody, PayloadTooLarge, Unavailable
+from service.imaging import (
+    MEDIA_TYPES,
+    LRInput,
+    animation,
+    contact_sheet,
+    encode,
+    encode_pil,
+    prepare_lr,
+    prepare_reference,
+    strip,
+)
+from service.sampling import SEED_MAX, arrange, new_seed, sample_set, traverse_frames
+
+if TYPE_CHECKING:
+    from service.app import ServiceState
+
+Scale = Literal[4, 8, 16]
+MAX_TEMPERATURE = 10.0
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text} for status, text in {
+        401: "API key missing or wrong (only when FACESR_API_KEY is set)",
+        413: "Upload larger than FACESR_MAX_UPLOAD_BYTES, or more pixels than FACESR_MAX_PIXELS",
+        415: "Not a PNG, JPEG, WebP or BMP file, or not multipart/form-data",
+        422: "Corrupt or truncated image, an input size the rules refuse, or bad parameters",
+        500: "Inference failed",
+        503: "Warming up, overloaded or shutting down (see Retry-After)",
+        504: "Took longer than FACESR_REQUEST_TIMEOUT_S",
+    }.items()
+}
+IMAGE_HELP = ("LR face crop: PNG, JPEG, WebP or BMP; 8, 16 or 32 px square infers the scale "
+              "(x16, x8, x4)")
+ImageField = Annotated[UploadFile, File(description=IMAGE_HELP)]
+ScaleParam = Annotated[Scale | None, Query(description="4, 8 or 16; default: from the size")]
+SeedParam = Annotated[int | None, Query(ge=0, le=SEED_MAX, description=(
+    "samples: draws 0..n-1 of this seed; traverse: z_start = draw 0, z_end = draw 1 (unless "
+    "seed_end); default: random, returned in X-FaceSR-Seed"))]
+TemperatureParam = Annotated[float, Query(ge=0.0, le=MAX_TEMPERATURE,
+                                          description="scales sigma; 0 gives the mean")]
+
+
+class SampleEntry(BaseModel):
+    kind: Literal["mean", "sample"]
+    draw: int | None  # which draw of the seed (None for the mean)
+    log_density: float
+    psnr: float | None
+    ssim: float | None
+    best: bool
+    image: str  # base64 PNG, 128x128
+
+
+class SamplesResponse(BaseModel):
+    model: str
+    version: str
+    scale: int
+    seed: int
+    temperature: float
+    n: int
+    reference: bool
+    best: int | None  # position of the best sample in `samples` (with a reference)
+    adjustments: list[str]
+    samples: list[SampleEntry]
+
+
+class Frame(BaseModel):
+    alpha: float
+    image: str  # base64 PNG, 128x128
+
+
+class TraverseResponse(BaseModel):
+    model: str
+    version: str
+    scale: int
+    seed: int
+    seed_end: int | None
+    temperature: float
+    steps: int
+    adjustments: list[str]
+    frames: list[Frame]
+
+
+class Timings:
+    """Stage durations: observed in the histogram and sent back as Server-Timing."""
+
+    def __init__(self, state: "ServiceState", endpoint: str) -> None:
+        self.metrics, self.endpoint, self.values = state.metrics, endpoint, {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.values[stage] = self.values.get(stage, 0.0) + seconds
+        self.metrics.observe_stage(self.endpoint, stage, seconds)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - start)
+
+    def header(self) -> str:
+        return ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in self.values.items())
+
+
+async def read_upload(upload: UploadFile, field: str, limit: int) -> bytes:
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"{field} is larger than the limit of {limit} bytes")
+    return data
+
+
+def b64png(image: np.ndarray) -> str:
+    return base64.b64encode(encode(image, "png")).decode("ascii")
+
+
+def build_router(state: "ServiceState") -> APIRouter:
+    s = state.settings
+    router = APIRouter()
+    protected = [Depends(HTTPBearer(auto_error=False))] if s.api_key.get_secret_value() else []
+
+    def runner_for(lr: LRInput) -> Runner:
+        return state.runners[lr.scale]
+
+    async def prepare(image: UploadFile, scale: int | None,
+                      timings: Timings) -> tuple[LRInput, np.ndarray]:
+        data = await read_upload(image, "image", s.max_upload_bytes)
+        with timings.stage("decode"):
+            lr = await asyncio.to_thread(prepare_lr, data, scale, state.scales, s.max_pixels)
+            x = await asyncio.to_thread(model_input, lr.image)
+        return lr, x
+
+    def headers(runner: Runner, lr: LRInput, timings: Timings, **extra: Any) -> dict[str, str]:
+        out = {"X-FaceSR-Model": runner.manifest.name, "X-FaceSR-Version": runner.manifest.version,
+               "X-FaceSR-Scale": str(lr.scale), "Server-Timing": timings.header()}
+        if lr.adjustments:
+            out["X-FaceSR-Adjustment"] = "; ".join(lr.adjustments)
+        out.update({f"X-FaceSR-{k.replace('_', '-').title()}": str(v)
+                    for k, v in extra.items() if v is not None})
+        return out
+
+    @router.post(
+        "/superresolve", response_class=Response, dependencies=protected, tags=["inference"],
+        summary="Super-resolve an LR face (the ICAP mean)",
+        responses={200: {"content": {MEDIA_TYPES[f]: BINARY for f in ("png", "jpeg", "webp")},
+                         "description": "The 128x128 SR face, in the requested format"},
+                   **ERRORS})
+    async def superresolve(
+        image: ImageField,
+        scale: ScaleParam = None,
+        fmt: Annotated[Literal["png", "jpeg", "webp"], Query(alias="format")] = "png",
+    ) -> Response:
+        timings = Timings(state, "/superresolve")
+        lr, x = await prepare(image, scale, timings)
+        result = await state.batchers[lr.scale].submit(x, s.retry_after_s)
+        timings.add("queue", result.queue_s)
+        timings.add("inference", result.inference_s)
+        with timings.stage("encode"):
+            body = await asyncio.to_thread(encode, result.image, fmt)
+        return Response(body, media_type=MEDIA_TYPES[fmt],
+                        headers=headers(runner_for(lr), lr, timings, batch=result.batch_size))
+
+    @router.post(
+        "/samples", response_model=None, dependencies=protected, tags=["inference"],
+        summary="The ICAP mean and n samples; best-of-n against an optional reference",
+        responses={200: {"model": SamplesResponse, "content": {"image/png": BINARY},
+                         "description": "JSON (default), or a PNG contact sheet (?format=png): "
+                                        "mean first, then the samples by log-density"},
+                   **ERRORS})
+    async def samples(
+        image: ImageField,
+        reference: Annotated[UploadFile | None,
+                             File(description="HR face, exactly 128x128")] = None,
+        n: Annotated[int, Query(ge=1, le=s.max_samples, description="samples")] = 10,
+        seed: SeedParam = None,
+        temperature: TemperatureParam = 1.0,
+        scale: ScaleParam = None,
+        fmt: Annotated[Literal["json", "png"], Query(alias="format")] = "json",
+    ) -> Response:
+        timings = Timings(state, "/samples")
+        lr, x = await prepare(image, scale, timings)
+        ref = None
+        if reference is not None:
+            ref_data = await read_upload(reference, "reference", s.max_upload_bytes)
+            with timings.stage("decode"):
+                ref = await asyncio.to_thread(prepare_reference, ref_data, s.max_pixels)
+        seed = new_seed() if seed is None else seed
+        runner = runner_for(lr)
+        state.metrics.samples.labels(endpoint="/samples").observe(n)
+        result, queued, ran = await state.infer(sample_set, runner, x, seed, n, temperature)
+        timings.add("queue", queued)
+        timings.add("inference", ran)
+        with timings.stage("encode"):
+            entries = await asyncio.to_thread(arrange, result, ref)
+            best = next((k for k, e in enumerate(entries) if e["best"]), None)
+            if fmt == "png":
+                tiles = result.images[[e["index"] for e in entries]]
+                body = await asyncio.to_thread(
+                    lambda: encode_pil(contact_sheet(tiles, highlight=best), "png"))
+                return Response(body, media_type="image/png",
+                                headers=headers(runner, lr, timings, seed=seed, best=best))
+            payload = await asyncio.to_thread(
+                samples_payload, runner, lr, result.images, entries, seed, temperature, n, ref,
+                best)
+        return JSONResponse(payload, headers=headers(runner, lr, timings, seed=seed))
+
+    @router.post(
+        "/traverse", response_model=None, dependencies=protected, tags=["inference"],
+        summary="Latent traversal z_start + a (z_end - z_start), a from 0 to 1 (Eq. 8)",
+        responses={200: {"model": TraverseResponse,
+                         "content": {MEDIA_TYPES[f]: BINARY for f in ("gif", "webp", "png")},
+                         "description": "JSON frames (default), a GIF or WebP animation, or a "
+                                        "PNG strip"},
+                   **ERRORS})
+    async def traverse(
+        image: ImageField,
+        steps: Annotated[int, Query(ge=2, le=s.max_steps, description="frames, ends incl.")] = 8,
+        seed: SeedParam = None,
+        seed_end: Annotated[int | None, Query(ge=0, le=SEED_MAX,
+                                              description="z_end: draw 0 of this seed")] = None,
+        temperature: TemperatureParam = 1.0,
+        scale: ScaleParam = None,
+        fmt: Annotated[Literal["json", "gif", "webp", "png"], Query(alias="format")] = "json",
+        duration_ms: Annotated[int, Query(ge=20, le=10_000, description="per frame")] = 100,
+    ) -> Response:
+        timings = Timings(state, "/traverse")
+        lr, x = await prepare(image, scale, timings)
+        seed = new_seed() if seed is None else seed
+        runner = runner_for(lr)
+        state.metrics.samples.labels(endpoint="/traverse").observe(steps)
+        (alphas, frames), queued, ran = await state.infer(
+            traverse_frames, runner, x, seed, seed_end, temperature, steps)
+        timings.add("queue", queued)
+        timings.add("inference", ran)
+        extra = {"seed": seed, "seed_end": seed_end}
+        with timings.stage("encode"):
+            if fmt in ("gif", "webp"):
+                body = await asyncio.to_thread(animation, frames, fmt, duration_ms)
+            elif fmt == "png":
+                body = await asyncio.to_thread(lambda: encode_pil(strip(frames), "png"))
+            else:
+                payload = await asyncio.to_thread(
+                    traverse_payload, runner, lr, alphas, frames, seed, seed_end, temperature)
+                return JSONResponse(payload, headers=headers(runner, lr, timings, **extra))
+        return Response(body, media_type=MEDIA_TYPES[fmt],
+                        headers=headers(runner, lr, timings, **extra))
+
+    @router.get("/health/live", tags=["health"], summary="The process is up")
+    async def live() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @router.get("/health/ready", tags=["health"], responses={503: {"model": ErrorBody}},
+                summary="200 once every model is loaded and warmed up, 503 before")
+    async def ready() -> dict[str, Any]:
+        if not state.ready:
+            raise Unavailable(f"not ready: {state.status}", s.retry_after_s, "not_ready")
+        return {"status": "ready", "scales": list(state.scales)}
+
+    @router.get("/v1/models", dependencies=protected, tags=["models"],
+                summary="Loaded models: scale, version, hashes, provider, manifest metrics")
+    async def models() -> dict[str, Any]:
+        return {"ready": state.ready, "scales_supported": list(SCALES),
+                "models": [state.runners[k].info() for k in state.scales]}
+
+    @router.get("/metrics", tags=["health"], response_class=Response,
+                responses={200: {"content": {"text/plain": {}}}}, summary="Prometheus metrics")
+    async def metrics() -> Response:
+        body, content_type = state.metrics.render()
+        return Response(body, media_type=content_type)
+
+    return router
+
+
+def samples_payload(runner: Runner, lr: LRInput, images: np.ndarray, entries: list[dict],
+                    seed: int, temperature: float, n: int, ref: np.ndarray | None,
+                    best: int | None) -> dict[str, Any]:
+    items = [{**{k: v for k, v in e.items() if k != "index"}, "image": b64png(images[e["index"]])}
+             for e in entries]
+    return {"model": runner.manifest.name, "version": runner.manifest.version,
+            "scale": lr.scale, "seed": seed, "temperature": temperature, "n": n,
+            "reference": ref is not None, "best": best, "adjustments": lr.adjustments,
+            "samples": items}
+
+
+def traverse_payload(runner: Runner, lr: LRInput, alphas: np.ndarray, frames: np.ndarray,
+                     seed: int, seed_end: int | None, temperature: float) -> dict[str, Any]:
+    return {"model": runner.manifest.name, "version": runner.manifest.version,
+            "scale": lr.scale, "seed": seed, "seed_end": seed_end, "temperature": temperature,
+            "steps": len(frames), "adjustments": lr.adjustments,
+            "frames": [{"alpha": float(a), "image": b64png(f)} for a, f in zip(alphas, frames,
+                                                                              strict=True)]}

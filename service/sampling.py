@@ -1,0 +1,118 @@
+"""Latents for /samples and /traverse, in numpy: randomness never enters the ONNX graphs.
+
+eps for a request is `np.random.default_rng(seed).standard_normal((k, *latent_shape))` in
+float32, so draw i of a seed is the same latent in /samples and /traverse.
+z = mu + temperature * sigma * eps with sigma = exp(logvar / 2) (the ICAP's Gaussian).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.quality import psnr, ssim
+
+SEED_MAX = 2**63 - 1
+LOG_2PI = float(np.log(2 * np.pi))
+
+
+def new_seed() -> int:
+    """A fresh seed for requests that give none (returned to the caller, so it can be replayed)."""
+    return secrets.randbelow(SEED_MAX)
+
+
+def draw_eps(seed: int, count: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The first `count` standard-normal draws of `seed`, float32 (count, *shape)."""
+    return np.random.default_rng(seed).standard_normal((count, *shape), dtype=np.float32)
+
+
+def latents(mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray,
+            temperature: float) -> np.ndarray:
+    """z = mu + T * sigma * eps for one input's mu, logvar (L,h,w) and eps (k,L,h,w)."""
+    sigma = np.exp(0.5 * logvar)
+    return (mu[None] + np.float32(temperature) * sigma[None] * eps).astype(np.float32)
+
+
+def log_density(z: np.ndarray, mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """log N(z; mu, diag(exp(logvar))) in nats, summed over the latent, for each z (k,...)."""
+    z64, mu64, lv64 = (a.astype(np.float64) for a in (z, mu, logvar))
+    per_dim = (z64 - mu64[None]) ** 2 / np.exp(lv64)[None] + lv64[None] + LOG_2PI
+    return -0.5 * per_dim.reshape(len(z), -1).sum(axis=1)
+
+
+def density_order(densities: np.ndarray) -> np.ndarray:
+    """Indices by decreasing log-density (ties: lower draw index first)."""
+    return np.argsort(-densities, kind="stable")
+
+
+def traversal(z_start: np.ndarray, z_end: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 8, z = z_start + a (z_end - z_start) for a = 0..1, as (1 - a) z_start + a z_end.
+
+    The two forms are equal; the second makes the first and last frames exactly z_start and
+    z_end in floating point. Returns (alphas (steps,), z (steps, ...)).
+    """
+    alphas = np.linspace(0.0, 1.0, steps, dtype=np.float32)
+    a = alphas.reshape(-1, *([1] * z_start.ndim))
+    return alphas, ((1 - a) * z_start[None] + a * z_end[None]).astype(np.float32)
+
+
+def traversal_endpoints(mu: np.ndarray, logvar: np.ndarray, seed: int, seed_end: int | None,
+                        temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """z_start, z_end: draws 0 and 1 of `seed`, or draw 0 of `seed` and draw 0 of `seed_end`."""
+    if seed_end is None:
+        eps = draw_eps(seed, 2, mu.shape)
+    else:
+        eps = np.concatenate([draw_eps(seed, 1, mu.shape), draw_eps(seed_end, 1, mu.shape)])
+    z = latents(mu, logvar, eps, temperature)
+    return z[0], z[1]
+
+
+@dataclass
+class SampleSet:
+    """The ICAP mean and n samples of one input, in draw order."""
+
+    images: np.ndarray  # uint8 (n+1,128,128,3): the mean, then draws 0..n-1
+    log_density: np.ndarray  # (n+1,) under the predicted Gaussian
+
+
+def sample_set(runner: Any, x: np.ndarray, seed: int, n: int, temperature: float) -> SampleSet:
+    """One ICAP pass, one encoder pass, one decoder call for the mean and all n samples."""
+    mu, logvar, features = runner.encode(x[None])
+    eps = draw_eps(seed, n, mu.shape[1:])
+    z = np.concatenate([mu, latents(mu[0], logvar[0], eps, temperature)])
+    return SampleSet(runner.decode(features, z, x[None]), log_density(z, mu[0], logvar[0]))
+
+
+def arrange(samples: SampleSet, reference: np.ndarray | None) -> list[dict[str, Any]]:
+    """Entries in response order: the mean first, then the samples by decreasing log-density.
+
+    With a reference each entry gets PSNR and SSIM, and the sample (not the mean) with the
+    highest PSNR is marked best: the paper's best-of-n.
+    """
+    order = [0, *(1 + int(i) for i in density_order(samples.log_density[1:]))]
+    psnrs = ssims = None
+    best = None
+    if reference is not None:
+        psnrs, ssims = psnr(reference, samples.images), ssim(reference, samples.images)
+        best = 1 + int(np.argmax(psnrs[1:]))
+    return [{
+        "kind": "mean" if i == 0 else "sample",
+        "draw": None if i == 0 else i - 1,
+        "log_density": float(samples.log_density[i]),
+        "psnr": None if psnrs is None else float(psnrs[i]),
+        "ssim": None if ssims is None else float(ssims[i]),
+        "best": i == best,
+        "index": i,
+    } for i in order]
+
+
+def traverse_frames(runner: Any, x: np.ndarray, seed: int, seed_end: int | None,
+                    temperature: float, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(alphas, uint8 frames): one ICAP and encoder pass, one decoder call for all frames."""
+    mu, logvar, features = runner.encode(x[None])
+    z_start, z_end = traversal_endpoints(mu[0], logvar[0], seed, seed_end, temperature)
+    alphas, z = traversal(z_start, z_end, steps)
+    return alphas, runner.decode(features, z, x[None])

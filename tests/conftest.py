@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny exported model directory and a real face photo."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # plain `pytest` (not `python -m pytest`) finds the packages too
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """models/x4, x8, x16: one tiny exported StochasticSR (random weights) per scale.
+
+    The decoder's last conv is zero-initialised (global residual); it gets small random weights
+    so that different latents give different images. x4 and x16 are copies of the x8 graphs
+    with their own manifests (exporting three times costs ~3 s each).
+    """
+    import torch
+
+    from facesr_core.degradation import lr_size
+    from facesr_core.manifest import MANIFEST_NAME
+    from training.config import ModelConfig
+    from training.export import export_model
+    from training.models import StochasticSR
+
+    torch.manual_seed(0)
+    model = StochasticSR(ModelConfig.preset("tiny"))
+    with torch.no_grad():
+        conv = model.sr.decoder.ConvBlock3
+        conv.weight.normal_(0.0, 0.05)
+        conv.bias.normal_(0.0, 0.01)
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.normal_(0.0, 0.05)
+            bn.running_var.uniform_(0.8, 1.2)
+    root = tmp_path_factory.mktemp("models")
+    manifest = export_model(model, root / "x8", scale=8, preset="tiny", version="test-1",
+                            metrics={"psnr": 20.0, "note": "random weights"})
+    for scale in (4, 16):
+        shutil.copytree(root / "x8", root / f"x{scale}")
+        copy = manifest.model_copy(update={"name": f"x{scale}", "scale": scale,
+                                           "lr_size": lr_size(scale)})
+        (root / f"x{scale}" / MANIFEST_NAME).write_text(copy.model_dump_json(indent=2))
+    return root
+
+
+@pytest.fixture(scope="session")
+def astronaut_hr() -> np.ndarray:
+    """A real 128x128 face: the astronaut (Eileen Collins) from scikit-image, uint8 RGB."""
+    from PIL import Image
+    from skimage import data
+
+    from facesr_core.degradation import to_hr
+
+    return np.asarray(to_hr(Image.fromarray(data.astronaut()[25:205, 150:330])))
