@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The recipe of the shipped default models: pack the faces, then for each scale train (phase 1 on
+# 64 px patches, then full faces; phase 2), evaluate on both held-out splits, and export to models/.
+# Resumable: rerun it and every finished step is skipped (checkpoints live in runs/).
+#
+#   DATA=../shared/data SCALES="8 4 16" scripts/train_defaults.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data}
+SCALES=${SCALES:-"8 4 16"}
+PACK=${PACK:-packs/faces_all.npz}
+PATCH_STEPS=${PATCH_STEPS:-1200}
+PHASE1_STEPS=${PHASE1_STEPS:-1500}
+PHASE2_STEPS=${PHASE2_STEPS:-400}
+BEST_OF=${BEST_OF:-10}
+
+if [ ! -f "$PACK" ]; then
+  facesr-prepare --celeba "$DATA/celeba/img_align_celeba" \
+    --identities "$DATA/celeba/identity_CelebA.txt" --utkface "$DATA/utkface/crop_part1" \
+    --celeba-wild "$DATA/celeba/wild_crops_test_partition" --quality 95 --out "$PACK"
+fi
+
+for s in $SCALES; do
+  facesr-train --data "$PACK" --out "runs/x$s" --scale "$s" --preset paper \
+    --patch 64 --patch-steps "$PATCH_STEPS" --patch-batch-size 32 \
+    --phase1-steps "$PHASE1_STEPS" --phase2-steps "$PHASE2_STEPS" --batch-size 16 \
+    --ckpt-every 100 --no-progress
+  facesr-eval --model "runs/x$s" --pack "$PACK" --sources celeba utkface \
+    --best-of "$BEST_OF" --out "runs/x$s/eval"
+  facesr-export --model "runs/x$s" --out "models/x$s" --metrics "runs/x$s/eval/metrics.json"
+done
