@@ -55,7 +55,7 @@ def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, list[str]]:
         raise UnsupportedMedia("not a PNG, JPEG, WebP or BMP image (unrecognised or "
                                "unsupported format)") from exc
     except (OSError, ValueError, SyntaxError) as exc:
-        raise InvalidImage(f"corrupt image header: {exc}") from exc
+        raise InvalidImage(f"corrupt or truncated image header: {exc}") from exc
     width, height = img.size
     if width * height > max_pixels:
         raise PayloadTooLarge(f"image is {width}x{height} = {width * height} pixels, more than "
