@@ -9,6 +9,7 @@ import base64
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import IntEnum
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
@@ -36,7 +37,15 @@ from service.sampling import SEED_MAX, arrange, new_seed, sample_set, traverse_f
 if TYPE_CHECKING:
     from service.app import ServiceState
 
-Scale = Literal[4, 8, 16]
+
+class Scale(IntEnum):
+    """The scale factors (an IntEnum: query strings like '4' validate, unlike a Literal)."""
+
+    x4 = 4
+    x8 = 8
+    x16 = 16
+
+
 MAX_TEMPERATURE = 10.0
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -142,9 +151,10 @@ def build_router(state: "ServiceState") -> APIRouter:
     def runner_for(lr: LRInput) -> Runner:
         return state.runners[lr.scale]
 
-    async def prepare(image: UploadFile, scale: int | None,
+    async def prepare(image: UploadFile, scale: Scale | None,
                       timings: Timings) -> tuple[LRInput, np.ndarray]:
         data = await read_upload(image, "image", s.max_upload_bytes)
+        scale = None if scale is None else int(scale)
         with timings.stage("decode"):
             lr = await asyncio.to_thread(prepare_lr, data, scale, state.scales, s.max_pixels)
             x = await asyncio.to_thread(model_input, lr.image)
