@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0)
     retry_after_s: int = Field(1, ge=0)
     warmup: bool = True
+    pad_batches: Literal["auto", "always", "never"] = "auto"
     api_key: SecretStr = SecretStr("")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 

@@ -29,7 +29,7 @@ from service.app import create_app
 from service.settings import Settings
 
 with warnings.catch_warnings():  # starlette's notice about httpx2, not about our code
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,8 +139,8 @@ def lr8(hr) -> bytes:
 
 @pytest.fixture(scope="module")
 def inprocess(tiny_model_dir):
-    with TestClient(create_app(settings_for(tiny_model_dir)),
-                    raise_server_exceptions=False) as client:
+    settings = settings_for(tiny_model_dir, pad_batches="always")  # uvicorn: auto (no padding)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         wait_ready(client)
         yield client
 
@@ -389,6 +389,7 @@ def test_models(client, tiny_model_dir):
         for name, f in {**manifest.files, **manifest.weights}.items():
             assert m["files"][name] == {"path": f.path, "sha256": f.sha256}
         assert m["batch_buckets"]["decoder"] == [1, 2, 4, 8, 16, 17]
+        assert m["padded_to_buckets"] is (client.base_url.host == "testserver")
         assert m["warmup_seconds"] > 0
 
 

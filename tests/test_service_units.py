@@ -41,6 +41,7 @@ def test_settings_defaults_and_env(monkeypatch):
         10485760, 16_000_000, 64, 64)
     assert (s.max_batch, s.max_wait_ms, s.max_in_flight, s.request_timeout_s) == (16, 5, 32, 30)
     assert s.api_key.get_secret_value() == "" and s.log_level == "info"
+    assert (s.run_concurrency, s.retry_after_s, s.warmup, s.pad_batches) == (1, 1, True, "auto")
     monkeypatch.setenv("FACESR_MAX_SAMPLES", "7")
     monkeypatch.setenv("FACESR_PROVIDERS", "cuda,cpu")
     monkeypatch.setenv("FACESR_LOG_LEVEL", "DEBUG")
@@ -161,15 +162,27 @@ def test_pad_rows():
 
 
 def test_runner_padding_does_not_change_outputs(tiny_model_dir, astronaut_hr):
-    s = Settings(model_dir=tiny_model_dir / "x8", max_batch=4, max_samples=4, max_steps=4)
+    s = Settings(model_dir=tiny_model_dir / "x8", max_batch=4, max_samples=4, max_steps=4,
+                 pad_batches="always")
     runner = engine.load_models(s)[8]
+    assert runner.pad
     hr = Image.fromarray(astronaut_hr)
     x = np.stack([engine.model_input(degrade(hr.rotate(a), 8)) for a in (0, 90, 180)])
     together = runner.superresolve(x)  # 3 inputs padded to the bucket of 4
     alone = np.stack([runner.superresolve(x[i:i + 1])[0] for i in range(3)])
     np.testing.assert_array_equal(together, alone)
-    assert runner.calls["decoder"] <= set(runner.decoder_buckets)
-    assert runner.calls["icap"] <= set(runner.encoder_buckets)
+    assert runner.calls["decoder"] == runner.calls["icap"] == {1, 4}
+    runner.pad = False
+    np.testing.assert_array_equal(runner.superresolve(x), together)
+    assert runner.calls["decoder"] == {1, 3, 4}
+    with pytest.raises(ValueError, match="larger than the largest bucket"):
+        runner.superresolve(np.concatenate([x, x]))
+
+
+def test_padding_is_automatic_on_gpus_only(tiny_model_dir):
+    assert not engine.load_models(Settings(model_dir=tiny_model_dir / "x8"))[8].pad
+    assert engine.load_models(Settings(model_dir=tiny_model_dir / "x8",
+                                       pad_batches="always"))[8].pad
 
 
 def test_model_input_is_the_shared_bicubic(astronaut_hr):
