@@ -69,6 +69,8 @@ async def _warm_up(state: ServiceState) -> None:
     loop = asyncio.get_running_loop()
     try:
         for scale in state.scales:
+            if state.status == "shutting down":
+                return
             runner = state.runners[scale]
             state.status = f"warming up model {runner.manifest.name}"
             seconds = await loop.run_in_executor(state.executor, runner.warmup)

@@ -26,6 +26,10 @@ KNOWN_PATHS = (*INFERENCE_PATHS, *PUBLIC_PATHS, "/v1/models")
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries, headers and small fields
 
 
+def is_inference(scope: Scope) -> bool:
+    return scope["method"] == "POST" and scope["path"] in INFERENCE_PATHS
+
+
 def endpoint_label(path: str) -> str:
     """The metrics label of a path: itself when it is ours, 'other' otherwise (bounded)."""
     return path if path in KNOWN_PATHS else "other"
@@ -64,7 +68,7 @@ class Gate:
         except ServiceError as err:
             await self._refuse(err, scope, receive, send)
             return
-        if scope["path"] not in INFERENCE_PATHS:
+        if not is_inference(scope):
             await self.app(scope, receive, send)
             return
         state = self.state
@@ -90,7 +94,7 @@ class Gate:
             given = headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
                 raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
-        if path not in INFERENCE_PATHS:
+        if not is_inference(scope):
             return
         state = self.state
         retry = state.settings.retry_after_s

@@ -23,28 +23,51 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACESR_", extra="ignore")
 
-    model_dir: Path = Path("models")
-    providers: str = "auto"
-    require_gpu: bool = False
-    enable_tensorrt: bool = False
-    host: str = "0.0.0.0"
-    port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1)
-    intra_op_threads: int = Field(0, ge=0)
-    run_concurrency: int = Field(1, ge=1)
-    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    max_pixels: int = Field(16_000_000, ge=64)
-    max_samples: int = Field(64, ge=1, le=1024)
-    max_steps: int = Field(64, ge=2, le=1024)
-    max_batch: int = Field(16, ge=1, le=256)
-    max_wait_ms: float = Field(5.0, ge=0)
-    max_in_flight: int = Field(32, ge=1)
-    request_timeout_s: float = Field(30.0, gt=0)
-    retry_after_s: int = Field(1, ge=0)
-    warmup: bool = True
-    pad_batches: Literal["auto", "always", "never"] = "auto"
-    api_key: SecretStr = SecretStr("")
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    model_dir: Path = Field(Path("models"), description=(
+        "Model directory: subfolders (x4/ x8/ x16/) each with a manifest.json, one model per "
+        "scale; or one folder that holds manifest.json itself"))
+    providers: str = Field("auto", description=(
+        "ONNX Runtime providers: auto (TensorRT if enabled, then CUDA, then CPU, whichever the "
+        "installed onnxruntime has), or a comma list of cpu, cuda, tensorrt"))
+    require_gpu: bool = Field(False, description=(
+        "Refuse to start unless the models really run on CUDA or TensorRT"))
+    enable_tensorrt: bool = Field(False, description="Let `auto` try TensorRT first")
+    host: str = Field("0.0.0.0", description="Bind address (python -m service)")
+    port: int = Field(8000, ge=0, le=65535, description="Port (python -m service)")
+    workers: int = Field(1, ge=1, description=(
+        "uvicorn worker processes (python -m service); >1 sets up PROMETHEUS_MULTIPROC_DIR"))
+    intra_op_threads: int = Field(0, ge=0, description=(
+        "CPU threads per ONNX Runtime session; 0 = ONNX Runtime's default (all cores)"))
+    run_concurrency: int = Field(1, ge=1, description=(
+        "ONNX Runtime calls that may run at once in one worker (size of the inference pool)"))
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description=(
+        "Largest uploaded file (image or reference), else 413; the whole body may be twice "
+        "this plus 64 KiB"))
+    max_pixels: int = Field(16_000_000, ge=64, description=(
+        "Largest width x height to decode (checked from the header, so decompression bombs "
+        "are refused before decoding), else 413"))
+    max_samples: int = Field(64, ge=1, le=1024, description="Largest n of /samples")
+    max_steps: int = Field(64, ge=2, le=1024, description="Largest steps of /traverse")
+    max_batch: int = Field(16, ge=1, le=256, description=(
+        "Most /superresolve requests in one micro-batch"))
+    max_wait_ms: float = Field(5.0, ge=0, description=(
+        "How long a /superresolve request waits for others to join its batch"))
+    max_in_flight: int = Field(32, ge=1, description=(
+        "Inference requests served at once per worker; beyond that 503 with Retry-After"))
+    request_timeout_s: float = Field(30.0, gt=0, description=(
+        "Per-request limit for inference endpoints (upload to response), else 504; SIGTERM "
+        "waits at most this + 5 s for in-flight requests (python -m service)"))
+    retry_after_s: int = Field(1, ge=0, description="Retry-After of 503 answers, in seconds")
+    warmup: bool = Field(True, description=(
+        "Run every batch bucket of every model before /health/ready says 200; false: ready "
+        "at once (development only)"))
+    pad_batches: Literal["auto", "always", "never"] = Field("auto", description=(
+        "Pad batches to the warmed bucket sizes: auto = on CUDA/TensorRT, not on the CPU"))
+    api_key: SecretStr = Field(SecretStr(""), description=(
+        "If set, every endpoint but /health/*, /metrics and the docs needs "
+        "'Authorization: Bearer <key>'"))
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level of the service and uvicorn")
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -393,3 +393,10 @@ def test_traversal_endpoints_come_from_seeds():
     np.testing.assert_array_equal(z1, eps[1])
     z0, z1 = sampling.traversal_endpoints(mu, logvar, 3, 9, 1.0)
     np.testing.assert_array_equal(z1, sampling.draw_eps(9, 1, (2, 2, 2))[0])
+
+
+def test_every_setting_is_documented():
+    readme = (ROOT / "service" / "README.md").read_text()
+    for name, field in Settings.model_fields.items():
+        assert f"`FACESR_{name.upper()}`" in readme, name
+        assert field.description, name
