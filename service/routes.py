@@ -6,6 +6,7 @@ runtime, and some of them close over the settings.
 
 import asyncio
 import base64
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Query, UploadFile
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
@@ -32,7 +33,14 @@ from service.imaging import (
     prepare_reference,
     strip,
 )
-from service.sampling import SEED_MAX, arrange, new_seed, sample_set, traverse_frames
+from service.sampling import (
+    SEED_MAX,
+    SampleSet,
+    arrange,
+    new_seed,
+    sample_set,
+    traverse_frames,
+)
 
 if TYPE_CHECKING:
     from service.app import ServiceState
@@ -111,14 +119,14 @@ class TraverseResponse(BaseModel):
 
 
 class Timings:
-    """Stage durations: observed in the histogram and sent back as Server-Timing."""
+    """Stage durations of one request: each stage observed once in the histogram when the
+    response is built (so failed requests do not count), and sent back as Server-Timing."""
 
     def __init__(self, state: "ServiceState", endpoint: str) -> None:
         self.metrics, self.endpoint, self.values = state.metrics, endpoint, {}
 
     def add(self, stage: str, seconds: float) -> None:
         self.values[stage] = self.values.get(stage, 0.0) + seconds
-        self.metrics.observe_stage(self.endpoint, stage, seconds)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -129,6 +137,9 @@ class Timings:
             self.add(name, time.perf_counter() - start)
 
     def header(self) -> str:
+        """The Server-Timing header; observes the stages (call once, at the end)."""
+        for stage, seconds in self.values.items():
+            self.metrics.observe_stage(self.endpoint, stage, seconds)
         return ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in self.values.items())
 
 
@@ -221,18 +232,10 @@ def build_router(state: "ServiceState") -> APIRouter:
         timings.add("queue", queued)
         timings.add("inference", ran)
         with timings.stage("encode"):
-            entries = await asyncio.to_thread(arrange, result, ref)
-            best = next((k for k, e in enumerate(entries) if e["best"]), None)
-            if fmt == "png":
-                tiles = result.images[[e["index"] for e in entries]]
-                body = await asyncio.to_thread(
-                    lambda: encode_pil(contact_sheet(tiles, highlight=best), "png"))
-                return Response(body, media_type="image/png",
-                                headers=headers(runner, lr, timings, seed=seed, best=best))
-            payload = await asyncio.to_thread(
-                samples_payload, runner, lr, result.images, entries, seed, temperature, n, ref,
-                best)
-        return JSONResponse(payload, headers=headers(runner, lr, timings, seed=seed))
+            body, media, extra = await asyncio.to_thread(
+                render_samples, runner, lr, result, ref, seed, temperature, n, fmt)
+        return Response(body, media_type=media,
+                        headers=headers(runner, lr, timings, seed=seed, **extra))
 
     @router.post(
         "/traverse", response_model=None, dependencies=protected, tags=["inference"],
@@ -262,18 +265,12 @@ def build_router(state: "ServiceState") -> APIRouter:
             traverse_frames, runner, x, seed, seed_end, temperature, steps)
         timings.add("queue", queued)
         timings.add("inference", ran)
-        extra = {"seed": seed, "seed_end": seed_end}
         with timings.stage("encode"):
-            if fmt in ("gif", "webp"):
-                body = await asyncio.to_thread(animation, frames, fmt, duration_ms)
-            elif fmt == "png":
-                body = await asyncio.to_thread(lambda: encode_pil(strip(frames), "png"))
-            else:
-                payload = await asyncio.to_thread(
-                    traverse_payload, runner, lr, alphas, frames, seed, seed_end, temperature)
-                return JSONResponse(payload, headers=headers(runner, lr, timings, **extra))
-        return Response(body, media_type=MEDIA_TYPES[fmt],
-                        headers=headers(runner, lr, timings, **extra))
+            body, media = await asyncio.to_thread(
+                render_traverse, runner, lr, alphas, frames, seed, seed_end, temperature, fmt,
+                duration_ms)
+        return Response(body, media_type=media,
+                        headers=headers(runner, lr, timings, seed=seed, seed_end=seed_end))
 
     @router.get("/health/live", tags=["health"], summary="The process is up")
     async def live() -> dict[str, str]:
@@ -301,21 +298,42 @@ def build_router(state: "ServiceState") -> APIRouter:
     return router
 
 
-def samples_payload(runner: Runner, lr: LRInput, images: np.ndarray, entries: list[dict],
-                    seed: int, temperature: float, n: int, ref: np.ndarray | None,
-                    best: int | None) -> dict[str, Any]:
-    items = [{**{k: v for k, v in e.items() if k != "index"}, "image": b64png(images[e["index"]])}
-             for e in entries]
-    return {"model": runner.manifest.name, "version": runner.manifest.version,
-            "scale": lr.scale, "seed": seed, "temperature": temperature, "n": n,
-            "reference": ref is not None, "best": best, "adjustments": lr.adjustments,
-            "samples": items}
+def json_bytes(payload: dict[str, Any]) -> bytes:
+    """Compact JSON, as Starlette's JSONResponse writes it (but off the event loop)."""
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":")).encode("utf-8")
 
 
-def traverse_payload(runner: Runner, lr: LRInput, alphas: np.ndarray, frames: np.ndarray,
-                     seed: int, seed_end: int | None, temperature: float) -> dict[str, Any]:
-    return {"model": runner.manifest.name, "version": runner.manifest.version,
-            "scale": lr.scale, "seed": seed, "seed_end": seed_end, "temperature": temperature,
-            "steps": len(frames), "adjustments": lr.adjustments,
-            "frames": [{"alpha": float(a), "image": b64png(f)} for a, f in zip(alphas, frames,
-                                                                              strict=True)]}
+def render_samples(runner: Runner, lr: LRInput, result: SampleSet, ref: np.ndarray | None,
+                   seed: int, temperature: float, n: int,
+                   fmt: str) -> tuple[bytes, str, dict[str, Any]]:
+    """Order and score the samples, then the JSON body or the contact sheet."""
+    entries = arrange(result, ref)
+    best = next((k for k, e in enumerate(entries) if e["best"]), None)
+    if fmt == "png":
+        tiles = result.images[[e["index"] for e in entries]]
+        return encode_pil(contact_sheet(tiles, highlight=best), "png"), "image/png", {
+            "best": best}
+    items = [{**{k: v for k, v in e.items() if k != "index"},
+              "image": b64png(result.images[e["index"]])} for e in entries]
+    payload = {"model": runner.manifest.name, "version": runner.manifest.version,
+               "scale": lr.scale, "seed": seed, "temperature": temperature, "n": n,
+               "reference": ref is not None, "best": best, "adjustments": lr.adjustments,
+               "samples": items}
+    return json_bytes(payload), "application/json", {}
+
+
+def render_traverse(runner: Runner, lr: LRInput, alphas: np.ndarray, frames: np.ndarray,
+                    seed: int, seed_end: int | None, temperature: float, fmt: str,
+                    duration_ms: int) -> tuple[bytes, str]:
+    """The animation, the strip, or the JSON body."""
+    if fmt in ("gif", "webp"):
+        return animation(frames, fmt, duration_ms), MEDIA_TYPES[fmt]
+    if fmt == "png":
+        return encode_pil(strip(frames), "png"), "image/png"
+    payload = {"model": runner.manifest.name, "version": runner.manifest.version,
+               "scale": lr.scale, "seed": seed, "seed_end": seed_end,
+               "temperature": temperature, "steps": len(frames), "adjustments": lr.adjustments,
+               "frames": [{"alpha": float(a), "image": b64png(f)}
+                          for a, f in zip(alphas, frames, strict=True)]}
+    return json_bytes(payload), "application/json"

@@ -407,11 +407,11 @@ def test_docs_declare_the_image_media_types(client):
     assert {"413", "415", "422", "503"} <= set(errors)
 
 
-def test_metrics_move(client, lr8):
+def test_metrics_move(client, lr8, hr):
     before = client.get("/metrics").text
     for _ in range(2):
         assert client.post("/superresolve", files=upload(lr8)).status_code == 200
-    assert client.post("/samples?n=3&seed=1", files=upload(lr8)).status_code == 200
+    assert client.post("/samples?n=3&seed=1", files=upload(lr8, png(hr))).status_code == 200
     assert client.post("/superresolve?scale=5", files=upload(lr8)).status_code == 422
     after = client.get("/metrics").text
 
