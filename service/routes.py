@@ -150,6 +150,13 @@ async def read_upload(upload: UploadFile, field: str, limit: int) -> bytes:
     return data
 
 
+def decode_input(data: bytes, scale: int | None, scales: tuple[int, ...],
+                 max_pixels: int) -> tuple[LRInput, np.ndarray]:
+    """Upload bytes to the validated LR face and the network input x (3,128,128)."""
+    lr = prepare_lr(data, scale, scales, max_pixels)
+    return lr, model_input(lr.image)
+
+
 def b64png(image: np.ndarray) -> str:
     return base64.b64encode(encode(image, "png")).decode("ascii")
 
@@ -167,9 +174,7 @@ def build_router(state: "ServiceState") -> APIRouter:
         data = await read_upload(image, "image", s.max_upload_bytes)
         scale = None if scale is None else int(scale)
         with timings.stage("decode"):
-            lr = await asyncio.to_thread(prepare_lr, data, scale, state.scales, s.max_pixels)
-            x = await asyncio.to_thread(model_input, lr.image)
-        return lr, x
+            return await asyncio.to_thread(decode_input, data, scale, state.scales, s.max_pixels)
 
     def headers(runner: Runner, lr: LRInput, timings: Timings, **extra: Any) -> dict[str, str]:
         out = {"X-FaceSR-Model": runner.manifest.name, "X-FaceSR-Version": runner.manifest.version,

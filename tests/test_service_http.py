@@ -716,22 +716,30 @@ def test_sigterm_finishes_in_flight_requests(tiny_model_dir, tmp_path, lr8, hr):
            "FACESR_MAX_BATCH": "2", "FACESR_MAX_STEPS": "8"}
     server = Server(["-m", "service"], env, tmp_path / "server.log")
     with server:
-        def post(_):
+        def post(path, files):
             with httpx.Client(base_url=server.url, timeout=120) as c:
-                return c.post("/samples?n=64&seed=2", files=upload(lr8, png(hr)))
+                return c.post(path, files=files)
 
-        with ThreadPoolExecutor(3) as pool:
-            futures = [pool.submit(post, i) for i in range(3)]
+        def wait_in_flight(count):
             deadline = time.monotonic() + 30
-            while metric(server.client.get("/metrics").text, "facesr_requests_in_flight") < 3:
+            while metric(server.client.get("/metrics").text,
+                         "facesr_requests_in_flight") < count:
                 assert time.monotonic() < deadline and not any(f.done() for f in futures)
                 time.sleep(0.01)
+
+        with ThreadPoolExecutor(5) as pool:
+            futures = [pool.submit(post, "/samples?n=64&seed=2", upload(lr8, png(hr)))
+                       for _ in range(3)]
+            wait_in_flight(3)  # the pool now runs one /samples and queues the others
+            futures += [pool.submit(post, "/superresolve", upload(lr8)) for _ in range(2)]
+            wait_in_flight(5)  # ...and two /superresolve wait in the micro-batcher
             server.proc.send_signal(signal.SIGTERM)
             results = [f.result(120) for f in futures]
         assert server.proc.wait(60) in CLEAN_EXIT
     log = (tmp_path / "server.log").read_text()
-    assert [r.status_code for r in results] == [200, 200, 200], log
-    assert all(len(r.json()["samples"]) == 65 for r in results)
+    assert [r.status_code for r in results] == [200] * 5, log
+    assert all(len(r.json()["samples"]) == 65 for r in results[:3])
+    assert all(pixels(r.content).shape == (128, 128, 3) for r in results[3:])
     assert "shut down cleanly" in log
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.url}/health/live", timeout=2)
