@@ -40,6 +40,7 @@ class ServiceState:
     executor: ThreadPoolExecutor | None = None
     ready: bool = False
     status: str = "starting"
+    closing: bool = False
     in_flight: int = 0
 
     @property
@@ -69,7 +70,7 @@ async def _warm_up(state: ServiceState) -> None:
     loop = asyncio.get_running_loop()
     try:
         for scale in state.scales:
-            if state.status == "shutting down":
+            if state.closing:
                 return
             runner = state.runners[scale]
             state.status = f"warming up model {runner.manifest.name}"
@@ -79,6 +80,8 @@ async def _warm_up(state: ServiceState) -> None:
     except Exception as exc:  # noqa: BLE001 - reported by /health/ready, the process stays up
         log.exception("warm-up failed")
         state.status = f"warm-up failed: {type(exc).__name__}: {exc}"
+        return
+    if state.closing:
         return
     state.ready, state.status = True, "ready"
     state.metrics.ready.set(1)
@@ -124,7 +127,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _shutdown(state: ServiceState, warm: asyncio.Task | None) -> None:
-    state.ready, state.status = False, "shutting down"
+    state.ready, state.status, state.closing = False, "shutting down", True
     state.metrics.ready.set(0)
     if warm is not None:
         await warm  # a running warm-up cannot be interrupted; it is bounded
