@@ -396,7 +396,7 @@ def test_traversal_endpoints_come_from_seeds():
 
 
 def test_every_setting_is_documented():
-    readme = (ROOT / "service" / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     for name, field in Settings.model_fields.items():
         assert f"`FACESR_{name.upper()}`" in readme, name
         assert field.description, name
