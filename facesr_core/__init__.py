@@ -1,29 +1,9 @@
-"""What training and serving must agree on: the degradation and the model manifest.
+"""What training and serving must agree on.
 
-This package imports no torch, so the slim serving image can use it as is.
+- `facesr_core.degradation`: the one degradation and bicubic path (numpy + Pillow only).
+- `facesr_core.manifest`: manifest.json, the contract between training and serving (pydantic).
+
+This package imports no torch, so the slim serving image can use it as is. Import from the
+submodules; this module loads neither, so training code on a machine without pydantic can
+still use the degradation.
 """
-
-from facesr_core.degradation import (
-    HR_SIZE,
-    SCALES,
-    bicubic_upsample,
-    degrade,
-    from_model_range,
-    lr_size,
-    to_model_range,
-)
-from facesr_core.manifest import Manifest, ManifestError, ModelFile, load_manifest
-
-__all__ = [
-    "HR_SIZE",
-    "SCALES",
-    "Manifest",
-    "ManifestError",
-    "ModelFile",
-    "bicubic_upsample",
-    "degrade",
-    "from_model_range",
-    "load_manifest",
-    "lr_size",
-    "to_model_range",
-]
