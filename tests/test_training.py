@@ -161,3 +161,19 @@ def test_cli_prepare_train_eval_export(tmp_path, pack):
     assert manifest.training["steps"] == {"phase1": 2, "phase2": 1}
     for fig in ("fig4_oracle.png", "fig7_samples.png", "fig8_traversal.png"):
         assert (evald / "figures_utkface" / fig).is_file()
+
+
+def test_time_budget_and_weights_only_run_folder(pack, tmp_path):
+    from training.weights import MODEL_WEIGHTS, load_model
+
+    run = tmp_path / "run"
+    summary = train(tiny_cfg(pack, run, phase1_steps=10_000, phase2_steps=10_000,
+                             time_budget_s=2.0), progress=False)
+    assert 0 < summary["steps"]["phase1"] < 10_000 and 0 < summary["steps"]["phase2"] < 10_000
+    carried = tmp_path / "carried"  # what a GPU run brings back: the weights alone
+    carried.mkdir()
+    (carried / MODEL_WEIGHTS).write_bytes((run / MODEL_WEIGHTS).read_bytes())
+    (model_a, scale_a), (model_b, scale_b) = load_model(run), load_model(carried)
+    x = torch.rand(2, 3, 128, 128) * 2 - 1
+    assert scale_a == scale_b == 8
+    assert torch.equal(model_a.predict(x), model_b.predict(x))

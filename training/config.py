@@ -59,6 +59,7 @@ class TrainConfig:
     bf16: bool | None = None  # None: on for CUDA and CPU alike (see SPEC.md measurements)
     channels_last: bool | None = None
     seed: int = 0
+    time_budget_s: float = 0.0  # >0: stop each phase early so both fit (phase 2 gets a quarter)
     log_every: int = 10
     ckpt_every: int = 200
     sample_every: int = 0  # steps between sample grids; 0: once per epoch of the pack

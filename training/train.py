@@ -26,6 +26,7 @@ from training.data import FacePack, PairDataset, random_patches
 from training.losses import Phase1Objective, phase2_losses
 from training.models import StochasticSR
 from training.visuals import sample_grid, save_loss_curve
+from training.weights import MODEL_WEIGHTS, save_model_weights
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -216,8 +217,14 @@ class Trainer:
             bar = tqdm(total=total, initial=self.steps[key], desc=f"phase {phase}", unit="step",
                        disable=not (progress and self.rt.main), dynamic_ncols=True)
             step_fn = self.step_phase1 if phase == 1 else self.step_phase2
-            tick = time.time()
+            tick = phase_start = time.time()
+            budget = self.phase_budget_s(phase)
             for _ in range(todo):
+                if budget and time.time() - phase_start > budget:
+                    if self.rt.main:
+                        print(f"phase {phase}: time budget of {budget:.0f} s reached at step "
+                              f"{self.steps[key]}")
+                    break
                 images = self.per_rank_batch(phase) * self.rt.world
                 losses = step_fn()
                 if not all(math.isfinite(v) for v in losses.values()):
@@ -233,8 +240,15 @@ class Trainer:
         summary = self.summary()
         if self.rt.main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            save_model_weights(self.model, self.out / MODEL_WEIGHTS, scale=self.cfg.scale)
             save_loss_curve(self.out / "log.jsonl", self.out / "loss_curve.png")
         return summary
+
+    def phase_budget_s(self, phase: int) -> float:
+        """Phase 1 gets three quarters of the time budget, phase 2 the rest."""
+        if not self.cfg.time_budget_s:
+            return 0.0
+        return self.cfg.time_budget_s * (0.75 if phase == 1 else 0.25)
 
     def after_step(self, phase: int, losses: dict[str, float], speed: float) -> None:
         step = self.steps[f"phase{phase}"]

@@ -1,12 +1,36 @@
-"""Loading a model back: from a training run (checkpoint.pt) or an exported model folder."""
+"""Loading a model back: from a training run or an exported model folder.
+
+A run folder holds `checkpoint.pt` (weights + optimiser state, to resume) and, once a run ends,
+`model.safetensors` (weights only, ~9 MiB at paper size: what a GPU run brings back).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
 from training.config import ModelConfig
 from training.models import StochasticSR
+
+MODEL_WEIGHTS = "model.safetensors"
+
+
+def save_model_weights(model: StochasticSR, path: Path, scale: int) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path), metadata={"config": json.dumps(model.cfg.to_dict()),
+                                            "scale": str(scale)})
+
+
+def _from_safetensors(files: list[Path], config: dict) -> StochasticSR:
+    model = StochasticSR(ModelConfig(**config))
+    state = {}
+    for f in files:
+        state.update(load_file(f))
+    model.load_state_dict(state)
+    return model.eval()
 
 
 def load_model(path: Path) -> tuple[StochasticSR, int]:
@@ -19,15 +43,17 @@ def load_model(path: Path) -> tuple[StochasticSR, int]:
         model = StochasticSR(ModelConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
         return model.eval(), int(ckpt["config"]["scale"])
+    if (path / MODEL_WEIGHTS).exists():
+        with safe_open(str(path / MODEL_WEIGHTS), "pt") as fh:
+            meta = fh.metadata()
+        model = _from_safetensors([path / MODEL_WEIGHTS], json.loads(meta["config"]))
+        return model, int(meta["scale"])
     if (path / "manifest.json").exists():
-        from safetensors.torch import load_file
-
         manifest = json.loads((path / "manifest.json").read_text())
-        model = StochasticSR(ModelConfig(**manifest["training"]["model_config"]))
-        state = {**load_file(path / "phase1.safetensors"), **load_file(path / "phase2.safetensors")}
-        model.load_state_dict(state)
-        return model.eval(), int(manifest["scale"])
-    raise SystemExit(f"{path}: neither a training run (checkpoint.pt) nor a model (manifest.json)")
+        files = [path / "phase1.safetensors", path / "phase2.safetensors"]
+        return _from_safetensors(files, manifest["training"]["model_config"]), int(
+            manifest["scale"])
+    raise SystemExit(f"{path}: no checkpoint.pt, {MODEL_WEIGHTS} or manifest.json")
 
 
 def run_summary(path: Path) -> dict:
