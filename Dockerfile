@@ -76,8 +76,8 @@ LABEL org.opencontainers.image.title="facesr" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="MIT (code); models: non-commercial research only"
 
-RUN groupadd --system --gid 10001 facesr \
-    && useradd --system --uid 10001 --gid facesr --home-dir /nonexistent --no-create-home \
+RUN groupadd --gid 10001 facesr \
+    && useradd --uid 10001 --gid facesr --home-dir /nonexistent --no-create-home \
         --shell /usr/sbin/nologin facesr
 
 COPY --from=builder /opt/venv /opt/venv
@@ -98,7 +98,7 @@ USER 10001:10001
 EXPOSE 8000
 
 # 200 only once every model is loaded and warmed up. Python, not curl: slim bases have no curl.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('FACESR_PORT', '8000'), timeout=4)"]
 
 # `python -m service` runs uvicorn with the FACESR_* settings (the README lists them all).

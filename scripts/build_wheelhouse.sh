@@ -36,8 +36,33 @@ for tag in manylinux_2_36 manylinux_2_34 manylinux_2_31 manylinux_2_28 manylinux
            manylinux_2_5 manylinux1; do
     platforms+=(--platform "${tag}_$ARCH")
 done
+# pip evaluates environment markers for the interpreter it runs on, not for --python-version:
+# resolve the lock's markers (e.g. numpy's python_full_version split) for the target first.
+req=$(mktemp)
+trap 'rm -f "$req"' EXIT
+python3 - "requirements/serve-$extra.txt" "$PYTHON_VERSION" "$ARCH" >"$req" <<'EOF'
+import re, sys
+try:
+    from packaging.markers import Marker
+except ImportError:
+    from pip._vendor.packaging.markers import Marker
+path, version, arch = sys.argv[1:]
+env = {"python_version": version, "python_full_version": version + ".0",
+       "implementation_name": "cpython", "platform_python_implementation": "CPython",
+       "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
+       "platform_machine": arch}
+logical = re.sub(r"\\\n\s*", " ", open(path).read()).splitlines()
+for line in logical:
+    if not line.strip() or line.lstrip().startswith("#"):
+        continue
+    spec, _, rest = line.partition(" --hash")
+    name, _, marker = spec.partition(";")
+    if marker.strip() and not Marker(marker.strip()).evaluate(env):
+        continue
+    print(name.strip() + (" --hash" + rest if rest else ""))
+EOF
 $PIP download --quiet --disable-pip-version-check --no-deps --require-hashes \
     --only-binary=:all: --implementation cp --python-version "$PYTHON_VERSION" \
-    "${platforms[@]}" --dest "$out" -r "requirements/serve-$extra.txt"
+    "${platforms[@]}" --dest "$out" -r "$req"
 
 echo "build_wheelhouse: $(find "$out" -maxdepth 1 -name '*.whl' | wc -l) wheels, $(du -sh "$out" | cut -f1), in $out"

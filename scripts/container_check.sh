@@ -12,7 +12,10 @@
 #               (default: ./models if it holds manifests, else /work/build-cache/models)
 #   BASE_IMAGE  base of the image (default facesr-base:bookworm, made by scripts/build_base.sh
 #               when missing; python:3.11-slim-bookworm works where registries can be reached)
-#   IMAGE       tag to build (default facesr:cpu, the tag docker-compose.cpu.yml runs)
+#   ORT_EXTRA   cpu (default) | gpu: which lock is installed. gpu on a CPU-only base checks that
+#               the onnxruntime-gpu build installs and serves (on the CPU provider: no GPU here)
+#   IMAGE       tag to build (default facesr:cpu, the tag docker-compose.cpu.yml runs;
+#               facesr:gpu-local for ORT_EXTRA=gpu)
 #   PORT        port the service listens on, on the host's loopback (default 8000)
 #   TEST_IMAGE  an LR face to upload (default: a synthetic 16x16 PNG, i.e. the x8 model)
 #   KEEP=1      leave the container running (name facesr-check) for scripts/prometheus_check.sh
@@ -28,7 +31,8 @@ REPO=$PWD
 CACHE_DIR=${CACHE_DIR:-/work/build-cache}
 DOCKER=${DOCKER:-docker}
 BASE_IMAGE=${BASE_IMAGE:-facesr-base:bookworm}
-IMAGE=${IMAGE:-facesr:cpu}
+ORT_EXTRA=${ORT_EXTRA:-cpu}
+[[ $ORT_EXTRA == cpu ]] && IMAGE=${IMAGE:-facesr:cpu} || IMAGE=${IMAGE:-facesr:gpu-local}
 PORT=${PORT:-8000}
 NAME=facesr-check
 if [[ -z "${MODEL_DIR:-}" ]]; then
@@ -59,8 +63,8 @@ pyver=$($DOCKER run --rm --network none "$BASE_IMAGE" python3 -c \
 echo "Python $pyver in $BASE_IMAGE"
 
 say "wheelhouse (host side, for Python $pyver)"
-wheels="$CACHE_DIR/wheelhouse-cpu-py${pyver/./}"
-PYTHON_VERSION=$pyver scripts/build_wheelhouse.sh cpu "$wheels"
+wheels="$CACHE_DIR/wheelhouse-$ORT_EXTRA-py${pyver/./}"
+PYTHON_VERSION=$pyver scripts/build_wheelhouse.sh "$ORT_EXTRA" "$wheels"
 
 say "build context"
 ctx=$(mktemp -d "$CACHE_DIR/context.XXXXXX")
@@ -73,7 +77,7 @@ cp -r "$wheels" "$ctx/wheelhouse"
 echo "context $ctx: $(du -sh "$ctx" | cut -f1) (models $(du -sh "$ctx/models" | cut -f1) from $MODEL_DIR)"
 
 say "docker build (offline: --network none)"
-build_flags=(--network none --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg ORT_EXTRA=cpu
+build_flags=(--network none --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "ORT_EXTRA=$ORT_EXTRA"
              --build-arg WHEELHOUSE=wheelhouse --build-arg MODELS=models -t "$IMAGE")
 [[ "$(basename "$DOCKER")" == podman ]] && build_flags+=(--isolation=chroot --format docker)
 start=$(date +%s)
