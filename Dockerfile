@@ -13,6 +13,8 @@
 #   WHEELHOUSE  a folder in the build context holding the locked wheels, for offline builds
 #               (scripts/build_wheelhouse.sh). The default folder holds no wheels, and pip then
 #               downloads the same hash-pinned files from PyPI.
+#   PIP_INDEX_URL  the package index when there is no wheelhouse (default PyPI; a mirror works,
+#               the hashes in the lock are checked either way).
 #   MODELS      the model folder in the build context (x4/ x8/ x16/, each manifest.json + ONNX).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
@@ -35,6 +37,7 @@ FROM base AS builder
 ARG ORT_EXTRA=cpu
 ARG WHEELHOUSE=requirements
 ARG MODELS=models
+ARG PIP_INDEX_URL=https://pypi.org/simple
 SHELL ["/bin/sh", "-eu", "-c"]
 # hadolint ignore=DL3008
 RUN if ! python3 -c "import ensurepip" >/dev/null 2>&1; then \
@@ -48,7 +51,8 @@ RUN if ! python3 -c "import ensurepip" >/dev/null 2>&1; then \
 # only, from the wheelhouse when one was given. pip itself is dropped from the result.
 COPY requirements/serve-${ORT_EXTRA}.txt /tmp/requirements.txt
 COPY ${WHEELHOUSE}/ /wheels/
-RUN if ls /wheels/*.whl >/dev/null 2>&1; then set -- --no-index --find-links=/wheels; fi \
+RUN if ls /wheels/*.whl >/dev/null 2>&1; then set -- --no-index --find-links=/wheels; \
+    else set -- --index-url "$PIP_INDEX_URL"; fi \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --require-hashes \
         --only-binary=:all: "$@" -r /tmp/requirements.txt \
     && /opt/venv/bin/pip uninstall --yes --quiet --disable-pip-version-check pip setuptools \

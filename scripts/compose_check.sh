@@ -93,8 +93,11 @@ awk '
 
 networks_before=$($DOCKER network ls --format '{{.Name}}/{{.Driver}}' | sort)
 cleanup() {
+    local rc=$?
+    set +e
     compose down -v --remove-orphans >/dev/null 2>&1 || true
     [[ -n "$render" ]] && rm -f "$render"
+    exit "$rc"
 }
 trap cleanup EXIT
 

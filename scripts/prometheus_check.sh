@@ -49,10 +49,13 @@ command -v prometheus >/dev/null || fail "apt-get install prometheus (Debian's p
 work=$(mktemp -d "${TMPDIR:-/tmp}/facesr-prom.XXXXXX")
 svc_pid="" prom_pid="" container=""
 cleanup() {
+    local rc=$?
+    set +e
     [[ -n "$prom_pid" ]] && kill "$prom_pid" 2>/dev/null && wait "$prom_pid" 2>/dev/null
     [[ -n "$svc_pid" ]] && kill "$svc_pid" 2>/dev/null && wait "$svc_pid" 2>/dev/null
     [[ -n "$container" ]] && $DOCKER rm -f "$container" >/dev/null 2>&1
     rm -rf "$work"
+    exit "$rc"
 }
 trap cleanup EXIT
 
