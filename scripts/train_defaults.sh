@@ -13,6 +13,7 @@ PATCH_STEPS=${PATCH_STEPS:-1200}
 PHASE1_STEPS=${PHASE1_STEPS:-1500}
 PHASE2_STEPS=${PHASE2_STEPS:-400}
 BEST_OF=${BEST_OF:-10}
+TIME_BUDGET_S=${TIME_BUDGET_S:-0}   # >0: cap each scale's training (phase 2 gets a quarter)
 
 if [ ! -f "$PACK" ]; then
   facesr-prepare --celeba "$DATA/celeba/img_align_celeba" \
@@ -24,7 +25,7 @@ for s in $SCALES; do
   facesr-train --data "$PACK" --out "runs/x$s" --scale "$s" --preset paper \
     --patch 64 --patch-steps "$PATCH_STEPS" --patch-batch-size 32 \
     --phase1-steps "$PHASE1_STEPS" --phase2-steps "$PHASE2_STEPS" --batch-size 16 \
-    --ckpt-every 100 --no-progress
+    --time-budget-s "$TIME_BUDGET_S" --ckpt-every 100 --no-progress
   facesr-eval --model "runs/x$s" --pack "$PACK" --sources celeba utkface \
     --best-of "$BEST_OF" --out "runs/x$s/eval"
   facesr-export --model "runs/x$s" --out "models/x$s" --metrics "runs/x$s/eval/metrics.json"
