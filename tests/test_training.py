@@ -74,7 +74,11 @@ def test_resume_gives_identical_next_step_loss(pack, tmp_path, stop_at, full):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(tiny_cfg(pack, straight, patch=64, patch_steps=1, **full), progress=False)
     train(tiny_cfg(pack, resumed, patch=64, patch_steps=1, **stop_at), progress=False)
+    with open(resumed / "log.jsonl", "a") as fh:  # a step logged after the last checkpoint
+        fh.write(json.dumps({"phase": 1, "step": 99, "loss": 1.0}) + "\n")
     train(tiny_cfg(pack, resumed, patch=64, patch_steps=1, **full), progress=False)
+    steps = lambda out: [(r["phase"], r["step"]) for r in logged(out)]  # noqa: E731
+    assert steps(resumed) == steps(straight)
     assert logged(resumed)[-1] == {**logged(straight)[-1], "wall_s": logged(resumed)[-1]["wall_s"],
                                    "images_per_s": logged(resumed)[-1]["images_per_s"]}
     a = torch.load(straight / CHECKPOINT, weights_only=True)["model"]

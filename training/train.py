@@ -129,7 +129,17 @@ class Trainer:
         self.opt2.load_state_dict(ckpt["opt2"])
         self.steps = dict(ckpt["steps"])
         self.wall_before = float(ckpt.get("wall_s", 0.0))
+        self.trim_log()
         return True
+
+    def trim_log(self) -> None:
+        """Drop log records of steps after the checkpoint: an interrupted run logged them."""
+        log = self.out / "log.jsonl"
+        if not (self.rt.main and log.exists()):
+            return
+        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        kept = [r for r in records if r["step"] <= self.steps[f"phase{r['phase']}"]]
+        log.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     # -- data --------------------------------------------------------------------------------
     def per_rank_batch(self, phase: int) -> int:
