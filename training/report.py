@@ -1,0 +1,43 @@
+"""The README's results table: every model's manifest metrics beside the paper's Table 1.
+
+    python -m training.report models
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+# Table 1 of the paper (PSNR / SSIM), bicubic and ours; their protocol is not stated.
+PAPER = {
+    ("utkface", 4): ((28.04, 0.86), (33.52, 0.94)), ("utkface", 8): ((23.11, 0.71), (27.86, 0.85)),
+    ("utkface", 16): ((19.51, 0.59), (23.44, 0.74)), ("celeba", 4): ((24.88, 0.76), (29.24, 0.88)),
+    ("celeba", 8): ((21.15, 0.60), (24.91, 0.76)), ("celeba", 16): ((17.95, 0.48), (21.33, 0.64)),
+}
+ROWS = ("bicubic", "deterministic", "icap_mean", "best_of_10")
+
+
+def fmt(m: dict | None) -> str:
+    return f"{m['psnr']:.2f} / {m['ssim']:.3f}" if m else "n/a"
+
+
+def table(model_root: Path) -> str:
+    head = ("| data | scale | test faces | bicubic | deterministic | ICAP mean | best-of-10 | "
+            "mean − bicubic (dB) | paper: bicubic → ours (gain) |\n" + "|---" * 9 + "|\n")
+    lines = []
+    for manifest_path in sorted(model_root.glob("*/manifest.json")):
+        manifest = json.loads(manifest_path.read_text())
+        scale = manifest["scale"]
+        for key, rows in sorted(manifest.get("metrics", {}).items()):
+            data = key.removesuffix("_test")
+            gain = rows["icap_mean"]["psnr"] - rows["bicubic"]["psnr"]
+            (pb, _), (po, _) = PAPER.get((data, scale), ((float("nan"), 0), (float("nan"), 0)))
+            lines.append((data, scale, f"| {data} | x{scale} | {rows.get('count', '?')} | "
+                          + " | ".join(fmt(rows.get(r)) for r in ROWS)
+                          + f" | {gain:+.2f} | {pb:.2f} → {po:.2f} ({po - pb:+.2f}) |"))
+    return head + "\n".join(line for *_, line in sorted(lines))
+
+
+if __name__ == "__main__":
+    print(table(Path(sys.argv[1] if len(sys.argv) > 1 else "models")))
