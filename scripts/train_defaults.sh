@@ -13,6 +13,7 @@ PATCH_STEPS=${PATCH_STEPS:-1200}
 PHASE1_STEPS=${PHASE1_STEPS:-1500}
 PHASE2_STEPS=${PHASE2_STEPS:-400}
 BEST_OF=${BEST_OF:-10}
+BEST_OF_LIMIT=${BEST_OF_LIMIT:-100}  # best-of-n on this many faces per split (n passes each)
 TIME_BUDGET_S=${TIME_BUDGET_S:-0}   # >0: cap each scale's training (phase 2 gets a quarter)
 
 if [ ! -f "$PACK" ]; then
@@ -27,6 +28,6 @@ for s in $SCALES; do
     --phase1-steps "$PHASE1_STEPS" --phase2-steps "$PHASE2_STEPS" --batch-size 16 \
     --time-budget-s "$TIME_BUDGET_S" --ckpt-every 100 --no-progress
   facesr-eval --model "runs/x$s" --pack "$PACK" --sources celeba utkface \
-    --best-of "$BEST_OF" --out "runs/x$s/eval"
+    --best-of "$BEST_OF" --best-of-limit "$BEST_OF_LIMIT" --out "runs/x$s/eval"
   facesr-export --model "runs/x$s" --out "models/x$s" --metrics "runs/x$s/eval/metrics.json"
 done

@@ -86,6 +86,8 @@ def train_main(argv: list[str] | None = None) -> None:
 
 
 def eval_main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    _tuned_malloc_or_reexec(argv, "eval")  # 2x faster evaluation on this CPU, measured
     from training.evaluate import evaluate, markdown_table, write_report
     from training.weights import load_model
 
@@ -100,6 +102,8 @@ def eval_main(argv: list[str] | None = None) -> None:
                    help="evaluate each source separately (default: celeba utkface)")
     p.add_argument("--best-of", type=int, nargs="*", default=[10, 100])
     p.add_argument("--limit", type=int, help="at most this many faces per source")
+    p.add_argument("--best-of-limit", type=int,
+                   help="best-of-n on the first N faces only (n decoder passes per face)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.json/.md, figures")
@@ -107,7 +111,8 @@ def eval_main(argv: list[str] | None = None) -> None:
     model, scale = load_model(a.model)
     scale = a.scale or scale
     results = [evaluate(model, a.pack, scale, a.split, (src,), tuple(a.best_of), a.limit,
-                        a.device, a.seed, figures=a.out / f"figures_{src}")
+                        a.device, a.seed, figures=a.out / f"figures_{src}",
+                        best_of_limit=a.best_of_limit)
                for src in a.sources]
     write_report(results, a.out)
     print(markdown_table(results))
@@ -131,7 +136,8 @@ def export_main(argv: list[str] | None = None) -> None:
     if a.metrics:
         for res in json.loads(a.metrics.read_text()):
             metrics["+".join(res["sources"]) + f"_{res['split']}"] = {
-                **res["rows"], "count": res["count"], "protocol": res["protocol"]}
+                **res["rows"], "count": res["count"], "protocol": res["protocol"],
+                "best_of_count": res.get("best_of_count", res["count"])}
     manifest = export_model(model, a.out, scale=scale, preset=summary.get("preset", "custom"),
                             name=a.name, version=a.version, training=summary, metrics=metrics)
     print(f"wrote {a.out}: " + ", ".join(f.path for f in manifest.files.values()))
