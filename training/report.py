@@ -38,9 +38,10 @@ def table(model_root: Path) -> str:
             best_cell = (f"{fmt(best)} ({rows.get('best_of_count', '?')}; "
                          f"{best['psnr'] - same['psnr']:+.2f})" if best else "n/a")
             (pb, _), (po, _) = PAPER.get((data, scale), ((float("nan"), 0), (float("nan"), 0)))
+            paper = f"{pb:.2f} → {po:.2f} ({po - pb:+.2f})"
             lines.append((data, scale, f"| {data} | x{scale} | {rows.get('count', '?')} | "
                           + " | ".join(fmt(rows.get(r)) for r in ROWS)
-                          + f" | {best_cell} | {gain:+.2f} | {pb:.2f} → {po:.2f} ({po - pb:+.2f}) |"))
+                          + f" | {best_cell} | {gain:+.2f} | {paper} |"))
     return head + "\n".join(line for *_, line in sorted(lines))
 
 
