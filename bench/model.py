@@ -1,0 +1,519 @@
+"""Model speed on this machine: FLOPs, matmul peak, PyTorch eager vs ONNX Runtime, n samples,
+and faster CPU variants (int8, fp16, bf16) with their PSNR change on real faces.
+
+Sections (`--sections`, default all):
+  flops    FLOPs per image (torch.utils.flop_counter), per graph and for n samples
+  peak     fp32 matmul peak (torch, numpy, ONNX Runtime; 2048^2 and 4096^2; bf16 too)
+  engines  PyTorch eager vs ONNX Runtime CPU at batch 1, 8, 64: ms/image, img/s, GFLOP/s
+  samples  n = 10: n naive passes vs one ICAP + one encoder pass + one batched decoder call
+  options  int8 static quantization (ORT QDQ), fp16 (ORT), bf16 (PyTorch autocast; ORT has no
+           bf16 CPU kernels): speed at batch 1 and 8
+  ortopts  ONNX Runtime fp32 session options: optimisation level, threads, spinning
+  psnr     PSNR of each variant on real CelebA faces (opt-in data, read at run time only)
+
+    python bench/model.py --model-dir models/x8 --sections flops peak engines --pause-training
+    python bench/model.py --export-random /tmp/paper/x8   # a paper-size model, random weights
+
+Speed does not depend on the weights; PSNR does, so `psnr` wants a trained model (models/x8).
+`--pause-training` SIGSTOPs a background training job while timing (see bench/common.py).
+Results are printed as markdown and written as JSON to --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    celeba_faces,
+    machine,
+    md_table,
+    timeit,
+    training_paused,
+)
+
+GRAPHS = ("icap", "encoder", "decoder")
+CALIB_OFFSET = 1000  # calibration faces come after the (at most 1000) PSNR faces
+
+
+# --- models -----------------------------------------------------------------------------
+
+def export_random(out: Path, preset: str = "paper", scale: int = 8) -> Path:
+    import torch
+
+    from training.config import ModelConfig
+    from training.export import export_model
+    from training.models import StochasticSR
+
+    torch.manual_seed(0)
+    model = StochasticSR(ModelConfig.preset(preset))
+    export_model(model, out, scale=scale, preset=preset, version="random-weights")
+    return out
+
+
+def load_torch(model_dir: Path):
+    from training.weights import load_model
+
+    model, scale = load_model(model_dir)
+    return model.eval(), scale
+
+
+def ort_sessions(paths: dict[str, Path], threads: int = 0, level: str = "ALL",
+                 spinning: bool = True) -> dict:
+    """The three graphs with the service's session options (service/engine.py) by default."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    if threads:
+        so.intra_op_num_threads = threads
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return {g: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+            for g, p in paths.items()}
+
+
+class OrtPipeline:
+    """ICAP + encoder + decoder(mu) in ONNX Runtime: the service's /superresolve."""
+
+    def __init__(self, sessions: dict):
+        self.s = sessions
+        self.dec_inputs = [i.name for i in sessions["decoder"].get_inputs()]
+
+    def encode(self, x: np.ndarray):
+        mu, logvar = self.s["icap"].run(None, {"x": x})
+        (features,) = self.s["encoder"].run(None, {"x": x})
+        return mu, logvar, features
+
+    def decode(self, features: np.ndarray, z: np.ndarray, x: np.ndarray) -> np.ndarray:
+        m = len(z)
+        rep = (lambda a: a if len(a) == m else np.repeat(a, m, axis=0))  # noqa: E731
+        feeds = {"features": rep(features), "z": z, "x": rep(x)}
+        (y,) = self.s["decoder"].run(None, {k: feeds[k] for k in self.dec_inputs})
+        return y
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        mu, _, features = self.encode(x)
+        return self.decode(features, mu, x)
+
+
+class TorchPipeline:
+    """The same three steps in PyTorch eager (fp32, or bf16 autocast + channels_last)."""
+
+    def __init__(self, model, bf16: bool = False):
+        import torch
+
+        self.torch, self.bf16 = torch, bf16
+        self.model = model.to(memory_format=torch.channels_last) if bf16 else model
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        xt = torch.from_numpy(x)
+        if self.bf16:
+            xt = xt.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
+            mu, _ = self.model.icap(xt)
+            feats = self.model.sr.encoder(xt)
+            y = self.model.sr.decoder(feats, mu, xt)
+        return y.float().numpy()
+
+
+# --- FLOPs and peak -----------------------------------------------------------------------
+
+def count_flops(model) -> dict[str, float]:
+    """FLOPs (2 per multiply-add; convolutions and matmuls) of each graph for one image."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, 128, 128)
+
+    def flops(fn) -> float:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            fn()
+        return float(counter.get_total_flops())
+
+    with torch.no_grad():
+        mu, _ = model.icap(x)
+        feats = model.sr.encoder(x)
+    out = {"icap": flops(lambda: model.icap(x)),
+           "encoder": flops(lambda: model.sr.encoder(x)),
+           "decoder": flops(lambda: model.sr.decoder(feats, mu, x)),
+           "encoder_decoder": flops(lambda: model.sr(x, mu))}
+    out["superresolve"] = out["icap"] + out["encoder"] + out["decoder"]
+    return out
+
+
+def sample_flop_ratios(f: dict[str, float], n: int) -> dict[str, float]:
+    one = f["encoder"] + f["decoder"]
+    return {
+        # Encoder-Decoder only (the issue's framing): one encoder pass + n decoder passes
+        "enc+n_dec / one image": (f["encoder"] + n * f["decoder"]) / one,
+        # what /samples runs: ICAP + encoder + (n + 1) decodes (the mean too), vs /superresolve
+        "service samples / superresolve": (f["icap"] + f["encoder"] + (n + 1) * f["decoder"])
+        / f["superresolve"],
+        "naive n full passes / one image": n * 1.0,
+    }
+
+
+def ort_matmul_session(size: int):
+    """A one-node ONNX MatMul graph: ONNX Runtime's own SGEMM (MLAS) on two size^2 inputs."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [size, size]) for n in "abc"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
+                              io[:2], io[2:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def matmul_peak(sizes: tuple[int, ...] = (2048, 4096), seconds: float = 3.0) -> dict:
+    """Best GFLOP/s of a square fp32 (and bf16) matmul in torch, numpy and ONNX Runtime."""
+    import torch
+
+    out: dict[str, float] = {}
+
+    def best(key: str, fn, size: int) -> None:
+        rate = 2 * size**3 / min(timeit(fn, min_reps=5, min_s=seconds)) / 1e9
+        out[key] = max(out.get(key, 0.0), rate)
+
+    for size in sizes:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        an, bn = a.numpy(), b.numpy()
+        sess = ort_matmul_session(size)
+        ab, bb = a.bfloat16(), b.bfloat16()
+        best("torch_fp32", lambda a=a, b=b: torch.mm(a, b), size)
+        best("numpy_fp32", lambda an=an, bn=bn: an @ bn, size)
+        best("onnxruntime_fp32", lambda s=sess, an=an, bn=bn: s.run(None, {"a": an, "b": bn}),
+             size)
+        best("torch_bf16", lambda ab=ab, bb=bb: torch.mm(ab, bb), size)
+    return out
+
+
+# --- engines, samples ---------------------------------------------------------------------
+
+def time_batch(fn, batch: int, budget_s: float) -> list[float]:
+    x = np.random.default_rng(batch).uniform(-1, 1, (batch, 3, 128, 128)).astype(np.float32)
+    reps = 2 if batch >= 32 else 3
+    return timeit(lambda: fn(x), min_reps=reps, min_s=budget_s, warmup=1, max_reps=200)
+
+
+def engines(pipes: dict, batches: list[int], flops_img: float, peak: float | None,
+            budget_s: float) -> list[dict]:
+    rows = []
+    for batch in batches:
+        for name, fn in pipes.items():
+            times = time_batch(fn, batch, budget_s)
+            med = statistics.median(times)
+            gflops = flops_img * batch / med / 1e9
+            rows.append({"engine": name, "batch": batch, "reps": len(times),
+                         "ms_per_call": med * 1e3, "ms_per_image": med * 1e3 / batch,
+                         "images_per_s": batch / med, "gflop_per_s": gflops,
+                         "pct_of_peak": 100 * gflops / peak if peak else None})
+            print(f"  {name} batch {batch}: {med * 1e3 / batch:.1f} ms/image "
+                  f"({gflops:.0f} GFLOP/s)", flush=True)
+    return rows
+
+
+def samples_compare(pipe: OrtPipeline, n: int, budget_s: float) -> dict:
+    x1 = np.random.default_rng(0).uniform(-1, 1, (1, 3, 128, 128)).astype(np.float32)
+    mu, logvar, feats = pipe.encode(x1)
+    eps = np.random.default_rng(1).standard_normal((n, *mu.shape[1:])).astype(np.float32)
+
+    def one() -> None:
+        pipe(x1)
+
+    def naive() -> None:  # ICAP once, then a full Encoder-Decoder pass per sample
+        m, lv, _ = pipe.encode(x1)
+        for i in range(n):
+            (f,) = pipe.s["encoder"].run(None, {"x": x1})
+            pipe.decode(f, (m + np.exp(0.5 * lv) * eps[i])[:1], x1)
+
+    def batched() -> None:  # the service: one ICAP, one encoder, one decoder call (mean + n)
+        m, lv, f = pipe.encode(x1)
+        z = np.concatenate([m, m + np.exp(0.5 * lv) * eps]).astype(np.float32)
+        pipe.decode(f, z, x1)
+
+    out = {}
+    for name, fn in (("one image", one), ("naive", naive), ("batched decoder", batched)):
+        out[name] = statistics.median(timeit(fn, min_reps=3, min_s=budget_s))
+        print(f"  {name}: {out[name] * 1e3:.0f} ms", flush=True)
+    return {"n": n, "seconds": out,
+            "ratio_naive": out["naive"] / out["one image"],
+            "ratio_batched": out["batched decoder"] / out["one image"]}
+
+
+# --- faster CPU variants ------------------------------------------------------------------
+
+def calibration_feeds(pipe: OrtPipeline, xs: np.ndarray) -> dict[str, list[dict]]:
+    feeds: dict[str, list[dict]] = {g: [] for g in GRAPHS}
+    for i in range(len(xs)):
+        x = xs[i:i + 1]
+        mu, _, feats = pipe.encode(x)
+        feeds["icap"].append({"x": x})
+        feeds["encoder"].append({"x": x})
+        dec = {"features": feats, "z": mu, "x": x}
+        feeds["decoder"].append({k: dec[k] for k in pipe.dec_inputs})
+    return feeds
+
+
+def quantize_int8(model_dir: Path, out: Path, feeds: dict[str, list[dict]],
+                  graphs: tuple[str, ...] = GRAPHS) -> dict[str, Path]:
+    """Static int8 (QDQ, per-channel weights, uint8 activations, MinMax calibration)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, items: list[dict]):
+            self.it = iter(items)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for g in GRAPHS:
+        src = model_dir / f"{g}.onnx"
+        if g not in graphs:
+            paths[g] = src
+            continue
+        pre = out / f"{g}.pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(out / f"{g}.onnx"), Reader(feeds[g]),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        paths[g] = out / f"{g}.onnx"
+    return paths
+
+
+def convert_fp16(model_dir: Path, out: Path) -> dict[str, Path]:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for g in GRAPHS:
+        m = convert_float_to_float16(onnx.load(str(model_dir / f"{g}.onnx")),
+                                     keep_io_types=True)
+        onnx.save(m, str(out / f"{g}.onnx"))
+        paths[g] = out / f"{g}.onnx"
+    return paths
+
+
+def build_variants(model_dir: Path, model, work: Path, calib: np.ndarray) -> dict:
+    """name -> callable (x float32 NCHW -> y float32), or the error that stopped it."""
+    variants: dict = {}
+    fp32 = OrtPipeline(ort_sessions({g: model_dir / f"{g}.onnx" for g in GRAPHS}))
+    variants["ORT fp32 (service)"] = fp32
+    feeds = calibration_feeds(fp32, calib)
+    for name, graphs in (("ORT int8 static (all graphs)", GRAPHS),
+                         ("ORT int8 static (encoder only)", ("encoder",))):
+        try:
+            tag = "int8_" + "_".join(graphs)
+            variants[name] = OrtPipeline(ort_sessions(quantize_int8(model_dir, work / tag, feeds,
+                                                                    graphs)))
+        except Exception as exc:  # noqa: BLE001 - reported as a result
+            variants[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    try:
+        variants["ORT fp16"] = OrtPipeline(ort_sessions(convert_fp16(model_dir, work / "fp16")))
+    except Exception as exc:  # noqa: BLE001
+        variants["ORT fp16"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    variants["ORT bf16"] = ("not run: ONNX Runtime's CPU provider has no bf16 Conv/ConvTranspose "
+                            "kernels (its bf16 fast-math option is for ARM64 GEMMs only)")
+    variants["PyTorch fp32 eager"] = TorchPipeline(model)
+    import copy
+
+    variants["PyTorch bf16 autocast + channels_last"] = TorchPipeline(copy.deepcopy(model),
+                                                                      bf16=True)
+    return variants
+
+
+def options_speed(variants: dict, batches: list[int], budget_s: float) -> list[dict]:
+    rows = []
+    for name, fn in variants.items():
+        if isinstance(fn, str):
+            rows.append({"variant": name, "batch": None, "error": fn})
+            continue
+        for batch in batches:
+            med = statistics.median(time_batch(fn, batch, budget_s))
+            rows.append({"variant": name, "batch": batch, "ms_per_image": med * 1e3 / batch,
+                         "images_per_s": batch / med})
+            print(f"  {name} batch {batch}: {med * 1e3 / batch:.1f} ms/image", flush=True)
+    return rows
+
+
+def psnr_on_faces(variants: dict, scale: int, count: int, batch: int = 16) -> list[dict]:
+    from facesr_core.degradation import (
+        bicubic_upsample,
+        degrade,
+        from_model_range,
+        to_model_range,
+    )
+    from service.quality import psnr
+
+    faces = celeba_faces(count)
+    hr = np.stack([np.asarray(f) for f in faces])
+    x = np.stack([to_model_range(bicubic_upsample(degrade(f, scale))) for f in faces])
+    bicubic = from_model_range(x)
+    outputs = {}
+    for name, fn in variants.items():
+        if isinstance(fn, str):
+            continue
+        ys = [fn(x[i:i + batch]) for i in range(0, len(x), batch)]
+        outputs[name] = from_model_range(np.concatenate(ys))
+
+    def mean_psnr(images: np.ndarray, refs: np.ndarray) -> float:
+        return float(np.mean([psnr(r, im[None])[0] for r, im in zip(refs, images,
+                                                                     strict=True)]))
+
+    base_name = "ORT fp32 (service)"
+    base = mean_psnr(outputs[base_name], hr)
+    rows = [{"variant": "bicubic", "psnr": mean_psnr(bicubic, hr), "delta_db": None,
+             "psnr_vs_fp32": None}]
+    for name, out in outputs.items():
+        p = mean_psnr(out, hr)
+        rows.append({"variant": name, "psnr": p, "delta_db": p - base,
+                     "psnr_vs_fp32": mean_psnr(out, outputs[base_name])})
+    return rows
+
+
+# --- main -----------------------------------------------------------------------------------
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", type=Path, default=Path("models/x8"))
+    p.add_argument("--export-random", type=Path, metavar="DIR",
+                   help="export a paper-size model with random weights to DIR and use it")
+    p.add_argument("--sections", nargs="+",
+                   default=["flops", "peak", "engines", "samples", "options", "psnr"])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
+    p.add_argument("--option-batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--budget-s", type=float, default=3.0, help="min timed seconds per cell")
+    p.add_argument("--n", type=int, default=10, help="samples for the `samples` section")
+    p.add_argument("--faces", type=int, default=100, help="CelebA faces for `psnr`")
+    p.add_argument("--calib", type=int, default=32, help="CelebA faces for int8 calibration")
+    p.add_argument("--peak", type=float, help="fp32 peak GFLOP/s (else measured or from --json)")
+    p.add_argument("--pause-training", action="store_true",
+                   help="SIGSTOP a background training job while timing (bench/common.py)")
+    p.add_argument("--json", type=Path, default=Path("bench/results/model.json"))
+    a = p.parse_args()
+
+    if a.export_random:
+        if not (a.export_random / "manifest.json").exists():
+            export_random(a.export_random)
+        a.model_dir = a.export_random
+    model, scale = load_torch(a.model_dir)
+    results = json.loads(a.json.read_text()) if a.json.exists() else {}
+    results.setdefault("runs", [])
+    results["runs"].append({"machine": machine(), "model_dir": str(a.model_dir),
+                            "argv": sys.argv[1:]})
+    print(f"# {a.model_dir} (x{scale}, {model.cfg.channels} ch)  {machine()}")
+
+    def save() -> None:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(results, indent=2) + "\n")
+
+    if "flops" in a.sections:
+        f = count_flops(model)
+        results["flops"] = {"per_image": f, "samples_ratios": sample_flop_ratios(f, a.n),
+                            "n": a.n}
+        print(md_table(["graph", "GFLOP / image"], [[k, v / 1e9] for k, v in f.items()]))
+        print(md_table([f"n = {a.n}", "FLOP ratio"],
+                       [[k, v] for k, v in results["flops"]["samples_ratios"].items()]))
+        save()
+    flops_img = results.get("flops", {}).get("per_image", {}).get("superresolve")
+    if flops_img is None:
+        flops_img = count_flops(model)["superresolve"]
+
+    timed = [s for s in ("peak", "engines", "samples", "ortopts", "options")
+             if s in a.sections]
+    work = tempfile.TemporaryDirectory()
+    variants: dict = {}
+    if "options" in a.sections or "psnr" in a.sections:  # quantize before any pause
+        t0 = time.perf_counter()
+        variants = build_variants(a.model_dir, model, Path(work.name),
+                                  calib_inputs(a.calib, scale))
+        print(f"variants built in {time.perf_counter() - t0:.0f} s", flush=True)
+    if timed:
+        with training_paused(a.pause_training) as paused:
+            if "peak" in a.sections:
+                results["peak"] = matmul_peak()
+                print(md_table(["square matmul", "GFLOP/s"],
+                               [[k, v] for k, v in results["peak"].items()]))
+                save()
+            measured = results.get("peak", {})
+            peak = a.peak or max((v for k, v in measured.items() if k.endswith("fp32")),
+                                 default=None)
+            if "engines" in a.sections:
+                import torch
+
+                sessions = ort_sessions({g: a.model_dir / f"{g}.onnx" for g in GRAPHS})
+                pipes = {"PyTorch eager fp32": TorchPipeline(model),
+                         "ONNX Runtime CPU fp32": OrtPipeline(sessions)}
+                print(f"torch threads {torch.get_num_threads()}")
+                results["engines"] = engines(pipes, a.batches, flops_img, peak, a.budget_s)
+                save()
+            if "samples" in a.sections:
+                sessions = ort_sessions({g: a.model_dir / f"{g}.onnx" for g in GRAPHS})
+                results["samples"] = samples_compare(OrtPipeline(sessions), a.n, a.budget_s)
+                save()
+            if "ortopts" in a.sections:
+                paths = {g: a.model_dir / f"{g}.onnx" for g in GRAPHS}
+                pipes = {f"level {lv}, {th or 'default'} threads, spinning {sp}": OrtPipeline(
+                    ort_sessions(paths, th, lv, sp)) for lv, th, sp in (
+                    ("ALL", 0, True), ("EXTENDED", 0, True), ("BASIC", 0, True),
+                    ("ALL", 1, True), ("ALL", 0, False))}
+                results["ortopts"] = options_speed(pipes, a.option_batches, a.budget_s)
+                save()
+            if "options" in a.sections:
+                results["options"] = options_speed(variants, a.option_batches, a.budget_s)
+                save()
+        results["runs"][-1]["training_paused"] = {k: v for k, v in paused.items()}
+        save()
+    if "psnr" in a.sections:
+        results["psnr"] = {"model_dir": str(a.model_dir), "faces": a.faces,
+                           "calibration_faces": a.calib,
+                           "rows": psnr_on_faces(variants, scale, a.faces)}
+        save()
+        print(md_table(["variant", "PSNR dB", "change dB", "PSNR vs fp32 output"],
+                       [[r["variant"], r["psnr"], r["delta_db"], r["psnr_vs_fp32"]]
+                        for r in results["psnr"]["rows"]]))
+    work.cleanup()
+    print(f"wrote {a.json}")
+
+
+def calib_inputs(count: int, scale: int) -> np.ndarray:
+    """Calibration inputs for int8: CelebA faces kept apart from the PSNR set, else noise."""
+    from facesr_core.degradation import bicubic_upsample, degrade, to_model_range
+
+    try:
+        faces = celeba_faces(count, offset=CALIB_OFFSET)
+    except FileNotFoundError:
+        faces = []
+    if not faces:
+        rng = np.random.default_rng(0)
+        return rng.uniform(-1, 1, (count, 3, 128, 128)).astype(np.float32)
+    return np.stack([to_model_range(bicubic_upsample(degrade(f, scale))) for f in faces])
+
+
+if __name__ == "__main__":
+    main()

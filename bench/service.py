@@ -1,0 +1,457 @@
+"""The service under load on 127.0.0.1: throughput, latency percentiles, errors, overhead over
+the bare pipeline, micro-batching on/off, /samples?n=10 vs one image, and a soak/overload run.
+
+    python bench/service.py load --model-dir /tmp/paper/x8 --pause-training
+    python bench/service.py soak --model-dir /tmp/paper/x8 --concurrency 64 --duration 60
+
+`load` starts two servers (`python -m service`): micro-batching on (FACESR_MAX_BATCH=16, the
+default) and off (FACESR_MAX_BATCH=1). Each client is an asyncio task on one shared
+httpx.AsyncClient, sending the same 16 px LR face (the scikit-image astronaut) in a loop; a
+client that gets a 503 waits its Retry-After, as a well-behaved client would. In the same run
+and process, the bare pipeline (service/ functions called directly, no HTTP: decode, bicubic
+resize, the three ONNX graphs, PNG encode) is timed, once per image and once batched.
+
+`soak` drives one server with `--concurrency` clients for `--duration` s and checks: only 200s
+or 503s with Retry-After, no request over its client timeout (FACESR_REQUEST_TIMEOUT_S + 5 s),
+server RSS growth under 10%; then SIGTERM under load (`--sigterm`) and checks that every request
+the server had accepted got its response. Exit status 1 when a check fails.
+
+Results are printed as markdown and written as JSON (--json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, machine, md_table, percentiles, timeit, training_paused  # noqa: E402
+
+BENCH_ENV = {"FACESR_MAX_SAMPLES": "10", "FACESR_MAX_STEPS": "8", "FACESR_LOG_LEVEL": "warning"}
+# --ort-no-spin: the service with ONNX Runtime's intra-op spin-waiting turned off, patched in at
+# start-up (an experiment for BENCHMARKS.md; the service itself is unchanged).
+NO_SPIN_PATCH = """
+import service.engine as engine
+_options = engine.session_options
+def session_options(settings):
+    so = _options(settings)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+engine.session_options = session_options
+"""
+
+
+# --- the server ---------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`python -m service` on 127.0.0.1 with FACESR_* overrides; its log goes to a file."""
+
+    def __init__(self, model_dir: Path, env: dict[str, str], log: Path, no_spin: bool = False):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        full = {**os.environ, **BENCH_ENV, **env, "FACESR_MODEL_DIR": str(model_dir),
+                "FACESR_HOST": "127.0.0.1", "FACESR_PORT": str(self.port),
+                "PYTHONPATH": str(ROOT)}
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "wb") as out:
+            cmd = (["-c", NO_SPIN_PATCH + "from service.__main__ import main; main()"]
+                   if no_spin else ["-m", "service"])
+            self.proc = subprocess.Popen([sys.executable, *cmd], env=full, cwd=ROOT,
+                                         stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 300) -> float:
+        import httpx
+
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}:\n"
+                                   f"{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
+                    return time.monotonic() - start
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"not ready after {timeout} s")
+
+    def rss(self) -> int:
+        import psutil
+
+        return psutil.Process(self.proc.pid).memory_info().rss
+
+    def stop(self, timeout: float = 60) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
+
+
+# --- the load generator ---------------------------------------------------------------------
+
+@dataclass
+class Record:
+    start: float
+    latency: float
+    status: int | str  # HTTP status, or the exception name for transport errors/timeouts
+    retry_after: str | None = None
+    batch: int | None = None
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    duration: float
+    records: list[Record] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        ok = [r.latency for r in self.records if r.status == 200]
+        statuses: dict[str, int] = {}
+        for r in self.records:
+            statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
+        batches = [r.batch for r in self.records if r.batch]
+        return {
+            "concurrency": self.concurrency, "seconds": self.duration,
+            "requests": len(self.records), "ok": len(ok),
+            "throughput_rps": len(ok) / self.duration,
+            **{k: v * 1e3 for k, v in percentiles(ok).items()},  # ms
+            "statuses": statuses,
+            "errors": len(self.records) - len(ok),
+            "503_without_retry_after": sum(1 for r in self.records
+                                           if r.status == 503 and not r.retry_after),
+            "mean_batch": statistics.mean(batches) if batches else None,
+            "max_latency_ms": max((r.latency for r in self.records), default=0) * 1e3,
+        }
+
+
+async def drive(url: str, path: str, files: dict, concurrency: int, duration: float,
+                timeout: float, honour_retry_after: bool = True,
+                new_connections: bool = False, stop_event: asyncio.Event | None = None
+                ) -> LoadResult:
+    """`concurrency` clients posting `files` to `path` in a loop for `duration` seconds."""
+    import httpx
+
+    result = LoadResult(concurrency, duration)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    t0 = time.perf_counter()
+    deadline = t0 + duration
+
+    async def one(client) -> None:
+        start = time.perf_counter()
+        try:
+            r = await client.post(path, files=files)
+            rec = Record(start - t0, time.perf_counter() - start, r.status_code,
+                         r.headers.get("retry-after"),
+                         int(r.headers["x-facesr-batch"]) if "x-facesr-batch" in r.headers
+                         else None)
+        except httpx.HTTPError as exc:  # timeouts, connection errors
+            rec = Record(start - t0, time.perf_counter() - start, type(exc).__name__)
+        result.records.append(rec)
+        if rec.status == 503 and honour_retry_after:
+            await asyncio.sleep(min(float(rec.retry_after or 1), deadline - time.perf_counter()))
+
+    async def worker(shared) -> None:
+        while time.perf_counter() < deadline and not (stop_event and stop_event.is_set()):
+            if new_connections:
+                async with httpx.AsyncClient(base_url=url, timeout=timeout) as c:
+                    await one(c)
+            else:
+                await one(shared)
+
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as shared:
+        await asyncio.gather(*(worker(shared) for _ in range(concurrency)))
+    result.duration = time.perf_counter() - t0
+    return result
+
+
+def lr_face(scale: int = 8) -> bytes:
+    """The scikit-image astronaut's face, degraded to the LR size of `scale`, as PNG."""
+    from PIL import Image
+    from skimage import data
+
+    from facesr_core.degradation import degrade, to_hr
+
+    hr = to_hr(Image.fromarray(data.astronaut()[25:205, 150:330]))
+    buf = io.BytesIO()
+    degrade(hr, scale).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# --- the bare pipeline --------------------------------------------------------------------
+
+def bare_pipeline(model_dir: Path, data: bytes, batch: int, n: int, budget_s: float,
+                  no_spin: bool = False) -> dict:
+    """The service's own functions without HTTP, asyncio or queues, in this process."""
+    if no_spin:
+        exec(NO_SPIN_PATCH, {})  # same patch as the server's
+    from service.engine import load_models
+    from service.imaging import encode
+    from service.routes import decode_input, render_samples
+    from service.sampling import sample_set
+    from service.settings import Settings
+
+    settings = Settings(model_dir=model_dir, **{k.removeprefix("FACESR_").lower(): v
+                                               for k, v in BENCH_ENV.items()})
+    runners = load_models(settings)
+    scales = tuple(sorted(runners))
+
+    def one() -> bytes:
+        lr, x = decode_input(data, None, scales, settings.max_pixels)
+        out = runners[lr.scale].superresolve(x[None])
+        return encode(out[0], "png")
+
+    def batched() -> list[bytes]:
+        items = [decode_input(data, None, scales, settings.max_pixels) for _ in range(batch)]
+        out = runners[items[0][0].scale].superresolve(np.stack([x for _, x in items]))
+        return [encode(img, "png") for img in out]
+
+    def samples() -> bytes:
+        lr, x = decode_input(data, None, scales, settings.max_pixels)
+        runner = runners[lr.scale]
+        result = sample_set(runner, x, 1, n, 1.0)
+        return render_samples(runner, lr, result, None, 1, 1.0, n, "json")[0]
+
+    for runner in runners.values():
+        runner.warmup()
+    t_one = timeit(one, min_reps=20, min_s=budget_s)
+    t_batch = timeit(batched, min_reps=3, min_s=budget_s)
+    t_samples = timeit(samples, min_reps=5, min_s=budget_s)
+    return {"one_ms": percentiles([t * 1e3 for t in t_one]),
+            "batch": batch, "batch_images_per_s": batch / statistics.median(t_batch),
+            "one_images_per_s": 1 / statistics.median(t_one),
+            "samples_n": n, "samples_ms": percentiles([t * 1e3 for t in t_samples])}
+
+
+# --- commands -----------------------------------------------------------------------------
+
+def cmd_load(a: argparse.Namespace) -> dict:
+    data = lr_face()
+    files = {"image": ("lr.png", data, "image/png")}
+    servers = {"on": Server(a.model_dir, {}, a.logs / "batching_on.log", a.ort_no_spin),
+               "off": Server(a.model_dir, {"FACESR_MAX_BATCH": "1"}, a.logs / "batching_off.log",
+                             a.ort_no_spin)}
+    out: dict = {"machine": machine(), "model_dir": str(a.model_dir), "argv": sys.argv[1:],
+                 "settings": BENCH_ENV, "ort_no_spin": a.ort_no_spin}
+    try:
+        for s in servers.values():
+            s.wait_ready()
+        with training_paused(a.pause_training) as paused:
+            out["bare"] = bare_pipeline(a.model_dir, data, 16, 10, a.budget_s, a.ort_no_spin)
+            print(f"bare: {out['bare']}", flush=True)
+            rows = []
+            for c in a.concurrency:
+                asyncio.run(drive(servers["on"].url, "/superresolve", files, c, a.warm_s,
+                                  a.timeout))
+                res = asyncio.run(drive(servers["on"].url, "/superresolve", files, c,
+                                        a.duration, a.timeout)).summary()
+                res["batching"] = "on"
+                rows.append(res)
+                print(res, flush=True)
+            for c in a.batching_off_concurrency:
+                asyncio.run(drive(servers["off"].url, "/superresolve", files, c, a.warm_s,
+                                  a.timeout))
+                res = asyncio.run(drive(servers["off"].url, "/superresolve", files, c,
+                                        a.duration, a.timeout)).summary()
+                res["batching"] = "off"
+                rows.append(res)
+                print(res, flush=True)
+            out["load"] = rows
+            sam = asyncio.run(drive(servers["on"].url, "/samples?n=10&seed=1", files, 1,
+                                    a.duration, a.timeout)).summary()
+            out["samples"] = sam
+            print(sam, flush=True)
+        out["training_paused"] = paused
+    finally:
+        for s in servers.values():
+            s.stop()
+    out.update(derived(out))
+    return out
+
+
+def derived(out: dict) -> dict:
+    bare = out["bare"]
+    by = {(r["batching"], r["concurrency"]): r for r in out["load"]}
+    d: dict = {}
+    if ("on", 1) in by:
+        d["overhead_p50"] = by["on", 1]["p50"] / bare["one_ms"]["p50"]
+        d["samples_vs_one_p50"] = out["samples"]["p50"] / by["on", 1]["p50"]
+    d["bare_samples_vs_one_p50"] = bare["samples_ms"]["p50"] / bare["one_ms"]["p50"]
+    for c in (16, 64):
+        if ("on", c) in by:
+            d[f"batched_{c}_vs_bare_batched"] = (by["on", c]["throughput_rps"]
+                                                 / bare["batch_images_per_s"])
+        if ("on", c) in by and ("off", c) in by:
+            d[f"batching_gain_{c}"] = (by["on", c]["throughput_rps"]
+                                       / by["off", c]["throughput_rps"])
+    return d
+
+
+def cmd_soak(a: argparse.Namespace) -> dict:
+    data = lr_face()
+    files = {"image": ("lr.png", data, "image/png")}
+    env = {"FACESR_REQUEST_TIMEOUT_S": str(a.request_timeout)}
+    server = Server(a.model_dir, env, a.logs / "soak.log", a.ort_no_spin)
+    client_timeout = a.request_timeout + 5
+    out: dict = {"machine": machine(), "model_dir": str(a.model_dir), "argv": sys.argv[1:],
+                 "settings": {**BENCH_ENV, **env}, "client_timeout_s": client_timeout}
+    try:
+        server.wait_ready()
+        with training_paused(a.pause_training) as paused:
+            asyncio.run(drive(server.url, "/superresolve", files, a.concurrency, a.warm_s,
+                              client_timeout))
+            rss_ready = server.rss()
+            samples: list[tuple[float, int]] = []
+
+            async def soak() -> LoadResult:
+                async def sample_rss() -> None:
+                    t0 = time.perf_counter()
+                    while True:
+                        samples.append((time.perf_counter() - t0, server.rss()))
+                        await asyncio.sleep(1.0)
+
+                sampler = asyncio.create_task(sample_rss())
+                try:
+                    return await drive(server.url, "/superresolve", files, a.concurrency,
+                                       a.duration, client_timeout)
+                finally:
+                    sampler.cancel()
+
+            res = asyncio.run(soak())
+            summary = res.summary()
+            rss = [r for _, r in samples]
+            early = [r for t, r in samples if t <= 10] or rss[:1]
+            out["soak"] = summary
+            out["rss"] = {"after_warm_load_mib": rss_ready / 2**20,
+                          "first_10s_max_mib": max(early) / 2**20,
+                          "end_mib": rss[-1] / 2**20, "max_mib": max(rss) / 2**20,
+                          "growth_from_warm_pct": 100 * (rss[-1] - rss_ready) / rss_ready,
+                          "growth_after_10s_pct": 100 * (rss[-1] - max(early)) / max(early)}
+            hung = [r for r in res.records if isinstance(r.status, str)
+                    or r.latency > client_timeout]
+            out["checks"] = {
+                "only_200_or_503_with_retry_after": set(summary["statuses"]) <= {"200", "503"}
+                and summary["503_without_retry_after"] == 0,
+                "no_hung_request": not hung and summary["max_latency_ms"] / 1e3
+                < client_timeout,
+                "rss_growth_under_10pct": out["rss"]["growth_from_warm_pct"] < 10,
+            }
+            if a.sigterm:
+                out["sigterm"] = asyncio.run(sigterm_under_load(server, files, a.concurrency,
+                                                                client_timeout))
+                out["checks"]["sigterm_in_flight_completed"] = out["sigterm"]["ok"]
+        out["training_paused"] = paused
+    finally:
+        code = server.stop()
+        out["exit_code"] = code
+    return out
+
+
+async def sigterm_under_load(server: Server, files: dict, concurrency: int,
+                             timeout: float) -> dict:
+    """SIGTERM while `concurrency` clients (one connection per request) are in flight.
+
+    Requests the server had accepted must end with a response (200, or 503 shutting_down for
+    ones that reached the app after the signal); new connections are refused once uvicorn
+    closed its socket, which is a ConnectError, not a lost request.
+    """
+    import httpx
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(drive(server.url, "/superresolve", files, concurrency, 120,
+                                     timeout, honour_retry_after=False, new_connections=True,
+                                     stop_event=stop))
+    await asyncio.sleep(3.0)
+    in_flight = None
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as c:
+        text = (await c.get("/metrics")).text
+        for line in text.splitlines():
+            if line.startswith("facesr_requests_in_flight "):
+                in_flight = float(line.split()[1])
+    t_signal = time.perf_counter()
+    server.proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    stop.set()
+    res = await task
+    code = await asyncio.to_thread(server.proc.wait, 60)
+    statuses: dict[str, int] = {}
+    for r in res.records:
+        statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
+    lost = {k: v for k, v in statuses.items() if k not in ("200", "503", "ConnectError")}
+    return {"in_flight_at_sigterm": in_flight, "statuses": statuses, "exit_code": code,
+            "shutdown_s": time.perf_counter() - t_signal,
+            "ok": not lost and code in (0, -signal.SIGTERM)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("load", "soak"):
+        s = sub.add_parser(name)
+        s.add_argument("--model-dir", type=Path, default=Path("/tmp/paper/x8"))
+        s.add_argument("--pause-training", action="store_true")
+        s.add_argument("--warm-s", type=float, default=3.0, help="untimed load before each run")
+        s.add_argument("--logs", type=Path, default=Path("/tmp/facesr-bench"))
+        s.add_argument("--json", type=Path, default=Path(f"bench/results/{name}.json"))
+        s.add_argument("--ort-no-spin", action="store_true",
+                       help="experiment: patch session.intra_op.allow_spinning=0 into the service")
+    load = sub.choices["load"]
+    load.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    load.add_argument("--batching-off-concurrency", type=int, nargs="+", default=[16])
+    load.add_argument("--duration", type=float, default=15.0)
+    load.add_argument("--budget-s", type=float, default=4.0)
+    load.add_argument("--timeout", type=float, default=60.0)
+    soak = sub.choices["soak"]
+    soak.add_argument("--concurrency", type=int, default=64)
+    soak.add_argument("--duration", type=float, default=60.0)
+    soak.add_argument("--request-timeout", type=float, default=30.0)
+    soak.add_argument("--sigterm", action="store_true", help="end with SIGTERM under load")
+    a = p.parse_args()
+    if not (a.model_dir / "manifest.json").exists():
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from model import export_random
+
+        print(f"exporting a paper-size model with random weights to {a.model_dir}")
+        export_random(a.model_dir)
+    out = cmd_load(a) if a.cmd == "load" else cmd_soak(a)
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    print(json.dumps({k: v for k, v in out.items() if k not in ("load",)}, indent=2,
+                     default=str))
+    if a.cmd == "load":
+        print(md_table(["batching", "clients", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
+                        "statuses", "mean batch"],
+                       [[r["batching"], r["concurrency"], r["throughput_rps"], r["p50"],
+                         r["p95"], r["p99"], r["errors"], r["statuses"], r["mean_batch"]]
+                        for r in out["load"]]))
+    print(f"wrote {a.json}")
+    if a.cmd == "soak" and not all(out["checks"].values()):
+        print(f"FAILED: {out['checks']}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Faults: a missing or corrupt model, CUDA asked for where there is none, SIGTERM under load.
+
+What the service does with a bad model: it refuses to start, exit code 3 (service/README.md),
+logging one `cannot start: <cause>` line. The issue asked for "up but not ready"; the service
+fails fast instead, which an orchestrator sees as a crash loop with that line as the reason
+(BENCHMARKS.md, "Faults"). uvicorn then adds a traceback of the same error: the xfail test below
+records that, until the start-up error is reported without one.
+
+Also covered elsewhere: tests/test_service_http.py (corrupt model in-process, REQUIRE_GPU,
+SIGTERM with queued requests), tests/test_service_units.py (provider fallback detection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from facesr_core.degradation import degrade
+from service.app import create_app
+from service.settings import Settings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(model_dir: Path, port: int, **extra: str) -> dict[str, str]:
+    return {**os.environ, "FACESR_MODEL_DIR": str(model_dir), "FACESR_HOST": "127.0.0.1",
+            "FACESR_PORT": str(port), "PYTHONPATH": str(ROOT), "FACESR_MAX_SAMPLES": "64",
+            "FACESR_MAX_STEPS": "4", "FACESR_MAX_BATCH": "2", **extra}
+
+
+def start_and_fail(model_dir: Path) -> tuple[int, str, int]:
+    """Run `python -m service` on a model dir that must not start: (exit code, log, port)."""
+    port = free_port()
+    proc = subprocess.run([sys.executable, "-m", "service"], env=server_env(model_dir, port),
+                          cwd=ROOT, timeout=120, capture_output=True, text=True)
+    return proc.returncode, proc.stdout + proc.stderr, port
+
+
+def broken_models(tiny_model_dir: Path, tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (FACESR_MODEL_DIR, the words the `cannot start` line must hold)."""
+    corrupt = tmp_path / "corrupt" / "x8"
+    shutil.copytree(tiny_model_dir / "x8", corrupt)
+    with open(corrupt / "decoder.onnx", "ab") as fh:  # same file, one byte more: wrong sha256
+        fh.write(b"\0")
+    missing_file = tmp_path / "missing_file" / "x8"
+    shutil.copytree(tiny_model_dir / "x8", missing_file)
+    (missing_file / "encoder.onnx").unlink()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    return {
+        "missing directory": (tmp_path / "nowhere", "does not exist"),
+        "no model in the directory": (empty, "no model in"),
+        "graph file missing": (missing_file.parent, "encoder.onnx"),
+        "wrong sha256": (corrupt.parent, "sha256"),
+    }
+
+
+CASES = ["missing directory", "no model in the directory", "graph file missing",
+         "wrong sha256"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_model_stops_start_up_with_one_clear_line(tiny_model_dir, tmp_path, case):
+    model_dir, words = broken_models(tiny_model_dir, tmp_path)[case]
+    code, log, port = start_and_fail(model_dir)
+    assert code == 3, log
+    lines = [line for line in log.splitlines() if "facesr: cannot start:" in line]
+    assert len(lines) == 1, log
+    assert words in lines[0] and lines[0].startswith("ERROR:"), lines[0]
+    with pytest.raises(httpx.TransportError):  # nothing is left listening
+        httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2)
+
+
+@pytest.mark.xfail(strict=True, reason="uvicorn logs the start-up EngineError again, as a "
+                   "~30-line traceback, after the one `cannot start` line (see BENCHMARKS.md)")
+def test_bad_model_log_has_no_traceback(tiny_model_dir, tmp_path):
+    model_dir, _ = broken_models(tiny_model_dir, tmp_path)["wrong sha256"]
+    code, log, _ = start_and_fail(model_dir)
+    assert code == 3
+    assert "Traceback" not in log, log
+
+
+def lr_png(astronaut_hr) -> bytes:
+    buf = io.BytesIO()
+    degrade(Image.fromarray(astronaut_hr), 8).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["cuda-not-in-build", "cuda-listed"])
+def test_cuda_requested_but_unavailable_runs_on_cpu(tiny_model_dir, astronaut_hr, monkeypatch,
+                                                    caplog, listed):
+    """FACESR_PROVIDERS=cuda on a machine without CUDA: the service starts on the CPU, warns,
+    and shows the provider really in use in /v1/models and facesr_model_info.
+
+    cuda-not-in-build: onnxruntime (CPU) does not list CUDA at all.
+    cuda-listed: onnxruntime-gpu lists CUDA but cannot load it (no CUDA/cuDNN libraries), so
+    its sessions quietly run on the CPU; simulated by listing CUDA in
+    get_available_providers, which makes this CPU build fall back the same way.
+    """
+    import onnxruntime as ort
+
+    if listed:
+        monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    settings = Settings(model_dir=tiny_model_dir / "x8", providers="cuda", warmup=False,
+                        max_samples=4, max_steps=4, max_batch=2)
+    caplog.set_level(logging.WARNING, logger="facesr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # onnxruntime's own UserWarning about CUDA
+        with TestClient(create_app(settings)) as client:
+            info = client.get("/v1/models").json()["models"][0]
+            r = client.post("/superresolve",
+                            files={"image": ("lr.png", lr_png(astronaut_hr), "image/png")})
+            metrics = client.get("/metrics").text
+    assert r.status_code == 200
+    assert info["provider"] == CPU and info["providers"] == [CPU]
+    assert info["requested_providers"] == ([CUDA, CPU] if listed else [CPU])
+    assert 'provider="CPUExecutionProvider"' in metrics
+    warned = [rec for rec in caplog.records if rec.levelno == logging.WARNING]
+    text = " ".join(rec.getMessage() for rec in warned)
+    if listed:
+        assert "asked for CUDAExecutionProvider but ONNX Runtime runs it on " \
+               "CPUExecutionProvider (fallback)" in text, text
+    else:
+        assert "CUDAExecutionProvider" in text and "not in this onnxruntime build" in text, text
+
+
+@pytest.mark.slow
+def test_sigterm_under_overload_completes_what_was_accepted(tiny_model_dir, tmp_path,
+                                                            astronaut_hr):
+    """More clients than FACESR_MAX_IN_FLIGHT, then SIGTERM: each accepted request gets its
+    200, each refused one its 503 with Retry-After; none is cut off; the exit is clean.
+
+    tests/test_service_http.py::test_sigterm_finishes_in_flight_requests covers queued
+    micro-batches; this one covers overload (some clients refused) at the moment of SIGTERM.
+    """
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = server_env(tiny_model_dir / "x8", port, FACESR_MAX_IN_FLIGHT="6")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        image = lr_png(astronaut_hr)
+        hr = io.BytesIO()
+        Image.fromarray(astronaut_hr).save(hr, "PNG")
+        files = {"image": ("lr.png", image, "image/png"),
+                 "reference": ("hr.png", hr.getvalue(), "image/png")}
+
+        async def run() -> tuple[list, float]:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
+                async def post():
+                    try:
+                        return await client.post("/samples?n=64&seed=3", files=files)
+                    except httpx.HTTPError as exc:
+                        return exc
+
+                tasks = [asyncio.create_task(post()) for _ in range(12)]
+                in_flight = 0.0
+                wait_until = time.monotonic() + 30
+                while in_flight < 3 and time.monotonic() < wait_until:
+                    text = (await client.get("/metrics")).text
+                    in_flight = next(float(line.split()[1]) for line in text.splitlines()
+                                     if line.startswith("facesr_requests_in_flight "))
+                    await asyncio.sleep(0.02)
+                proc.send_signal(signal.SIGTERM)
+                return await asyncio.gather(*tasks), in_flight
+
+        results, in_flight = asyncio.run(run())
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert in_flight >= 3, text
+    assert code in (0, -signal.SIGTERM), text
+    assert all(isinstance(r, httpx.Response) for r in results), (results, text)
+    codes = [r.status_code for r in results]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(200) >= in_flight, (codes, in_flight)
+    for r in results:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] and r.json()["error"] in ("overloaded",
+                                                                      "shutting_down")
+        else:
+            assert len(r.json()["samples"]) == 65
+    assert "shut down cleanly" in text

@@ -1,0 +1,135 @@
+"""schemathesis against the service's own /openapi.json (the short run; the long one is
+scripts/schemathesis_long.sh): generated requests for every operation, and not one 5xx.
+
+Checks: not_a_server_error, plus the response conformance checks (content type, headers, body
+schema). Not run: positive_data_acceptance (the schema cannot say "a decodable image", so
+schema-valid random bytes are rightly refused) and status_code_conformance (a malformed
+multipart body gets an undocumented 400: the xfail test below). The hooks in
+bench/schemathesis_hooks.py let some cases carry real images, so parameters reach the models.
+Needs schemathesis (skipped without it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest.importorskip("schemathesis")
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKS = ("not_a_server_error,content_type_conformance,response_schema_conformance,"
+          "response_headers_conformance")
+# MAX_SAMPLES >= 10 and MAX_STEPS >= 8: below those, the defaults of n and steps break the
+# limits (test_defaults_respect_small_limits, an xfail until service/routes.py is fixed).
+ENV = {"FACESR_MAX_SAMPLES": "12", "FACESR_MAX_STEPS": "8", "FACESR_MAX_BATCH": "4",
+       "FACESR_LOG_LEVEL": "warning"}
+MIN_CASES = 500  # the long run (scripts/schemathesis_long.sh) needs >= 1000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("schema") / "server.log"
+    env = {**os.environ, **ENV, "FACESR_MODEL_DIR": str(tiny_model_dir),
+           "FACESR_HOST": "127.0.0.1", "FACESR_PORT": str(port), "PYTHONPATH": str(ROOT)}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    yield url
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) in (0, -signal.SIGTERM), log.read_text()
+
+
+def server_errors(url: str) -> int:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(int(float(m.group(1))) for m in re.finditer(
+        r'^facesr_requests_total\{[^}]*status="5\d\d"[^}]*\} (\S+)$', text, re.M))
+
+
+@pytest.mark.slow
+def test_schemathesis_short_run(server):
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "bench.schemathesis_hooks",
+           "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{server}/openapi.json",
+           "--checks", CHECKS, "--max-examples", "100", "--seed", "1", "--workers", "1",
+           "--request-timeout", "30", "--no-color"]
+    before = server_errors(server)  # the fixture's polling saw 503 not_ready during warm-up
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    m = re.search(r"(\d+) generated, (\d+) passed", out)
+    assert m, out[-3000:]
+    generated, passed = int(m.group(1)), int(m.group(2))
+    assert generated == passed >= MIN_CASES, out[-3000:]
+    assert server_errors(server) == before  # the server counted no 5xx either
+    models = httpx.get(f"{server}/metrics", timeout=10).text
+    for path in ("/superresolve", "/samples", "/traverse"):  # real images reached the models
+        assert f'facesr_requests_total{{endpoint="{path}",status="200"}}' in models, path
+
+
+@pytest.mark.xfail(strict=True, reason="a malformed multipart body gets 400 bad_request, which "
+                   "the OpenAPI responses (and service/README's error table) do not list")
+def test_malformed_multipart_status_is_documented(server):
+    boundary = "b1"
+    r = httpx.post(f"{server}/superresolve", content=f"--{boundary}\r\nNone--{boundary}--\r\n",
+                   headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    documented = httpx.get(f"{server}/openapi.json").json()["paths"]["/superresolve"]["post"][
+        "responses"]
+    assert r.status_code < 500
+    assert str(r.status_code) in documented, (r.status_code, r.text, sorted(documented))
+
+
+@pytest.mark.xfail(strict=True, reason="with FACESR_MAX_SAMPLES < 10 (or MAX_STEPS < 8) the "
+                   "default n=10 (steps=8) is not checked against the limit and runs past the "
+                   "largest decoder bucket: 500 inference_failed (found by schemathesis)")
+def test_defaults_respect_small_limits(tiny_model_dir, astronaut_hr):
+    """Without ?n or ?steps, the defaults must stay within the configured limits."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    from facesr_core.degradation import degrade
+    from service.app import create_app
+    from service.settings import Settings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    buf = io.BytesIO()
+    degrade(Image.fromarray(astronaut_hr), 8).save(buf, "PNG")
+    files = {"image": ("lr.png", buf.getvalue(), "image/png")}
+    settings = Settings(model_dir=tiny_model_dir / "x8", max_samples=4, max_steps=4,
+                        max_batch=2, warmup=False)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        samples = client.post("/samples?seed=1", files=files)
+        frames = client.post("/traverse?seed=1", files=files)
+    assert samples.status_code < 500, samples.text
+    assert frames.status_code < 500, frames.text
