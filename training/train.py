@@ -127,6 +127,9 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.opt1.load_state_dict(ckpt["opt1"])
         self.opt2.load_state_dict(ckpt["opt2"])
+        for opt, lr in ((self.opt1, self.cfg.lr_phase1), (self.opt2, self.cfg.lr_phase2)):
+            for group in opt.param_groups:  # the learning rates asked for now, not the saved ones
+                group["lr"] = lr
         self.steps = dict(ckpt["steps"])
         self.wall_before = float(ckpt.get("wall_s", 0.0))
         self.trim_log()
