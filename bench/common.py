@@ -93,7 +93,7 @@ def _busy_seconds() -> tuple[float, float]:
     t = psutil.cpu_times()
     busy = t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
     me = psutil.Process()
-    own = sum(me.cpu_times()[:2])
+    own = sum(me.cpu_times()[:4])  # user, system, and those of children already waited for
     for child in me.children(recursive=True):
         with contextlib.suppress(psutil.Error):
             own += sum(child.cpu_times()[:2])
@@ -107,6 +107,22 @@ def foreign_cpu_pct(start: tuple[float, float], wall: float) -> float | None:
     except Exception:  # noqa: BLE001 - psutil missing: unknown
         return None
     return max(0.0, 100 * ((busy - start[0]) - (own - start[1])) / (wall * (os.cpu_count() or 1)))
+
+
+class CpuProbe:
+    """Foreign CPU share (other processes) from creation to each `.pct()` call."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        try:
+            self.start: tuple[float, float] | None = _busy_seconds()
+        except Exception:  # noqa: BLE001 - psutil missing
+            self.start = None
+
+    def pct(self) -> float | None:
+        if self.start is None:
+            return None
+        return foreign_cpu_pct(self.start, time.perf_counter() - self.t0)
 
 
 @contextlib.contextmanager

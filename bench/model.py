@@ -336,8 +336,9 @@ def build_variants(model_dir: Path, model, work: Path, calib: np.ndarray) -> dic
         variants["ORT fp16"] = OrtPipeline(ort_sessions(convert_fp16(model_dir, work / "fp16")))
     except Exception as exc:  # noqa: BLE001
         variants["ORT fp16"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    variants["ORT bf16"] = ("not run: ONNX Runtime's CPU provider has no bf16 Conv/ConvTranspose "
-                            "kernels (its bf16 fast-math option is for ARM64 GEMMs only)")
+    variants["ORT bf16"] = ("not run: ONNX Runtime's CPU provider has no bf16 Conv or "
+                            "ConvTranspose (NOT_IMPLEMENTED at opset 22; opset 17, ours, does "
+                            "not allow bf16 Conv at all)")
     variants["PyTorch fp32 eager"] = TorchPipeline(model)
     import copy
 

@@ -26,10 +26,19 @@ def f1(v) -> str:
 
 def model_tables(m: dict) -> list[str]:
     out = []
-    run = m["runs"][-1]
-    out.append(f"Run: `python bench/model.py {' '.join(run['argv'])}` on {run['machine']['date']}"
-               f"; training paused: {run.get('training_paused', {}).get('paused')}, other "
-               f"processes {f1(run.get('training_paused', {}).get('foreign_cpu_pct'))}% CPU.")
+    latest: dict[str, dict] = {}  # the run that wrote each section last
+    for run in m["runs"]:
+        argv = run["argv"]
+        secs = argv[argv.index("--sections") + 1:] if "--sections" in argv else ["all"]
+        for sec in secs:
+            if sec.startswith("--"):
+                break
+            latest[sec] = run
+    for run in {id(r): r for r in latest.values()}.values():
+        pause = run.get("training_paused", {})
+        out.append(f"Run: `python bench/model.py {' '.join(run['argv'])}` on "
+                   f"{run['machine']['date']}; training paused: {pause.get('paused', '–')}, "
+                   f"other processes {f1(pause.get('foreign_cpu_pct'))}% CPU.")
     if "flops" in m:
         f = m["flops"]["per_image"]
         out.append(md_table(["graph (one 128x128 image)", "GFLOP"],
@@ -88,6 +97,11 @@ def load_tables(d: dict) -> list[str]:
            f"training paused: {d['training_paused'].get('paused')}, other processes "
            f"{f1(d['training_paused'].get('foreign_cpu_pct'))}% CPU."]
     b = d["bare"]
+    if "foreign_cpu_pct" in b:
+        cells = [("bare", b), *((f"{r['batching']}/{r['concurrency']}", r) for r in d["load"]),
+                 ("samples", d["samples"])]
+        out.append("Other processes' CPU share during each part: " + ", ".join(
+            f"{k} {f1(v.get('foreign_cpu_pct'))}%" for k, v in cells) + ".")
     out.append(md_table(
         ["bare pipeline (no HTTP)", "p50 ms", "p95 ms", "images / s"],
         [["one image: decode, resize, 3 graphs, PNG", f"{b['one_ms']['p50']:.1f}",
@@ -141,7 +155,9 @@ def soak_tables(d: dict) -> list[str]:
         t = d["sigterm"]
         out.append(md_table(
             ["SIGTERM under load", "value"],
-            [["in flight at SIGTERM", f1(t["in_flight_at_sigterm"])],
+            [["admitted by the app (in flight) at SIGTERM", f1(t["in_flight_at_sigterm"])],
+             ["200s answered after SIGTERM", t.get("ok_answered_after_sigterm", "–")],
+             ["connections closed without an answer", t.get("closed_without_answer", "–")],
              ["answers", ", ".join(f"{k}: {v}" for k, v in t["statuses"].items())],
              ["exit code", t["exit_code"]], ["signal to exit, s", f"{t['shutdown_s']:.1f}"]]))
     out.append(md_table(["check", "passed"], [[k, v] for k, v in d["checks"].items()]))
