@@ -323,13 +323,18 @@ def build_variants(model_dir: Path, model, work: Path, calib: np.ndarray) -> dic
     variants: dict = {}
     fp32 = OrtPipeline(ort_sessions({g: model_dir / f"{g}.onnx" for g in GRAPHS}))
     variants["ORT fp32 (service)"] = fp32
+    variants["ORT fp32, spinning off"] = OrtPipeline(ort_sessions(
+        {g: model_dir / f"{g}.onnx" for g in GRAPHS}, spinning=False))
     feeds = calibration_feeds(fp32, calib)
     for name, graphs in (("ORT int8 static (all graphs)", GRAPHS),
                          ("ORT int8 static (encoder only)", ("encoder",))):
         try:
             tag = "int8_" + "_".join(graphs)
-            variants[name] = OrtPipeline(ort_sessions(quantize_int8(model_dir, work / tag, feeds,
-                                                                    graphs)))
+            paths = quantize_int8(model_dir, work / tag, feeds, graphs)
+            variants[name] = OrtPipeline(ort_sessions(paths))
+            if graphs == GRAPHS:
+                variants[f"{name}, spinning off"] = OrtPipeline(ort_sessions(paths,
+                                                                             spinning=False))
         except Exception as exc:  # noqa: BLE001 - reported as a result
             variants[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
     try:
