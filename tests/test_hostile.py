@@ -13,11 +13,7 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import struct
-import subprocess
-import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -25,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from servers import free_port, start_service
 
 from facesr_core.degradation import degrade
 
@@ -114,12 +111,6 @@ HOSTILE = ["decompression bomb", "0 bytes", "truncated JPEG", "10000x10000 PNG",
            "EXIF-rotated JPEG"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     """`python -m service` on 127.0.0.1 with the tiny models; yields its base URL."""
@@ -127,20 +118,7 @@ def server(tiny_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("hostile") / "server.log"
     env = {**os.environ, **ENV, "FACESR_MODEL_DIR": str(tiny_model_dir),
            "FACESR_HOST": "127.0.0.1", "FACESR_PORT": str(port), "PYTHONPATH": str(ROOT)}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=ROOT,
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
+    proc, url = start_service(env, port, log)
     yield url
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) in (0, -signal.SIGTERM), log.read_text()

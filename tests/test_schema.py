@@ -14,14 +14,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from servers import free_port, start_service
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ("not_a_server_error,content_type_conformance,response_schema_conformance,"
@@ -33,32 +32,13 @@ ENV = {"FACESR_MAX_SAMPLES": "12", "FACESR_MAX_STEPS": "8", "FACESR_MAX_BATCH": 
 MIN_CASES = 500  # the long run (scripts/schemathesis_long.sh) needs >= 1000
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("schema") / "server.log"
     env = {**os.environ, **ENV, "FACESR_MODEL_DIR": str(tiny_model_dir),
            "FACESR_HOST": "127.0.0.1", "FACESR_PORT": str(port), "PYTHONPATH": str(ROOT)}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=ROOT,
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
+    proc, url = start_service(env, port, log)
     yield url
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) in (0, -signal.SIGTERM), log.read_text()
