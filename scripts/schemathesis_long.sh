@@ -8,6 +8,7 @@
 #   MODEL_DIR=models MAX_EXAMPLES=300 SEED=7 scripts/schemathesis_long.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=/dev/null
 [ -f .venv/bin/activate ] && . .venv/bin/activate
 MAX_EXAMPLES=${MAX_EXAMPLES:-1000}
 PORT=${PORT:-18411}

@@ -9,6 +9,7 @@
 #   PAUSE_TRAINING=1 scripts/soak.sh     # SIGSTOP a background training job meanwhile
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=/dev/null
 [ -f .venv/bin/activate ] && . .venv/bin/activate
 MODEL_DIR=${MODEL_DIR:-/tmp/facesr-paper/x8}
 CONCURRENCY=${CONCURRENCY:-64}
