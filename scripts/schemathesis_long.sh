@@ -48,7 +48,7 @@ seed_args=()
 [ -n "${SEED:-}" ] && seed_args=(--seed "$SEED")
 SCHEMATHESIS_HOOKS=bench.schemathesis_hooks PYTHONPATH=. schemathesis run \
   "http://127.0.0.1:$PORT/openapi.json" \
-  --checks not_a_server_error,content_type_conformance,response_schema_conformance,response_headers_conformance \
+  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
   --max-examples "$MAX_EXAMPLES" --workers 1 --request-timeout 60 --no-color "${seed_args[@]}"
 echo "server 5xx counted by the service itself:"
 curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^facesr_requests_total\{.*status="5' \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -21,12 +22,32 @@ def multiprocess_metrics_dir(workers: int) -> str | None:
     return path
 
 
+def providers_can_be_met(settings: Settings) -> bool:
+    """Refuse FACESR_REQUIRE_GPU on a build without a GPU provider before uvicorn starts, so the
+    refusal is one line (from inside the app, uvicorn would add a traceback). A GPU provider that
+    is present but falls back to the CPU is only seen when the sessions exist, in the app."""
+    import onnxruntime as ort
+
+    from service.app import configure_logging
+    from service.engine import EngineError, requested_providers
+
+    configure_logging(settings.log_level)
+    try:
+        requested_providers(settings, ort.get_available_providers())
+    except EngineError as exc:
+        logging.getLogger("facesr").error("cannot start: %s", exc)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     if argv or sys.argv[1:]:
         print("facesr-serve takes no arguments; configure it with FACESR_* variables "
               "(see the README)", file=sys.stderr)
         return 2
+    if not providers_can_be_met(settings):
+        return 3
     multiprocess_metrics_dir(settings.workers)
     import uvicorn
 

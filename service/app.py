@@ -1,8 +1,10 @@
 """The app factory: `uvicorn --factory service.app:create_app`, or `python -m service`.
 
-Start-up loads every model and checks its provider (a failure there stops the process), then
-warms up in the background: /health/live answers at once, /health/ready and the inference
-endpoints answer 503 until every bucket of every model has run once. Shutdown (SIGTERM) lets
+Start-up loads every model and checks its provider. A bad model (missing, corrupt, inconsistent)
+leaves the process up but never ready, with one `not ready: <cause>` log line; provider settings
+that cannot be met (FACESR_REQUIRE_GPU without a GPU) stop it. Then it warms up in the
+background: /health/live answers at once, /health/ready and the inference endpoints answer 503
+until every bucket of every model has run once. Shutdown (SIGTERM) lets
 uvicorn finish in-flight requests, then drains the micro-batchers and the inference pool.
 """
 
@@ -21,7 +23,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.batching import MicroBatcher
-from service.engine import EngineError, Runner, load_models
+from service.engine import EngineError, ModelError, Runner, load_models
 from service.errors import InferenceFailed, ServiceError, install_error_handlers
 from service.metrics import Metrics
 from service.middleware import Gate
@@ -107,23 +109,32 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     s = state.settings
     state.metrics.ready.set(0)
     state.executor = ThreadPoolExecutor(s.run_concurrency, thread_name_prefix="facesr-ort")
+    warm = None
     try:
         runners = await asyncio.to_thread(load_models, s)
+    except ModelError as exc:  # stay up, not ready: /health/ready and the 503s say why
+        log.error("not ready: %s", exc)
+        state.status = f"model error: {exc}"
     except EngineError as exc:
         log.error("cannot start: %s", exc)
         state.executor.shutdown(wait=False)
         raise
-    _start_models(state, runners)
-    warm = None
-    if s.warmup:
-        warm = asyncio.create_task(_warm_up(state))
     else:
-        state.ready, state.status = True, "ready (warm-up disabled)"
-        state.metrics.ready.set(1)
+        _start_models(state, runners)
+        warm = _begin_serving(state)
     try:
         yield
     finally:
         await _shutdown(state, warm)
+
+
+def _begin_serving(state: ServiceState) -> asyncio.Task | None:
+    """Warm up in the background (ready afterwards), or be ready at once without warm-up."""
+    if state.settings.warmup:
+        return asyncio.create_task(_warm_up(state))
+    state.ready, state.status = True, "ready (warm-up disabled)"
+    state.metrics.ready.set(1)
+    return None
 
 
 async def _shutdown(state: ServiceState, warm: asyncio.Task | None) -> None:

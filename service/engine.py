@@ -35,7 +35,13 @@ DECODER_INPUTS = ("features", "z", "x")
 
 
 class EngineError(RuntimeError):
-    """The models cannot be served as configured (startup refuses)."""
+    """The models cannot be served as configured: the provider settings cannot be met, so the
+    process refuses to start (exit code 3)."""
+
+
+class ModelError(EngineError):
+    """A model directory or file is missing, corrupt or inconsistent: the service stays up but
+    not ready, and /health/ready says why (an orchestrator keeps it out of rotation)."""
 
 
 def installed_runtimes() -> list[str]:
@@ -114,10 +120,10 @@ def discover(model_dir: Path) -> list[Path]:
     if (model_dir / MANIFEST_NAME).is_file():
         return [model_dir]
     if not model_dir.is_dir():
-        raise EngineError(f"model directory {model_dir} does not exist (FACESR_MODEL_DIR)")
+        raise ModelError(f"model directory {model_dir} does not exist (FACESR_MODEL_DIR)")
     dirs = sorted(p for p in model_dir.iterdir() if (p / MANIFEST_NAME).is_file())
     if not dirs:
-        raise EngineError(f"no model in {model_dir}: expected {MANIFEST_NAME} there or in its "
+        raise ModelError(f"no model in {model_dir}: expected {MANIFEST_NAME} there or in its "
                           "subfolders (e.g. x4/ x8/ x16/)")
     return dirs
 
@@ -239,19 +245,19 @@ def provider_options(name: str, inputs: dict[str, list], max_batch: int) -> dict
 def check_graphs(root: Path, manifest: Manifest, sessions: dict[str, ort.InferenceSession]) -> None:
     dec = {i.name for i in sessions["decoder"].get_inputs()}
     if not dec <= set(DECODER_INPUTS) or not {"features", "z"} <= dec:
-        raise EngineError(f"{root}: decoder inputs {sorted(dec)}, expected features, z (and x)")
+        raise ModelError(f"{root}: decoder inputs {sorted(dec)}, expected features, z (and x)")
     if ("x" in dec) != manifest.global_residual:
-        raise EngineError(f"{root}: manifest global_residual={manifest.global_residual} but the "
+        raise ModelError(f"{root}: manifest global_residual={manifest.global_residual} but the "
                           f"decoder inputs are {sorted(dec)}")
     if manifest.hr_size != HR_SIZE:
-        raise EngineError(f"{root}: hr_size {manifest.hr_size}, this service serves {HR_SIZE}")
+        raise ModelError(f"{root}: hr_size {manifest.hr_size}, this service serves {HR_SIZE}")
 
 
 def load_runner(root: Path, settings: Settings, requested: list[str]) -> Runner:
     try:
         manifest = load_manifest(root, verify=True)
     except ManifestError as exc:
-        raise EngineError(str(exc)) from exc
+        raise ModelError(str(exc)) from exc
     enc_buckets = batch_buckets(settings.max_batch)
     dec_buckets = batch_buckets(max(settings.max_samples + 1, settings.max_steps,
                                     settings.max_batch))
@@ -260,8 +266,12 @@ def load_runner(root: Path, settings: Settings, requested: list[str]) -> Runner:
         top = dec_buckets[-1] if graph == "decoder" else enc_buckets[-1]
         inputs = manifest.files[graph].inputs
         providers = [(p, provider_options(p, inputs, top)) for p in requested]
-        sessions[graph] = ort.InferenceSession(str(manifest.graph_path(root, graph)),
-                                               session_options(settings), providers=providers)
+        path = manifest.graph_path(root, graph)
+        try:
+            sessions[graph] = ort.InferenceSession(str(path), session_options(settings),
+                                                   providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises several pybind11 exception types
+            raise ModelError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
     check_graphs(root, manifest, sessions)
     return Runner(root, manifest, sessions, requested, enc_buckets, dec_buckets)
 
@@ -282,7 +292,8 @@ def check_provider(runner: Runner, settings: Settings) -> None:
 
 
 def load_models(settings: Settings) -> dict[int, Runner]:
-    """Every model under FACESR_MODEL_DIR, by scale; raises EngineError on anything wrong."""
+    """Every model under FACESR_MODEL_DIR, by scale. Raises ModelError for a bad model, and
+    EngineError when the provider settings cannot be met."""
     warn_if_several_runtimes(installed_runtimes())
     available = ort.get_available_providers()
     requested = requested_providers(settings, available)
@@ -294,7 +305,7 @@ def load_models(settings: Settings) -> dict[int, Runner]:
         runner.pad = (settings.pad_batches == "always" or (
             settings.pad_batches == "auto" and runner.provider in GPU_PROVIDERS))
         if runner.scale in runners:
-            raise EngineError(f"two models for scale {runner.scale}: "
+            raise ModelError(f"two models for scale {runner.scale}: "
                               f"{runners[runner.scale].root} and {root}")
         check_provider(runner, settings)
         runners[runner.scale] = runner

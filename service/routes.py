@@ -58,6 +58,7 @@ MAX_TEMPERATURE = 10.0
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text} for status, text in {
+        400: "Malformed multipart/form-data body (the parser could not read it)",
         401: "API key missing or wrong (only when FACESR_API_KEY is set)",
         413: "Upload larger than FACESR_MAX_UPLOAD_BYTES, or more pixels than FACESR_MAX_PIXELS",
         415: "Not a PNG, JPEG, WebP or BMP file, or not multipart/form-data",
@@ -217,7 +218,8 @@ def build_router(state: "ServiceState") -> APIRouter:
         image: ImageField,
         reference: Annotated[UploadFile | None,
                              File(description="HR face, exactly 128x128")] = None,
-        n: Annotated[int, Query(ge=1, le=s.max_samples, description="samples")] = 10,
+        n: Annotated[int, Query(ge=1, le=s.max_samples,
+                                description="samples")] = min(10, s.max_samples),
         seed: SeedParam = None,
         temperature: TemperatureParam = 1.0,
         scale: ScaleParam = None,
@@ -252,7 +254,8 @@ def build_router(state: "ServiceState") -> APIRouter:
                    **ERRORS})
     async def traverse(
         image: ImageField,
-        steps: Annotated[int, Query(ge=2, le=s.max_steps, description="frames, ends incl.")] = 8,
+        steps: Annotated[int, Query(ge=2, le=s.max_steps,
+                                    description="frames, ends incl.")] = min(8, s.max_steps),
         seed: SeedParam = None,
         seed_end: Annotated[int | None, Query(ge=0, le=SEED_MAX,
                                               description="z_end: draw 0 of this seed")] = None,

@@ -19,8 +19,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_service(env: dict, port: int, log: Path) -> tuple[subprocess.Popen, str]:
-    """Start the service with `env`; return (process, base URL) once /health/ready says 200."""
+def start_service(env: dict, port: int, log: Path,
+                  probe: str = "/health/ready") -> tuple[subprocess.Popen, str]:
+    """Start the service with `env`; return (process, base URL) once `probe` says 200."""
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT)
@@ -29,7 +30,7 @@ def start_service(env: dict, port: int, log: Path) -> tuple[subprocess.Popen, st
     while True:
         assert proc.poll() is None, log.read_text()
         try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{probe}", timeout=2).status_code == 200:
                 return proc, url
         except httpx.TransportError:
             pass

@@ -1,10 +1,9 @@
 """Faults: a missing or corrupt model, CUDA asked for where there is none, SIGTERM under load.
 
-What the service does with a bad model: it refuses to start, exit code 3 (service/README.md),
-logging one `cannot start: <cause>` line. The issue asked for "up but not ready"; the service
-fails fast instead, which an orchestrator sees as a crash loop with that line as the reason
-(BENCHMARKS.md, "Faults"). uvicorn then adds a traceback of the same error: the xfail test below
-records that, until the start-up error is reported without one.
+What the service does with a bad model (missing, corrupt, inconsistent): it stays up but not
+ready, logging one `not ready: <cause>` line; /health/ready answers 503 with the cause, so an
+orchestrator keeps it out of rotation. Provider settings that cannot be met (FACESR_REQUIRE_GPU
+on a build without a GPU provider) stop it at once: exit code 3, one `cannot start` line.
 
 Also covered elsewhere: tests/test_service_http.py (corrupt model in-process, REQUIRE_GPU,
 SIGTERM with queued requests), tests/test_service_units.py (provider fallback detection).
@@ -18,7 +17,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from servers import free_port, start_service
 
 from facesr_core.degradation import degrade
 from service.app import create_app
@@ -41,28 +40,23 @@ ROOT = Path(__file__).resolve().parents[1]
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def server_env(model_dir: Path, port: int, **extra: str) -> dict[str, str]:
     return {**os.environ, "FACESR_MODEL_DIR": str(model_dir), "FACESR_HOST": "127.0.0.1",
             "FACESR_PORT": str(port), "PYTHONPATH": str(ROOT), "FACESR_MAX_SAMPLES": "64",
             "FACESR_MAX_STEPS": "4", "FACESR_MAX_BATCH": "2", **extra}
 
 
-def start_and_fail(model_dir: Path) -> tuple[int, str, int]:
-    """Run `python -m service` on a model dir that must not start: (exit code, log, port)."""
+def start_and_fail(model_dir: Path, **extra: str) -> tuple[int, str, int]:
+    """Run `python -m service` with settings that must not start: (exit code, log, port)."""
     port = free_port()
-    proc = subprocess.run([sys.executable, "-m", "service"], env=server_env(model_dir, port),
-                          cwd=ROOT, timeout=120, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "service"],
+                          env=server_env(model_dir, port, **extra), cwd=ROOT, timeout=120,
+                          capture_output=True, text=True)
     return proc.returncode, proc.stdout + proc.stderr, port
 
 
 def broken_models(tiny_model_dir: Path, tmp_path: Path) -> dict[str, tuple[Path, str]]:
-    """name -> (FACESR_MODEL_DIR, the words the `cannot start` line must hold)."""
+    """name -> (FACESR_MODEL_DIR, the words the `not ready` line must hold)."""
     corrupt = tmp_path / "corrupt" / "x8"
     shutil.copytree(tiny_model_dir / "x8", corrupt)
     with open(corrupt / "decoder.onnx", "ab") as fh:  # same file, one byte more: wrong sha256
@@ -85,24 +79,41 @@ CASES = ["missing directory", "no model in the directory", "graph file missing",
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_model_stops_start_up_with_one_clear_line(tiny_model_dir, tmp_path, case):
+def test_bad_model_leaves_the_service_up_but_not_ready(tiny_model_dir, tmp_path, astronaut_hr,
+                                                      case):
     model_dir, words = broken_models(tiny_model_dir, tmp_path)[case]
-    code, log, port = start_and_fail(model_dir)
+    port = free_port()
+    log = tmp_path / "server.log"
+    proc, url = start_service(server_env(model_dir, port), port, log, probe="/health/live")
+    try:
+        ready = httpx.get(f"{url}/health/ready", timeout=10)
+        sr = httpx.post(f"{url}/superresolve", timeout=10,
+                        files={"image": ("lr.png", lr_png(astronaut_hr), "image/png")})
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    text = log.read_text()
+    assert code in (0, -signal.SIGTERM), text
+    assert ready.status_code == 503 and ready.headers["retry-after"], ready.text
+    assert ready.json()["error"] == "not_ready" and words in ready.json()["detail"], ready.text
+    assert sr.status_code == 503 and sr.json()["error"] == "not_ready", sr.text
+    assert "facesr_ready 0.0" in metrics
+    lines = [line for line in text.splitlines() if "facesr: not ready:" in line]
+    assert len(lines) == 1, text
+    assert words in lines[0] and lines[0].startswith("ERROR:"), lines[0]
+    assert "Traceback" not in text, text
+
+
+def test_require_gpu_without_a_gpu_provider_stops_with_one_line(tiny_model_dir, tmp_path):
+    code, log, port = start_and_fail(tiny_model_dir / "x8", FACESR_PROVIDERS="cuda",
+                                     FACESR_REQUIRE_GPU="1")
     assert code == 3, log
     lines = [line for line in log.splitlines() if "facesr: cannot start:" in line]
-    assert len(lines) == 1, log
-    assert words in lines[0] and lines[0].startswith("ERROR:"), lines[0]
+    assert len(lines) == 1 and "not in this onnxruntime build" in lines[0], log
+    assert "Traceback" not in log, log
     with pytest.raises(httpx.TransportError):  # nothing is left listening
         httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2)
-
-
-@pytest.mark.xfail(strict=True, reason="uvicorn logs the start-up EngineError again, as a "
-                   "~30-line traceback, after the one `cannot start` line (see BENCHMARKS.md)")
-def test_bad_model_log_has_no_traceback(tiny_model_dir, tmp_path):
-    model_dir, _ = broken_models(tiny_model_dir, tmp_path)["wrong sha256"]
-    code, log, _ = start_and_fail(model_dir)
-    assert code == 3
-    assert "Traceback" not in log, log
 
 
 def lr_png(astronaut_hr) -> bytes:
@@ -161,21 +172,8 @@ def test_sigterm_under_overload_completes_what_was_accepted(tiny_model_dir, tmp_
     port = free_port()
     log = tmp_path / "server.log"
     env = server_env(tiny_model_dir / "x8", port, FACESR_MAX_IN_FLIGHT="6")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=ROOT,
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_service(env, port, log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
         image = lr_png(astronaut_hr)
         hr = io.BytesIO()
         Image.fromarray(astronaut_hr).save(hr, "PNG")

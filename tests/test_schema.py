@@ -1,10 +1,9 @@
 """schemathesis against the service's own /openapi.json (the short run; the long one is
 scripts/schemathesis_long.sh): generated requests for every operation, and not one 5xx.
 
-Checks: not_a_server_error, plus the response conformance checks (content type, headers, body
-schema). Not run: positive_data_acceptance (the schema cannot say "a decodable image", so
-schema-valid random bytes are rightly refused) and status_code_conformance (a malformed
-multipart body gets an undocumented 400: the xfail test below). The hooks in
+Checks: not_a_server_error, plus the response conformance checks (status code, content type,
+headers, body schema). Not run: positive_data_acceptance (the schema cannot say "a decodable
+image", so schema-valid random bytes are rightly refused). The hooks in
 bench/schemathesis_hooks.py let some cases carry real images, so parameters reach the models.
 The schemathesis run needs schemathesis (skipped without it); the other tests do not.
 """
@@ -23,10 +22,9 @@ import pytest
 from servers import free_port, start_service
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKS = ("not_a_server_error,content_type_conformance,response_schema_conformance,"
-          "response_headers_conformance")
-# MAX_SAMPLES >= 10 and MAX_STEPS >= 8: below those, the defaults of n and steps break the
-# limits (test_defaults_respect_small_limits, an xfail until service/routes.py is fixed).
+CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
+          "response_schema_conformance,response_headers_conformance")
+# Small limits keep the run fast (defaults below the limits: test_defaults_respect_small_limits).
 ENV = {"FACESR_MAX_SAMPLES": "12", "FACESR_MAX_STEPS": "8", "FACESR_MAX_BATCH": "4",
        "FACESR_LOG_LEVEL": "warning"}
 MIN_CASES = 500  # the long run (scripts/schemathesis_long.sh) needs >= 1000
@@ -72,8 +70,6 @@ def test_schemathesis_short_run(server):
         assert f'facesr_requests_total{{endpoint="{path}",status="200"}}' in models, path
 
 
-@pytest.mark.xfail(strict=True, reason="a malformed multipart body gets 400 bad_request, which "
-                   "the OpenAPI responses (and service/README's error table) do not list")
 def test_malformed_multipart_status_is_documented(server):
     boundary = "b1"
     r = httpx.post(f"{server}/superresolve", content=f"--{boundary}\r\nNone--{boundary}--\r\n",
@@ -84,9 +80,6 @@ def test_malformed_multipart_status_is_documented(server):
     assert str(r.status_code) in documented, (r.status_code, r.text, sorted(documented))
 
 
-@pytest.mark.xfail(strict=True, reason="with FACESR_MAX_SAMPLES < 10 (or MAX_STEPS < 8) the "
-                   "default n=10 (steps=8) is not checked against the limit and runs past the "
-                   "largest decoder bucket: 500 inference_failed (found by schemathesis)")
 def test_defaults_respect_small_limits(tiny_model_dir, astronaut_hr):
     """Without ?n or ?steps, the defaults must stay within the configured limits."""
     import io

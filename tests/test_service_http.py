@@ -698,14 +698,16 @@ def test_scale_without_a_model(make_app, hr):
     assert "no model for scale 4; loaded scales: 8" in body["detail"]
 
 
-def test_startup_refuses_a_corrupt_model(tiny_model_dir, tmp_path):
+def test_a_corrupt_model_leaves_the_app_up_but_not_ready(tiny_model_dir, tmp_path):
     import shutil
 
     shutil.copytree(tiny_model_dir / "x8", tmp_path / "x8")
     (tmp_path / "x8" / "icap.onnx").write_bytes(b"not onnx")
-    with pytest.raises(engine.EngineError, match="sha256"), TestClient(
-            create_app(settings_for(tmp_path))):
-        pass
+    with TestClient(create_app(settings_for(tmp_path))) as client:
+        assert client.get("/health/live").status_code == 200
+        body = assert_error(client.get("/health/ready"), 503)
+        assert body["error"] == "not_ready" and "sha256" in body["detail"], body
+        assert client.get("/v1/models").json()["models"] == []
 
 
 # --- real processes: python -m service, SIGTERM, several workers, REQUIRE_GPU ------------
