@@ -49,18 +49,6 @@ from common import (  # noqa: E402
 )
 
 BENCH_ENV = {"FACESR_MAX_SAMPLES": "10", "FACESR_MAX_STEPS": "8", "FACESR_LOG_LEVEL": "warning"}
-# --ort-no-spin: the service with ONNX Runtime's intra-op spin-waiting turned off, patched in at
-# start-up (an experiment for BENCHMARKS.md; the service itself is unchanged).
-NO_SPIN_PATCH = """
-import service.engine as engine
-_options = engine.session_options
-def session_options(settings):
-    so = _options(settings)
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return so
-engine.session_options = session_options
-"""
-
 
 # --- the server ---------------------------------------------------------------------------
 
@@ -73,18 +61,16 @@ def free_port() -> int:
 class Server:
     """`python -m service` on 127.0.0.1 with FACESR_* overrides; its log goes to a file."""
 
-    def __init__(self, model_dir: Path, env: dict[str, str], log: Path, no_spin: bool = False):
+    def __init__(self, model_dir: Path, env: dict[str, str], log: Path, spin: bool = False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         full = {**os.environ, **BENCH_ENV, **env, "FACESR_MODEL_DIR": str(model_dir),
                 "FACESR_HOST": "127.0.0.1", "FACESR_PORT": str(self.port),
-                "PYTHONPATH": str(ROOT)}
+                "PYTHONPATH": str(ROOT), "FACESR_ORT_SPIN_WAIT": str(spin).lower()}
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
-            cmd = (["-c", NO_SPIN_PATCH + "from service.__main__ import main; main()"]
-                   if no_spin else ["-m", "service"])
-            self.proc = subprocess.Popen([sys.executable, *cmd], env=full, cwd=ROOT,
+            self.proc = subprocess.Popen([sys.executable, "-m", "service"], env=full, cwd=ROOT,
                                          stdout=out, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 300) -> float:
@@ -211,18 +197,16 @@ def lr_face(scale: int = 8) -> bytes:
 # --- the bare pipeline --------------------------------------------------------------------
 
 def bare_pipeline(model_dir: Path, data: bytes, batch: int, n: int, budget_s: float,
-                  no_spin: bool = False) -> dict:
+                  spin: bool = False) -> dict:
     """The service's own functions without HTTP, asyncio or queues, in this process."""
-    if no_spin:
-        exec(NO_SPIN_PATCH, {})  # same patch as the server's
     from service.engine import load_models
     from service.imaging import encode
     from service.routes import decode_input, render_samples
     from service.sampling import sample_set
     from service.settings import Settings
 
-    settings = Settings(model_dir=model_dir, **{k.removeprefix("FACESR_").lower(): v
-                                               for k, v in BENCH_ENV.items()})
+    settings = Settings(model_dir=model_dir, ort_spin_wait=spin,
+                        **{k.removeprefix("FACESR_").lower(): v for k, v in BENCH_ENV.items()})
     runners = load_models(settings)
     scales = tuple(sorted(runners))
 
@@ -258,17 +242,17 @@ def bare_pipeline(model_dir: Path, data: bytes, batch: int, n: int, budget_s: fl
 def cmd_load(a: argparse.Namespace) -> dict:
     data = lr_face()
     files = {"image": ("lr.png", data, "image/png")}
-    servers = {"on": Server(a.model_dir, {}, a.logs / "batching_on.log", a.ort_no_spin),
+    servers = {"on": Server(a.model_dir, {}, a.logs / "batching_on.log", a.ort_spin_wait),
                "off": Server(a.model_dir, {"FACESR_MAX_BATCH": "1"}, a.logs / "batching_off.log",
-                             a.ort_no_spin)}
+                             a.ort_spin_wait)}
     out: dict = {"machine": machine(), "model_dir": str(a.model_dir), "argv": sys.argv[1:],
-                 "settings": BENCH_ENV, "ort_no_spin": a.ort_no_spin}
+                 "settings": BENCH_ENV, "ort_spin_wait": a.ort_spin_wait}
     try:
         for s in servers.values():
             s.wait_ready()
         with training_paused(a.pause_training) as paused:
             probe = CpuProbe()
-            out["bare"] = bare_pipeline(a.model_dir, data, 16, 10, a.budget_s, a.ort_no_spin)
+            out["bare"] = bare_pipeline(a.model_dir, data, 16, 10, a.budget_s, a.ort_spin_wait)
             out["bare"]["foreign_cpu_pct"] = probe.pct()
             print(f"bare: {out['bare']}", flush=True)
             rows = []
@@ -327,7 +311,7 @@ def cmd_soak(a: argparse.Namespace) -> dict:
     data = lr_face()
     files = {"image": ("lr.png", data, "image/png")}
     env = {"FACESR_REQUEST_TIMEOUT_S": str(a.request_timeout)}
-    server = Server(a.model_dir, env, a.logs / "soak.log", a.ort_no_spin)
+    server = Server(a.model_dir, env, a.logs / "soak.log", a.ort_spin_wait)
     client_timeout = a.request_timeout + 5
     out: dict = {"machine": machine(), "model_dir": str(a.model_dir), "argv": sys.argv[1:],
                  "settings": {**BENCH_ENV, **env}, "client_timeout_s": client_timeout}
@@ -444,8 +428,9 @@ def main() -> None:
         s.add_argument("--warm-s", type=float, default=3.0, help="untimed load before each run")
         s.add_argument("--logs", type=Path, default=Path("/tmp/facesr-bench"))
         s.add_argument("--json", type=Path, default=Path(f"bench/results/{name}.json"))
-        s.add_argument("--ort-no-spin", action="store_true",
-                       help="experiment: patch session.intra_op.allow_spinning=0 into the service")
+        s.add_argument("--ort-spin-wait", action="store_true",
+                       help="FACESR_ORT_SPIN_WAIT=true: ONNX Runtime's spin-waiting on (the "
+                            "service's default before stop 8)")
     load = sub.choices["load"]
     load.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     load.add_argument("--batching-off-concurrency", type=int, nargs="+", default=[16])

@@ -226,6 +226,8 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     if settings.intra_op_threads:
         so.intra_op_num_threads = settings.intra_op_threads
+    so.add_session_config_entry("session.intra_op.allow_spinning",
+                                "1" if settings.ort_spin_wait else "0")
     return so
 
 

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
         "uvicorn worker processes (python -m service); >1 sets up PROMETHEUS_MULTIPROC_DIR"))
     intra_op_threads: int = Field(0, ge=0, description=(
         "CPU threads per ONNX Runtime session; 0 = ONNX Runtime's default (all cores)"))
+    ort_spin_wait: bool = Field(False, description=(
+        "Let ONNX Runtime's intra-op threads spin-wait after each run. Off by default: with three "
+        "sessions per request on a few cores, spinning pools steal the cores (measured: 2x slower "
+        "on 2 cores, BENCHMARKS.md). Matters on the CPU only"))
     run_concurrency: int = Field(1, ge=1, description=(
         "ONNX Runtime calls that may run at once in one worker (size of the inference pool)"))
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description=(

@@ -400,3 +400,9 @@ def test_every_setting_is_documented():
     for name, field in Settings.model_fields.items():
         assert f"`FACESR_{name.upper()}`" in readme, name
         assert field.description, name
+
+
+@pytest.mark.parametrize("spin", [False, True])
+def test_spin_waiting_follows_the_setting(spin):
+    so = engine.session_options(Settings(ort_spin_wait=spin))
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spin else "0")
