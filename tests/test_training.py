@@ -56,12 +56,12 @@ def logged(out: Path) -> list[dict]:
 
 def test_both_phases_write_checkpoint_and_artifacts(pack, tmp_path):
     summary = train(tiny_cfg(pack, tmp_path / "run"), progress=False)
-    assert summary["steps"] == {"phase1": 3, "phase2": 2}
+    assert summary["steps"] == {"phase1": 3, "phase2": 2, "phase3": 0}
     run = tmp_path / "run"
     for name in (CHECKPOINT, "log.jsonl", "loss_curve.png", "summary.json", "config.json"):
         assert (run / name).is_file(), name
     ckpt = torch.load(run / CHECKPOINT, weights_only=True)
-    assert ckpt["steps"] == {"phase1": 3, "phase2": 2}
+    assert ckpt["steps"] == {"phase1": 3, "phase2": 2, "phase3": 0}
     phases = [r["phase"] for r in logged(run)]
     assert phases == [1, 1, 1, 2, 2]
 
@@ -69,6 +69,8 @@ def test_both_phases_write_checkpoint_and_artifacts(pack, tmp_path):
 @pytest.mark.parametrize(("stop_at", "full"), [
     ({"phase1_steps": 2, "phase2_steps": 0}, {"phase1_steps": 3, "phase2_steps": 0}),
     ({"phase1_steps": 2, "phase2_steps": 2}, {"phase1_steps": 2, "phase2_steps": 3}),
+    ({"phase1_steps": 2, "phase2_steps": 1, "phase3_steps": 1},
+     {"phase1_steps": 2, "phase2_steps": 1, "phase3_steps": 2}),
 ])
 def test_resume_gives_identical_next_step_loss(pack, tmp_path, stop_at, full):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -84,6 +86,22 @@ def test_resume_gives_identical_next_step_loss(pack, tmp_path, stop_at, full):
     a = torch.load(straight / CHECKPOINT, weights_only=True)["model"]
     b = torch.load(resumed / CHECKPOINT, weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_phase3_trains_theta_on_the_icap_mean_only(pack, tmp_path):
+    """Phase 3 moves theta alone (REN and ICAP stay as phase 2 left them) and logs loss_m."""
+    before, after = tmp_path / "p2", tmp_path / "p3"
+    train(tiny_cfg(pack, before), progress=False)
+    summary = train(tiny_cfg(pack, after, phase3_steps=2), progress=False)
+    assert summary["steps"] == {"phase1": 3, "phase2": 2, "phase3": 2}
+    a = torch.load(before / CHECKPOINT, weights_only=True)["model"]
+    b = torch.load(after / CHECKPOINT, weights_only=True)["model"]
+    frozen = [k for k in a if k.startswith(("ren.", "icap."))]
+    theta = [k for k in a if k.startswith("sr.") and a[k].is_floating_point()]
+    assert frozen and all(torch.equal(a[k], b[k]) for k in frozen)
+    assert any(not torch.equal(a[k], b[k]) for k in theta)
+    phase3 = [r for r in logged(after) if r["phase"] == 3]
+    assert [r["step"] for r in phase3] == [1, 2] and all(r["loss_m"] > 0 for r in phase3)
 
 
 def random_tiny(global_residual: bool = True) -> StochasticSR:
@@ -137,13 +155,15 @@ def test_ddp_two_cpu_processes(pack, tmp_path):
     proc = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                    "-m", "training.cli", "train", "--data", str(pack), "--out", str(out),
                    "--preset", "tiny", "--phase1-steps", "2", "--phase2-steps", "2",
-                   "--batch-size", "4", "--log-every", "1", "--no-progress",
+                   "--phase3-steps", "1", "--batch-size", "4", "--log-every", "1",
+                   "--no-progress",
                    env_extra={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["steps"] == {"phase1": 2, "phase2": 2}
+    assert summary["world_size"] == 2
+    assert summary["steps"] == {"phase1": 2, "phase2": 2, "phase3": 1}
     assert (out / CHECKPOINT).is_file()
-    assert len(logged(out)) == 4  # rank 0 alone writes the log
+    assert len(logged(out)) == 5  # rank 0 alone writes the log
 
 
 @pytest.mark.slow
@@ -162,7 +182,7 @@ def test_cli_prepare_train_eval_export(tmp_path, pack):
         assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = load_manifest(model_dir)
     assert manifest.metrics["utkface_test"]["best_of_2"]["psnr"] > 0
-    assert manifest.training["steps"] == {"phase1": 2, "phase2": 1}
+    assert manifest.training["steps"] == {"phase1": 2, "phase2": 1, "phase3": 0}
     for fig in ("fig4_oracle.png", "fig7_samples.png", "fig8_traversal.png"):
         assert (evald / "figures_utkface" / fig).is_file()
 

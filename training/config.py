@@ -55,11 +55,17 @@ class TrainConfig:
     lr_phase1: float = 2.5e-4
     lr_phase2: float = 5e-3
     lambda_s: float = 1.0  # weight of the L1 loss on the z_res path
+    # Phase 3 (ours, off by default): theta fine-tuned on the phase-1 loss plus
+    # lambda_m * MSE(y, f(x, mu_pred)) with the REN and the ICAP frozen, so that the decoder is
+    # trained on the code it is served with (README, "Phase 3").
+    phase3_steps: int = 0
+    lr_phase3: float = 1e-4
+    lambda_m: float = 1.0
     device: str = "auto"
     bf16: bool | None = None  # None: on for CUDA and CPU alike (see SPEC.md measurements)
     channels_last: bool | None = None
     seed: int = 0
-    time_budget_s: float = 0.0  # >0: stop each phase early so both fit (phase 2 gets a quarter)
+    time_budget_s: float = 0.0  # >0: stop each phase early so all fit (phase_budget_s)
     log_every: int = 10
     ckpt_every: int = 200
     sample_every: int = 0  # steps between sample grids; 0: once per epoch of the pack

@@ -20,28 +20,46 @@ def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None
 
 
 class Phase1Objective(nn.Module):
-    """theta and phi together, so that one DistributedDataParallel wrapper syncs both."""
+    """theta and phi together, so that one DistributedDataParallel wrapper syncs both. With an
+    ICAP (phase 3, ours), its mean path is trained too and phi should be frozen by the caller."""
 
-    def __init__(self, sr: nn.Module, ren: nn.Module, lambda_s: float):
+    def __init__(self, sr: nn.Module, ren: nn.Module, lambda_s: float,
+                 icap: nn.Module | None = None, lambda_m: float = 1.0):
         super().__init__()
         self.sr, self.ren, self.lambda_s = sr, ren, lambda_s
+        self.icap, self.lambda_m = icap, lambda_m
 
     def forward(self, x: Tensor, y: Tensor,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        return phase1_losses(self.sr, self.ren, x, y, self.lambda_s, generator)
+        z_mean = None
+        if self.icap is not None:
+            with torch.no_grad():
+                z_mean = self.icap(x)[0]
+        return phase1_losses(self.sr, self.ren, x, y, self.lambda_s, generator, z_mean,
+                             self.lambda_m)
 
 
 def phase1_losses(sr, ren, x: Tensor, y: Tensor, lambda_s: float,
-                  generator: torch.Generator | None = None) -> dict[str, Tensor]:
-    """L_d = MSE(y, f(x, 0)) + lambda * L1(y, f(x, z_res)); the encoder runs once for both."""
+                  generator: torch.Generator | None = None, z_mean: Tensor | None = None,
+                  lambda_m: float = 1.0) -> dict[str, Tensor]:
+    """L_d = MSE(y, f(x, 0)) + lambda * L1(y, f(x, z_res)); the encoder runs once for both.
+
+    With z_mean (phase 3, ours: the ICAP mean mu_pred), + lambda_m * MSE(y, f(x, mu_pred)): the
+    decoder learns to use the code it is served with, not only REN codes.
+    """
     feats = sr.encoder(x)
     y_d = sr.decoder(feats, None, x)
     loss_d = F.mse_loss(y_d.float(), y)
     mu, logvar = ren((y - y_d).detach())  # r = y - y_d, detached (ours; the paper is silent)
     y_s = sr.decoder(feats, reparameterize(mu, logvar, generator), x)
     loss_s = F.l1_loss(y_s.float(), y)
-    return {"loss": loss_d + lambda_s * loss_s, "loss_d": loss_d, "loss_s": loss_s,
-            "logvar_res": logvar.detach().float().mean()}
+    losses = {"loss": loss_d + lambda_s * loss_s, "loss_d": loss_d, "loss_s": loss_s,
+              "logvar_res": logvar.detach().float().mean()}
+    if z_mean is not None:
+        loss_m = F.mse_loss(sr.decoder(feats, z_mean, x).float(), y)
+        losses["loss"] = losses["loss"] + lambda_m * loss_m
+        losses["loss_m"] = loss_m
+    return losses
 
 
 def phase2_losses(sr, ren, mu_q: Tensor, logvar_q: Tensor, x: Tensor,

@@ -84,7 +84,8 @@ class Trainer:
         self.opt1 = torch.optim.Adam([*self.model.sr.parameters(), *self.model.ren.parameters()],
                                      lr=cfg.lr_phase1)
         self.opt2 = torch.optim.Adam(self.model.icap.parameters(), lr=cfg.lr_phase2)
-        self.steps = {"phase1": 0, "phase2": 0}
+        self.opt3 = torch.optim.Adam(self.model.sr.parameters(), lr=cfg.lr_phase3)
+        self.steps = {"phase1": 0, "phase2": 0, "phase3": 0}
         self.train_pack = FacePack(cfg.data, split="train")
         if len(self.train_pack) == 0:
             raise SystemExit(f"{cfg.data}: no training faces in this pack")
@@ -94,10 +95,12 @@ class Trainer:
         self.objective1 = Phase1Objective(self.model.sr, self.model.ren, cfg.lambda_s)
         self.wrapped1: nn.Module = self.objective1
         self.wrapped_icap: nn.Module = self.model.icap
+        self.objective3 = Phase1Objective(self.model.sr, self.model.ren, cfg.lambda_s,
+                                          self.model.icap, cfg.lambda_m)
+        self.wrapped3: nn.Module | None = None  # built when phase 3 starts (phi, omega frozen)
         if rt.world > 1:
-            ids = [rt.device.index] if rt.device.type == "cuda" else None
-            self.wrapped1 = DDP(self.objective1, device_ids=ids)
-            self.wrapped_icap = DDP(self.model.icap, device_ids=ids)
+            self.wrapped1 = DDP(self.objective1, device_ids=self.device_ids)
+            self.wrapped_icap = DDP(self.model.icap, device_ids=self.device_ids)
         self.sampler = DistributedSampler(range(len(self.data)), num_replicas=rt.world,
                                           rank=rt.rank, shuffle=True, seed=cfg.seed,
                                           drop_last=True)
@@ -105,10 +108,15 @@ class Trainer:
         self.started = time.time()
         self.wall_before = 0.0
 
+    @property
+    def device_ids(self) -> list[int] | None:
+        return [self.rt.device.index] if self.rt.device.type == "cuda" else None
+
     # -- state -------------------------------------------------------------------------------
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "opt1": self.opt1.state_dict(),
-                "opt2": self.opt2.state_dict(), "steps": dict(self.steps),
+                "opt2": self.opt2.state_dict(), "opt3": self.opt3.state_dict(),
+                "steps": dict(self.steps),
                 "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
                 "wall_s": self.wall_before + time.time() - self.started}
 
@@ -127,10 +135,13 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.opt1.load_state_dict(ckpt["opt1"])
         self.opt2.load_state_dict(ckpt["opt2"])
-        for opt, lr in ((self.opt1, self.cfg.lr_phase1), (self.opt2, self.cfg.lr_phase2)):
+        if "opt3" in ckpt:  # checkpoints from before phase 3 existed have none
+            self.opt3.load_state_dict(ckpt["opt3"])
+        for opt, lr in ((self.opt1, self.cfg.lr_phase1), (self.opt2, self.cfg.lr_phase2),
+                        (self.opt3, self.cfg.lr_phase3)):
             for group in opt.param_groups:  # the learning rates asked for now, not the saved ones
                 group["lr"] = lr
-        self.steps = dict(ckpt["steps"])
+        self.steps = {"phase3": 0, **ckpt["steps"]}
         self.wall_before = float(ckpt.get("wall_s", 0.0))
         self.trim_log()
         return True
@@ -145,7 +156,7 @@ class Trainer:
         log.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     # -- data --------------------------------------------------------------------------------
-    def per_rank_batch(self, phase: int) -> int:
+    def per_rank_batch(self, phase: int) -> int:  # patches: phase 1 only
         full = self.cfg.patch_batch_size if (phase == 1 and self.in_patch_stage()) else 0
         return max(1, (full or self.cfg.batch_size) // self.rt.world)
 
@@ -197,7 +208,7 @@ class Trainer:
         losses["loss"].backward()
         self.opt1.step()
         self.steps["phase1"] += 1
-        self.steps["phase2"] = 0  # theta/phi moved: the ICAP must be fitted again afterwards
+        self.steps["phase2"] = self.steps["phase3"] = 0  # theta/phi moved: refit what follows
         return {k: float(v.detach()) for k, v in losses.items()}
 
     def step_phase2(self) -> dict[str, float]:
@@ -212,6 +223,27 @@ class Trainer:
         losses["loss"].backward()
         self.opt2.step()
         self.steps["phase2"] += 1
+        self.steps["phase3"] = 0  # omega moved: the mean path must be refitted afterwards
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def step_phase3(self) -> dict[str, float]:
+        """theta only: the phase-1 loss plus lambda_m * MSE(y, f(x, mu_pred)); phi, omega fixed."""
+        step = self.steps["phase3"]
+        x, y = self.batch(3, step)
+        if self.wrapped3 is None:
+            for p in [*self.model.ren.parameters(), *self.model.icap.parameters()]:
+                p.requires_grad_(False)
+            self.wrapped3 = (DDP(self.objective3, device_ids=self.device_ids)
+                             if self.rt.world > 1 else self.objective3)
+        self.model.sr.train()
+        self.model.ren.eval()
+        self.model.icap.eval()
+        with self.autocast():
+            losses = self.wrapped3(x, y, self.generator(3, step))
+        self.opt3.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        self.opt3.step()
+        self.steps["phase3"] += 1
         return {k: float(v.detach()) for k, v in losses.items()}
 
     # -- loop --------------------------------------------------------------------------------
@@ -222,14 +254,15 @@ class Trainer:
         if self.rt.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        for phase, total in ((1, cfg.phase1_steps), (2, cfg.phase2_steps)):
+        for phase, total in ((1, cfg.phase1_steps), (2, cfg.phase2_steps),
+                             (3, cfg.phase3_steps)):
             key = f"phase{phase}"
             todo = total - self.steps[key]
             if todo <= 0:
                 continue
             bar = tqdm(total=total, initial=self.steps[key], desc=f"phase {phase}", unit="step",
                        disable=not (progress and self.rt.main), dynamic_ncols=True)
-            step_fn = self.step_phase1 if phase == 1 else self.step_phase2
+            step_fn = (self.step_phase1, self.step_phase2, self.step_phase3)[phase - 1]
             tick = phase_start = time.time()
             budget = self.phase_budget_s(phase)
             for _ in range(todo):
@@ -258,10 +291,12 @@ class Trainer:
         return summary
 
     def phase_budget_s(self, phase: int) -> float:
-        """Phase 1 gets three quarters of the time budget, phase 2 the rest."""
+        """Phase 1 gets three quarters of the time budget, phase 2 the rest; with a phase 3,
+        60/20/20."""
         if not self.cfg.time_budget_s:
             return 0.0
-        return self.cfg.time_budget_s * (0.75 if phase == 1 else 0.25)
+        shares = (0.6, 0.2, 0.2) if self.cfg.phase3_steps else (0.75, 0.25, 0.0)
+        return self.cfg.time_budget_s * shares[phase - 1]
 
     def after_step(self, phase: int, losses: dict[str, float], speed: float) -> None:
         step = self.steps[f"phase{phase}"]
