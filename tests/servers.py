@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -36,3 +40,18 @@ def start_service(env: dict, port: int, log: Path,
             pass
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
+
+
+@contextmanager
+def running_service(model_dir: Path, settings: dict[str, str], log: Path) -> Iterator[str]:
+    """`python -m service` on 127.0.0.1 with FACESR_* `settings`; yields its base URL once ready,
+    and checks that SIGTERM ends it cleanly."""
+    port = free_port()
+    env = {**os.environ, **settings, "FACESR_MODEL_DIR": str(model_dir),
+           "FACESR_HOST": "127.0.0.1", "FACESR_PORT": str(port), "PYTHONPATH": str(ROOT)}
+    proc, url = start_service(env, port, log)
+    try:
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) in (0, -signal.SIGTERM), log.read_text()

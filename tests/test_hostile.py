@@ -11,21 +11,17 @@ against both the in-process app and uvicorn; this file is the issue's exact list
 from __future__ import annotations
 
 import io
-import os
-import signal
 import struct
 import zlib
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from servers import free_port, start_service
+from servers import running_service
 
 from facesr_core.degradation import degrade
 
-ROOT = Path(__file__).resolve().parents[1]
 # The service's default upload and pixel limits (10 MiB, 16 Mpx): the hostile files must be
 # refused by the limits a deployment really has. Small sample/step limits keep warm-up short.
 ENV = {"FACESR_MAX_SAMPLES": "4", "FACESR_MAX_STEPS": "4", "FACESR_MAX_BATCH": "4",
@@ -114,14 +110,9 @@ HOSTILE = ["decompression bomb", "0 bytes", "truncated JPEG", "10000x10000 PNG",
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     """`python -m service` on 127.0.0.1 with the tiny models; yields its base URL."""
-    port = free_port()
     log = tmp_path_factory.mktemp("hostile") / "server.log"
-    env = {**os.environ, **ENV, "FACESR_MODEL_DIR": str(tiny_model_dir),
-           "FACESR_HOST": "127.0.0.1", "FACESR_PORT": str(port), "PYTHONPATH": str(ROOT)}
-    proc, url = start_service(env, port, log)
-    yield url
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) in (0, -signal.SIGTERM), log.read_text()
+    with running_service(tiny_model_dir, ENV, log) as url:
+        yield url
 
 
 def assert_still_serving(url: str, lr: Image.Image) -> None:

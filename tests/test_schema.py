@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
-from servers import free_port, start_service
+from servers import running_service
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
@@ -32,14 +31,10 @@ MIN_CASES = 500  # the long run (scripts/schemathesis_long.sh) needs >= 1000
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    port = free_port()
+    """`python -m service` on 127.0.0.1 with the tiny models; yields its base URL."""
     log = tmp_path_factory.mktemp("schema") / "server.log"
-    env = {**os.environ, **ENV, "FACESR_MODEL_DIR": str(tiny_model_dir),
-           "FACESR_HOST": "127.0.0.1", "FACESR_PORT": str(port), "PYTHONPATH": str(ROOT)}
-    proc, url = start_service(env, port, log)
-    yield url
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) in (0, -signal.SIGTERM), log.read_text()
+    with running_service(tiny_model_dir, ENV, log) as url:
+        yield url
 
 
 def server_errors(url: str) -> int:

@@ -6,7 +6,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,9 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from images import png_claiming
 from PIL import Image
+from servers import free_port
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from facesr_core.degradation import bicubic_upsample, degrade, from_model_range, to_model_range
@@ -67,12 +68,6 @@ def upload(data: bytes, reference: bytes | None = None) -> dict:
     if reference is not None:
         files["reference"] = ("hr.png", reference, "image/png")
     return files
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_ready(client: httpx.Client, proc: subprocess.Popen | None = None,
@@ -434,18 +429,6 @@ def test_metrics_move(client, lr8, hr):
 
 
 # --- bad input: status, JSON, and the server still answers ------------------------------
-
-def png_claiming(width: int, height: int) -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 7)) + chunk(b"IEND", b""))
-
 
 def noise(side: int) -> bytes:
     return png(np.random.default_rng(side).integers(0, 256, (side, side, 3), np.uint8))

@@ -3,14 +3,13 @@ latent sampling and traversal maths."""
 
 import io
 import logging
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from images import png_claiming
 from PIL import Image
 from pydantic import ValidationError
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -278,16 +277,6 @@ def test_decode_applies_exif_orientation():
 def test_decode_accepts_the_four_formats(fmt):
     img, _ = imaging.decode(encoded(Image.new("RGB", (8, 8), (9, 9, 9)), fmt), 10_000)
     assert img.size == (8, 8)
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height but whose data is one tiny row."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 7)) + chunk(b"IEND", b""))
 
 
 @pytest.mark.parametrize("data, error, match", [

@@ -197,6 +197,13 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.rt.device.type, dtype=torch.bfloat16)
 
+    @staticmethod
+    def optimise(opt: torch.optim.Optimizer, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        opt.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
     def step_phase1(self) -> dict[str, float]:
         step = self.steps["phase1"]
         x, y = self.batch(1, step)
@@ -204,12 +211,10 @@ class Trainer:
         self.model.ren.train()
         with self.autocast():
             losses = self.wrapped1(x, y, self.generator(1, step))
-        self.opt1.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        self.opt1.step()
+        losses = self.optimise(self.opt1, losses)  # backward outside autocast, as recommended
         self.steps["phase1"] += 1
         self.steps["phase2"] = self.steps["phase3"] = 0  # theta/phi moved: refit what follows
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return losses
 
     def step_phase2(self) -> dict[str, float]:
         x, y = self.batch(2, self.steps["phase2"])
@@ -219,12 +224,10 @@ class Trainer:
         with self.autocast():
             mu_q, logvar_q = self.wrapped_icap(x)
             losses = phase2_losses(self.model.sr, self.model.ren, mu_q, logvar_q, x, y)
-        self.opt2.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        self.opt2.step()
+        losses = self.optimise(self.opt2, losses)
         self.steps["phase2"] += 1
         self.steps["phase3"] = 0  # omega moved: the mean path must be refitted afterwards
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return losses
 
     def step_phase3(self) -> dict[str, float]:
         """theta only: the phase-1 loss plus lambda_m * MSE(y, f(x, mu_pred)); phi, omega fixed."""
@@ -240,11 +243,9 @@ class Trainer:
         self.model.icap.eval()
         with self.autocast():
             losses = self.wrapped3(x, y, self.generator(3, step))
-        self.opt3.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        self.opt3.step()
+        losses = self.optimise(self.opt3, losses)
         self.steps["phase3"] += 1
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return losses
 
     # -- loop --------------------------------------------------------------------------------
     def run(self, progress: bool = True) -> dict:
