@@ -169,7 +169,7 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=Path("bench/results"))
     a = p.parse_args()
     for name, fn in (("model", model_tables), ("load", load_tables),
-                     ("load_nospin", load_tables), ("soak", soak_tables)):
+                     ("load_spin_on", load_tables), ("soak", soak_tables)):
         d = load(a.results / f"{name}.json")
         if d:
             print(f"\n### {name}\n")
