@@ -5,7 +5,7 @@ optimised: the encoder run once for both paths, channels_last, bf16 autocast
 The malloc settings of `facesr-train` (SPEC.md) are a property of the process: run this script
 with and without them (`--malloc default`) to see their share; the figure is printed with it.
 
-    python bench/training.py --presets tiny paper --batch 16 --steps 5
+    python bench/training.py --presets tiny paper --batch 16 --steps 5 [--pause-training]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import training_paused  # noqa: E402
 from training.cli import MALLOC_ENV  # noqa: E402
 from training.config import ModelConfig  # noqa: E402
 from training.losses import phase1_losses, reparameterize  # noqa: E402
@@ -73,6 +74,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--malloc", choices=["tuned", "default"], default="tuned")
+    p.add_argument("--pause-training", action="store_true",
+                   help="SIGSTOP a background facesr-train while timing (bench/common.py)")
     a = p.parse_args()
     if a.malloc == "tuned" and not all(k in os.environ for k in MALLOC_ENV):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
@@ -83,8 +86,9 @@ def main() -> None:
     for preset in a.presets:
         rates = {}
         for optimised in (False, True):
-            med = statistics.median(time_steps(preset, optimised, a.batch, a.steps, device))
-            rates[optimised] = a.batch / med
+            with training_paused(a.pause_training):
+                times = time_steps(preset, optimised, a.batch, a.steps, device)
+            rates[optimised] = a.batch / statistics.median(times)
         print(f"| {preset} | {rates[False]:.2f} | {rates[True]:.2f} | "
               f"{rates[True] / rates[False]:.2f}x |", flush=True)
 
