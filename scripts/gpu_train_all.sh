@@ -18,6 +18,7 @@ BUDGET_S=${BUDGET_S:-150}          # per scale; 3 x 150 s leaves ~2 min of a 10 
 DEVICE=${DEVICE:-cuda}
 PRESET=${PRESET:-paper}
 BATCH=${BATCH:-64}
+PHASE3=${PHASE3:-1}                # 1: phase 3 (ours: the decoder trained on the ICAP mean too)
 PY=${PY:-python3}
 
 $PY - <<'PY' || true
@@ -30,7 +31,7 @@ for s in $SCALES; do
   FACESR_NO_MALLOC_TUNING=1 $PY -m training.cli train --data "$PACK" --out "$run" --scale "$s" \
     --preset "$PRESET" --device "$DEVICE" --batch-size "$BATCH" --patch 64 \
     --patch-steps 100000 --patch-batch-size $((BATCH * 2)) --phase1-steps 1000000 \
-    --phase2-steps 1000000 --time-budget-s "$BUDGET_S" --ckpt-every 1000000 \
+    --phase2-steps 1000000 --phase3-steps $((PHASE3 * 1000000)) --time-budget-s "$BUDGET_S" --ckpt-every 1000000 \
     --sample-every 1000000 --no-progress --no-resume > "$OUT/x$s/train.log" 2>&1 \
     || { tail -20 "$OUT/x$s/train.log"; exit 1; }
   cp "$run/model.safetensors" "$OUT/x$s/"
