@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
@@ -35,6 +36,22 @@ def endpoint_label(path: str) -> str:
     return path if path in KNOWN_PATHS else "other"
 
 
+def is_last_body(message: Message) -> bool:
+    return message["type"] == "http.response.body" and not message.get("more_body", False)
+
+
+def once(fn: Callable[[], None]) -> Callable[[], None]:
+    """fn, callable many times, run the first time only."""
+    done = False
+
+    def run() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            fn()
+    return run
+
+
 class Gate:
     def __init__(self, app: ASGIApp, state: ServiceState) -> None:
         self.app, self.state = app, state
@@ -48,19 +65,26 @@ class Gate:
             return
         endpoint = endpoint_label(scope["path"])
         status = {"code": 500, "started": False}
+        start = time.perf_counter()
+
+        def record() -> None:
+            metrics = self.state.metrics
+            metrics.requests.labels(endpoint=endpoint, status=str(status["code"])).inc()
+            metrics.request_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - start)
+
+        record_once = once(record)
 
         async def send_tracked(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"], status["started"] = message["status"], True
+            elif is_last_body(message):
+                record_once()  # before the last byte leaves: a client's next /metrics sees it
             await send(message)
 
-        start = time.perf_counter()
         try:
             await self._handle(scope, receive, send_tracked, status)
         finally:
-            metrics = self.state.metrics
-            metrics.requests.labels(endpoint=endpoint, status=str(status["code"])).inc()
-            metrics.request_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - start)
+            record_once()  # no complete response (an error, a disconnect): counted here
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, status: dict) -> None:
         try:
@@ -74,18 +98,28 @@ class Gate:
         state = self.state
         state.in_flight += 1
         state.metrics.in_flight.inc()
+
+        @once
+        def leave() -> None:
+            state.in_flight -= 1
+            state.metrics.in_flight.dec()
+
+        async def send_leaving(message: Message) -> None:
+            if is_last_body(message):
+                leave()  # out of flight before the last byte leaves, as for the request count
+            await send(message)
+
         try:
-            await asyncio.wait_for(self.app(scope, self._limited(receive), send),
+            await asyncio.wait_for(self.app(scope, self._limited(receive), send_leaving),
                                    state.settings.request_timeout_s)
         except asyncio.TimeoutError:
             if status["started"]:
                 raise
             state.metrics.errors.labels(kind="timeout").inc()
             detail = f"the request took longer than {state.settings.request_timeout_s} s"
-            await error_response(504, "timeout", detail)(scope, receive, send)
+            await error_response(504, "timeout", detail)(scope, receive, send_leaving)
         finally:
-            state.in_flight -= 1
-            state.metrics.in_flight.dec()
+            leave()
 
     def _admit(self, scope: Scope) -> None:
         """Raise the ServiceError that refuses this request, if any."""

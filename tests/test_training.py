@@ -201,3 +201,15 @@ def test_time_budget_and_weights_only_run_folder(pack, tmp_path):
     x = torch.rand(2, 3, 128, 128) * 2 - 1
     assert scale_a == scale_b == 8
     assert torch.equal(model_a.predict(x), model_b.predict(x))
+
+
+def test_best_of_at_temperature_zero_is_the_icap_mean():
+    from training.evaluate import evaluate_face
+
+    hr = np.asarray(blob_face(0).resize((128, 128)))
+    gen = torch.Generator().manual_seed(0)
+    model = random_tiny()
+    cold = evaluate_face(model, hr, 8, torch.device("cpu"), (4,), gen, temperature=0.0)
+    warm = evaluate_face(model, hr, 8, torch.device("cpu"), (4,), gen, temperature=1.0)
+    assert cold["best_of_4"] == cold["icap_mean"]
+    assert warm["best_of_4"] != warm["icap_mean"]

@@ -104,6 +104,8 @@ def eval_main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, help="at most this many faces per source")
     p.add_argument("--best-of-limit", type=int,
                    help="best-of-n on the first N faces only (n decoder passes per face)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="scales sigma of the best-of-n samples (default 1, the paper's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.json/.md, figures")
@@ -112,7 +114,7 @@ def eval_main(argv: list[str] | None = None) -> None:
     scale = a.scale or scale
     results = [evaluate(model, a.pack, scale, a.split, (src,), tuple(a.best_of), a.limit,
                         a.device, a.seed, figures=a.out / f"figures_{src}",
-                        best_of_limit=a.best_of_limit)
+                        best_of_limit=a.best_of_limit, temperature=a.temperature)
                for src in a.sources]
     write_report(results, a.out)
     print(markdown_table(results))

@@ -41,7 +41,8 @@ def psnr_batch(hr: np.ndarray, sr: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate_face(model, hr: np.ndarray, scale: int, device: torch.device,
-                  best_of: tuple[int, ...], gen: torch.Generator) -> dict[str, dict[str, float]]:
+                  best_of: tuple[int, ...], gen: torch.Generator,
+                  temperature: float = 1.0) -> dict[str, dict[str, float]]:
     x_np, y_np = make_pair(hr, scale)
     x, y = torch.from_numpy(x_np)[None].to(device), torch.from_numpy(y_np)[None].to(device)
     feats = model.sr.encoder(x)
@@ -56,7 +57,7 @@ def evaluate_face(model, hr: np.ndarray, scale: int, device: torch.device,
         eps = torch.randn((n_max, *mu.shape[1:]), generator=gen).to(mu)
         samples = []
         for chunk in eps.split(32):
-            z = mu + torch.exp(0.5 * logvar) * chunk
+            z = mu + temperature * torch.exp(0.5 * logvar) * chunk
             k = len(chunk)
             samples.append(model.sr.decoder(feats.expand(k, -1, -1, -1), z,
                                             x.expand(k, -1, -1, -1)))
@@ -71,12 +72,13 @@ def evaluate(model, pack: Path | str, scale: int, split: str = "test",
              sources: tuple[str, ...] = ("celeba",), best_of: tuple[int, ...] = (10, 100),
              limit: int | None = None, device: str = "cpu", seed: int = 0,
              figures: Path | None = None, progress: bool = True,
-             best_of_limit: int | None = None) -> dict:
+             best_of_limit: int | None = None, temperature: float = 1.0) -> dict:
     """Mean metrics per row over the split, and optionally the figures.
 
     Best-of-n costs n decoder passes per face; `best_of_limit` runs it on the first faces only.
     The ICAP mean over those same faces is then reported too (`icap_mean_best_of_faces`), so
-    best-of-n is always compared like for like.
+    best-of-n is always compared like for like. `temperature` scales sigma of the samples (1: the
+    paper's draws from the ICAP's Gaussian).
     """
     from tqdm import tqdm
 
@@ -88,7 +90,8 @@ def evaluate(model, pack: Path | str, scale: int, split: str = "test",
         raise SystemExit(f"{pack}: no faces in split {split!r} for sources {sources}")
     gen = torch.Generator().manual_seed(seed)
     n_best = len(hrs) if best_of_limit is None else min(best_of_limit, len(hrs))
-    per_face = [evaluate_face(model, hr, scale, dev, best_of if i < n_best else (), gen)
+    per_face = [evaluate_face(model, hr, scale, dev, best_of if i < n_best else (), gen,
+                              temperature)
                 for i, hr in enumerate(tqdm(hrs, desc=f"eval x{scale} {'+'.join(sources)}",
                                             unit="img", disable=not progress))]
     mean = lambda faces, row: {m: float(np.mean([f[row][m] for f in faces]))  # noqa: E731
@@ -105,6 +108,7 @@ def evaluate(model, pack: Path | str, scale: int, split: str = "test",
         figure8(model, picks[:2], scale, dev).save(figures / "fig8_traversal.png")
     return {"scale": scale, "split": split, "sources": list(sources), "count": len(hrs),
             "best_of": list(best_of), "best_of_count": n_best, "seed": seed,
+            "temperature": temperature,
             "protocol": "RGB uint8, no border crop; *_y: BT.601 Y channel", "rows": rows}
 
 
