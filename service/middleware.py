@@ -7,6 +7,7 @@ body size limit, per-request timeout. Pure ASGI, so a refused upload is never re
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import time
 from collections.abc import Callable
@@ -36,20 +37,14 @@ def endpoint_label(path: str) -> str:
     return path if path in KNOWN_PATHS else "other"
 
 
-def is_last_body(message: Message) -> bool:
-    return message["type"] == "http.response.body" and not message.get("more_body", False)
-
-
-def once(fn: Callable[[], None]) -> Callable[[], None]:
-    """fn, callable many times, run the first time only."""
-    done = False
-
-    def run() -> None:
-        nonlocal done
-        if not done:
-            done = True
-            fn()
-    return run
+def before_last_body(send: Send, action: Callable[[], None]) -> Send:
+    """`send`, running `action` just before the last body message, so that a client holding the
+    whole response already sees its effect (e.g. on /metrics). Make `action` run-once."""
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            action()
+        await send(message)
+    return wrapped
 
 
 class Gate:
@@ -67,24 +62,21 @@ class Gate:
         status = {"code": 500, "started": False}
         start = time.perf_counter()
 
+        @functools.cache  # runs once: before the last body, or at the end when there was none
         def record() -> None:
             metrics = self.state.metrics
             metrics.requests.labels(endpoint=endpoint, status=str(status["code"])).inc()
             metrics.request_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - start)
 
-        record_once = once(record)
-
         async def send_tracked(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"], status["started"] = message["status"], True
-            elif is_last_body(message):
-                record_once()  # before the last byte leaves: a client's next /metrics sees it
             await send(message)
 
         try:
-            await self._handle(scope, receive, send_tracked, status)
+            await self._handle(scope, receive, before_last_body(send_tracked, record), status)
         finally:
-            record_once()  # no complete response (an error, a disconnect): counted here
+            record()  # no complete response (an error, a disconnect): counted here
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, status: dict) -> None:
         try:
@@ -99,16 +91,12 @@ class Gate:
         state.in_flight += 1
         state.metrics.in_flight.inc()
 
-        @once
+        @functools.cache  # runs once
         def leave() -> None:
             state.in_flight -= 1
             state.metrics.in_flight.dec()
 
-        async def send_leaving(message: Message) -> None:
-            if is_last_body(message):
-                leave()  # out of flight before the last byte leaves, as for the request count
-            await send(message)
-
+        send_leaving = before_last_body(send, leave)  # out of flight as the count moves
         try:
             await asyncio.wait_for(self.app(scope, self._limited(receive), send_leaving),
                                    state.settings.request_timeout_s)

@@ -42,14 +42,18 @@ def start_service(env: dict, port: int, log: Path,
         time.sleep(0.1)
 
 
+def service_env(model_dir: Path, port: int, settings: dict[str, str]) -> dict[str, str]:
+    """The environment of `python -m service` on 127.0.0.1:port with FACESR_* `settings`."""
+    return {**os.environ, **settings, "FACESR_MODEL_DIR": str(model_dir),
+            "FACESR_HOST": "127.0.0.1", "FACESR_PORT": str(port), "PYTHONPATH": str(ROOT)}
+
+
 @contextmanager
 def running_service(model_dir: Path, settings: dict[str, str], log: Path) -> Iterator[str]:
     """`python -m service` on 127.0.0.1 with FACESR_* `settings`; yields its base URL once ready,
     and checks that SIGTERM ends it cleanly."""
     port = free_port()
-    env = {**os.environ, **settings, "FACESR_MODEL_DIR": str(model_dir),
-           "FACESR_HOST": "127.0.0.1", "FACESR_PORT": str(port), "PYTHONPATH": str(ROOT)}
-    proc, url = start_service(env, port, log)
+    proc, url = start_service(service_env(model_dir, port, settings), port, log)
     try:
         yield url
     finally:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from servers import free_port, start_service
+from servers import free_port, service_env, start_service
 
 from facesr_core.degradation import degrade
 from service.app import create_app
@@ -41,9 +40,8 @@ CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
 def server_env(model_dir: Path, port: int, **extra: str) -> dict[str, str]:
-    return {**os.environ, "FACESR_MODEL_DIR": str(model_dir), "FACESR_HOST": "127.0.0.1",
-            "FACESR_PORT": str(port), "PYTHONPATH": str(ROOT), "FACESR_MAX_SAMPLES": "64",
-            "FACESR_MAX_STEPS": "4", "FACESR_MAX_BATCH": "2", **extra}
+    limits = {"FACESR_MAX_SAMPLES": "64", "FACESR_MAX_STEPS": "4", "FACESR_MAX_BATCH": "2"}
+    return service_env(model_dir, port, {**limits, **extra})
 
 
 def start_and_fail(model_dir: Path, **extra: str) -> tuple[int, str, int]:
