@@ -18,6 +18,7 @@ from training.data import collect_faces, write_pack
 from training.export import ExportError, export_model
 from training.models import StochasticSR
 from training.train import CHECKPOINT, train
+from training.weights import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,3 +214,54 @@ def test_best_of_at_temperature_zero_is_the_icap_mean():
     warm = evaluate_face(model, hr, 8, torch.device("cpu"), (4,), gen, temperature=1.0)
     assert cold["best_of_4"] == cold["icap_mean"]
     assert warm["best_of_4"] != warm["icap_mean"]
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    from training.schedule import lr_factor
+
+    assert lr_factor("constant", 0.9, 50, 0) == 1.0
+    assert lr_factor("constant", 0.0, 0, 10) == pytest.approx(0.1)
+    warm = [lr_factor("cosine", s / 100, s, 10) for s in range(100)]
+    assert warm[0] == pytest.approx(0.1) and max(warm) <= 1.0
+    assert all(a >= b for a, b in zip(warm[10:], warm[11:], strict=False))  # monotone
+    assert lr_factor("cosine", 1.0, 100, 10) == pytest.approx(0.0)
+    with pytest.raises(ValueError):
+        lr_factor("step", 0.5, 1, 0)
+
+
+def test_cosine_schedule_is_logged_and_ends_near_zero(pack, tmp_path):
+    train(tiny_cfg(pack, tmp_path / "run", phase1_steps=6, lr_schedule="cosine"), progress=False)
+    lrs = [r["lr"] for r in logged(tmp_path / "run") if r["phase"] == 1]
+    assert lrs[0] == pytest.approx(2.5e-4) and lrs[-1] < 0.2 * 2.5e-4
+
+
+def test_ema_phase_ends_on_the_averaged_weights_and_resumes(pack, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg(pack, run, ema=0.9, phase2_steps=0), progress=False)
+    ckpt = torch.load(run / CHECKPOINT, weights_only=True)
+    averaged = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    for name, value in ckpt["model"].items():
+        assert torch.equal(value, averaged[name]), name
+    # resumed with more steps: continues from the checkpoint's EMA, not from scratch
+    summary = train(tiny_cfg(pack, run, ema=0.9, phase1_steps=5, phase2_steps=0),
+                    progress=False)
+    assert summary["steps"]["phase1"] == 5
+
+
+def test_init_from_starts_from_a_models_weights(pack, tmp_path):
+    first = tmp_path / "first"
+    train(tiny_cfg(pack, first, phase2_steps=1), progress=False)
+    second = tmp_path / "second"
+    train(tiny_cfg(pack, second, init_from=str(first), phase1_steps=0, phase2_steps=0),
+          progress=False)
+    a = torch.load(first / CHECKPOINT, weights_only=True)["model"]
+    b = load_model(second)[0].state_dict()  # model.safetensors: no steps, so no checkpoint
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit, match="x8 model"):
+        train(tiny_cfg(pack, tmp_path / "third", init_from=str(first), scale=4), progress=False)
+
+
+def test_l1_deterministic_loss(pack, tmp_path):
+    summary = train(tiny_cfg(pack, tmp_path / "run", det_loss="l1", phase2_steps=0),
+                    progress=False)
+    assert summary["steps"]["phase1"] == 3

@@ -61,6 +61,12 @@ class TrainConfig:
     phase3_steps: int = 0
     lr_phase3: float = 1e-4
     lambda_m: float = 1.0
+    # Recipe options (ours; README "Training recipe" has the ablation behind the defaults).
+    init_from: str = ""  # a models/<scale> or run folder: start from its weights (no checkpoint)
+    ema: float = 0.0  # >0: keep an EMA of the weights with this decay; each phase ends on it
+    lr_schedule: str = "constant"  # constant | cosine (per phase, after warmup_steps)
+    warmup_steps: int = 0  # linear learning-rate warm-up at the start of each phase
+    det_loss: str = "mse"  # mse | l1: the deterministic term of phase 1 (the paper: mse)
     device: str = "auto"
     bf16: bool | None = None  # None: on for CUDA and CPU alike (see SPEC.md measurements)
     channels_last: bool | None = None

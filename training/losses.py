@@ -24,10 +24,10 @@ class Phase1Objective(nn.Module):
     ICAP (phase 3, ours), its mean path is trained too and phi should be frozen by the caller."""
 
     def __init__(self, sr: nn.Module, ren: nn.Module, lambda_s: float,
-                 icap: nn.Module | None = None, lambda_m: float = 1.0):
+                 icap: nn.Module | None = None, lambda_m: float = 1.0, det_loss: str = "mse"):
         super().__init__()
         self.sr, self.ren, self.lambda_s = sr, ren, lambda_s
-        self.icap, self.lambda_m = icap, lambda_m
+        self.icap, self.lambda_m, self.det_loss = icap, lambda_m, det_loss
 
     def forward(self, x: Tensor, y: Tensor,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -36,20 +36,24 @@ class Phase1Objective(nn.Module):
             with torch.no_grad():
                 z_mean = self.icap(x)[0]
         return phase1_losses(self.sr, self.ren, x, y, self.lambda_s, generator, z_mean,
-                             self.lambda_m)
+                             self.lambda_m, self.det_loss)
+
+
+DETERMINISTIC_LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 
 
 def phase1_losses(sr, ren, x: Tensor, y: Tensor, lambda_s: float,
                   generator: torch.Generator | None = None, z_mean: Tensor | None = None,
-                  lambda_m: float = 1.0) -> dict[str, Tensor]:
+                  lambda_m: float = 1.0, det_loss: str = "mse") -> dict[str, Tensor]:
     """L_d = MSE(y, f(x, 0)) + lambda * L1(y, f(x, z_res)); the encoder runs once for both.
+    `det_loss="l1"` (ours, an option) makes the deterministic term an L1 loss.
 
     With z_mean (phase 3, ours: the ICAP mean mu_pred), + lambda_m * MSE(y, f(x, mu_pred)): the
     decoder learns to use the code it is served with, not only REN codes.
     """
     feats = sr.encoder(x)
     y_d = sr.decoder(feats, None, x)
-    loss_d = F.mse_loss(y_d.float(), y)
+    loss_d = DETERMINISTIC_LOSSES[det_loss](y_d.float(), y)
     mu, logvar = ren((y - y_d).detach())  # r = y - y_d, detached (ours; the paper is silent)
     y_s = sr.decoder(feats, reparameterize(mu, logvar, generator), x)
     loss_s = F.l1_loss(y_s.float(), y)

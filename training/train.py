@@ -25,8 +25,9 @@ from training.config import ModelConfig, TrainConfig
 from training.data import FacePack, PairDataset, random_patches
 from training.losses import Phase1Objective, phase2_losses
 from training.models import StochasticSR
+from training.schedule import WeightEMA, lr_factor, set_lr
 from training.visuals import sample_grid, save_loss_curve
-from training.weights import MODEL_WEIGHTS, save_model_weights
+from training.weights import MODEL_WEIGHTS, load_model, save_model_weights
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -92,11 +93,12 @@ class Trainer:
         self.data = PairDataset(self.train_pack.hr, cfg.scale, hflip=cfg.hflip)
         val = FacePack(cfg.data, split="val")
         self.preview_hr = (val.hr if len(val) else self.train_pack.hr)[:4]
-        self.objective1 = Phase1Objective(self.model.sr, self.model.ren, cfg.lambda_s)
+        self.objective1 = Phase1Objective(self.model.sr, self.model.ren, cfg.lambda_s,
+                                          det_loss=cfg.det_loss)
         self.wrapped1: nn.Module = self.objective1
         self.wrapped_icap: nn.Module = self.model.icap
         self.objective3 = Phase1Objective(self.model.sr, self.model.ren, cfg.lambda_s,
-                                          self.model.icap, cfg.lambda_m)
+                                          self.model.icap, cfg.lambda_m, cfg.det_loss)
         self.wrapped3: nn.Module | None = None  # built when phase 3 starts (phi, omega frozen)
         if rt.world > 1:
             self.wrapped1 = DDP(self.objective1, device_ids=self.device_ids)
@@ -105,6 +107,8 @@ class Trainer:
                                           rank=rt.rank, shuffle=True, seed=cfg.seed,
                                           drop_last=True)
         self._epoch_cache: tuple[int, list[int]] | None = None
+        self.ema = WeightEMA(self.model, cfg.ema) if cfg.ema > 0 else None
+        self.phase_started = time.time()
         self.started = time.time()
         self.wall_before = 0.0
 
@@ -117,6 +121,7 @@ class Trainer:
         return {"model": self.model.state_dict(), "opt1": self.opt1.state_dict(),
                 "opt2": self.opt2.state_dict(), "opt3": self.opt3.state_dict(),
                 "steps": dict(self.steps),
+                "ema": self.ema.state_dict() if self.ema else None,
                 "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
                 "wall_s": self.wall_before + time.time() - self.started}
 
@@ -137,14 +142,25 @@ class Trainer:
         self.opt2.load_state_dict(ckpt["opt2"])
         if "opt3" in ckpt:  # checkpoints from before phase 3 existed have none
             self.opt3.load_state_dict(ckpt["opt3"])
-        for opt, lr in ((self.opt1, self.cfg.lr_phase1), (self.opt2, self.cfg.lr_phase2),
-                        (self.opt3, self.cfg.lr_phase3)):
-            for group in opt.param_groups:  # the learning rates asked for now, not the saved ones
-                group["lr"] = lr
         self.steps = {"phase3": 0, **ckpt["steps"]}
+        if self.ema and ckpt.get("ema"):
+            self.ema.load_state_dict(ckpt["ema"])
+        elif self.ema:
+            self.ema.restart(self.model)
         self.wall_before = float(ckpt.get("wall_s", 0.0))
         self.trim_log()
         return True
+
+    def init_weights(self, path: Path) -> None:
+        """Start from a trained model's weights (models/<name> or a run folder), not scratch."""
+        model, scale = load_model(path)
+        if scale != self.cfg.scale:
+            raise SystemExit(f"--init-from {path}: a x{scale} model, but --scale is "
+                             f"{self.cfg.scale}")
+        if model.cfg != self.model.cfg:
+            raise SystemExit(f"--init-from {path}: its networks ({model.cfg}) differ from this "
+                             f"run's ({self.model.cfg}); pass the matching --preset")
+        self.model.load_state_dict(model.state_dict())
 
     def trim_log(self) -> None:
         """Drop log records of steps after the checkpoint: an interrupted run logged them."""
@@ -197,12 +213,28 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.rt.device.type, dtype=torch.bfloat16)
 
-    @staticmethod
-    def optimise(opt: torch.optim.Optimizer, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    def optimise(self, opt: torch.optim.Optimizer, losses: dict[str, torch.Tensor],
+                 phase: int) -> dict[str, float]:
+        base_lr = (self.cfg.lr_phase1, self.cfg.lr_phase2, self.cfg.lr_phase3)[phase - 1]
+        factor = self.lr_factor(phase)
+        set_lr(opt, base_lr, factor)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         opt.step()
-        return {k: float(v.detach()) for k, v in losses.items()}
+        if self.ema:
+            self.ema.update(self.model)
+        return {**{k: float(v.detach()) for k, v in losses.items()}, "lr": base_lr * factor}
+
+    def lr_factor(self, phase: int) -> float:
+        """Where the phase stands (steps done, or time spent of its budget) -> lr multiplier."""
+        key = f"phase{phase}"
+        total = (self.cfg.phase1_steps, self.cfg.phase2_steps, self.cfg.phase3_steps)[phase - 1]
+        progress = self.steps[key] / max(1, total)
+        budget = self.phase_budget_s(phase)
+        if budget:
+            progress = max(progress, (time.time() - self.phase_started) / budget)
+        return lr_factor(self.cfg.lr_schedule, progress, self.steps[key],
+                         min(self.cfg.warmup_steps, total // 5))
 
     def step_phase1(self) -> dict[str, float]:
         step = self.steps["phase1"]
@@ -211,7 +243,7 @@ class Trainer:
         self.model.ren.train()
         with self.autocast():
             losses = self.wrapped1(x, y, self.generator(1, step))
-        losses = self.optimise(self.opt1, losses)  # backward outside autocast, as recommended
+        losses = self.optimise(self.opt1, losses, 1)  # backward outside autocast, as recommended
         self.steps["phase1"] += 1
         self.steps["phase2"] = self.steps["phase3"] = 0  # theta/phi moved: refit what follows
         return losses
@@ -224,7 +256,7 @@ class Trainer:
         with self.autocast():
             mu_q, logvar_q = self.wrapped_icap(x)
             losses = phase2_losses(self.model.sr, self.model.ren, mu_q, logvar_q, x, y)
-        losses = self.optimise(self.opt2, losses)
+        losses = self.optimise(self.opt2, losses, 2)
         self.steps["phase2"] += 1
         self.steps["phase3"] = 0  # omega moved: the mean path must be refitted afterwards
         return losses
@@ -243,7 +275,7 @@ class Trainer:
         self.model.icap.eval()
         with self.autocast():
             losses = self.wrapped3(x, y, self.generator(3, step))
-        losses = self.optimise(self.opt3, losses)
+        losses = self.optimise(self.opt3, losses, 3)
         self.steps["phase3"] += 1
         return losses
 
@@ -264,7 +296,9 @@ class Trainer:
             bar = tqdm(total=total, initial=self.steps[key], desc=f"phase {phase}", unit="step",
                        disable=not (progress and self.rt.main), dynamic_ncols=True)
             step_fn = (self.step_phase1, self.step_phase2, self.step_phase3)[phase - 1]
-            tick = phase_start = time.time()
+            tick = phase_start = self.phase_started = time.time()
+            if self.ema and self.steps[key] == 0:
+                self.ema.restart(self.model)
             budget = self.phase_budget_s(phase)
             for _ in range(todo):
                 if budget and time.time() - phase_start > budget:
@@ -283,6 +317,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{losses['loss']:.4f}", img_s=f"{speed:.1f}")
                 self.after_step(phase, losses, speed)
             bar.close()
+            if self.ema:  # the phase ends on its averaged weights; the next phase starts there
+                self.ema.copy_to(self.model)
             self.save()
         summary = self.summary()
         if self.rt.main:
@@ -336,8 +372,13 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> dict:
     rt = setup_runtime(cfg)
     try:
         trainer = Trainer(cfg, rt)
-        if resume and trainer.resume() and rt.main:
-            print(f"resumed from {trainer.out / CHECKPOINT} at {trainer.steps}")
+        if resume and trainer.resume():
+            if rt.main:
+                print(f"resumed from {trainer.out / CHECKPOINT} at {trainer.steps}")
+        elif cfg.init_from:
+            trainer.init_weights(Path(cfg.init_from))
+            if rt.main:
+                print(f"starting from the weights of {cfg.init_from}")
         return trainer.run(progress)
     finally:
         if rt.world > 1:

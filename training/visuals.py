@@ -107,8 +107,11 @@ def save_loss_curve(log: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, phase, keys in ((axes[0], 1, ("loss", "loss_d", "loss_s")), (axes[1], 2, ("kl",))):
+    panels = [(1, ("loss", "loss_d", "loss_s")), (2, ("kl",)), (3, ("loss", "loss_m"))]
+    panels = [(phase, keys) for phase, keys in panels
+              if phase < 3 or any(r["phase"] == 3 for r in records)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5))
+    for ax, (phase, keys) in zip(axes, panels, strict=True):
         recs = [r for r in records if r["phase"] == phase]
         for key in keys:
             ax.plot([r["step"] for r in recs], [r[key] for r in recs], label=key)
