@@ -1,4 +1,4 @@
-"""The networks against the paper's tables (SPEC.md, Tables 3-5), and the losses."""
+"""The networks against the paper's tables (docs/method.md, Tables 3-5), and the losses."""
 
 import pytest
 import torch

@@ -15,7 +15,7 @@ class ModelConfig:
     latent_channels: int = 64  # z is latent_channels x 8 x 8
     hidden_logvar: int = 32  # Conv3/Conv6 width in the log sigma^2 heads
     # Ours, not the paper's: y = x + Tanh(ConvBlock3(...)) with ConvBlock3 zero-initialised, so
-    # training starts at bicubic. Measured in SPEC.md as the biggest lever on this CPU.
+    # training starts at bicubic. Measured in docs/method.md as the biggest lever on a CPU.
     global_residual: bool = True
 
     @classmethod
@@ -68,7 +68,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear learning-rate warm-up at the start of each phase
     det_loss: str = "mse"  # mse | l1: the deterministic term of phase 1 (the paper: mse)
     device: str = "auto"
-    bf16: bool | None = None  # None: on for CUDA and CPU alike (see SPEC.md measurements)
+    bf16: bool | None = None  # None: on for CUDA and CPU alike (docs/method.md)
     channels_last: bool | None = None
     seed: int = 0
     time_budget_s: float = 0.0  # >0: stop each phase early so all fit (phase_budget_s)

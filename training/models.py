@@ -1,4 +1,4 @@
-"""The three networks of the paper, with its layer names (SPEC.md, Tables 3-5).
+"""The three networks of the paper, with its layer names (docs/method.md, Tables 3-5).
 
 ConvBlock = Conv-BN-ReLU and DeconvBlock = ConvTranspose-BN-ReLU (after FSRNet); ResBlock = two 3x3
 convs with BN/ReLU and an identity skip. All three networks are fully convolutional: a 128x128
