@@ -11,7 +11,7 @@ interrupted, so a light request waits at most for the heavy calls already runnin
 
 `admit(cost, deadline)` returns a Ticket, or a Refusal when the work queued ahead of the request
 (and the request itself) cannot finish before its deadline, or when too many requests are in
-flight. The Refusal's `retry_after_s` is the time until enough of the queue should have run.
+flight. A request with nothing ahead of it is always tried (the estimate may be stale). The Refusal's `retry_after_s` is the time until enough of the queue should have run.
 A ticket is released once its request leaves (`release`, idempotent). When a heavy call is
 about to start and can no longer finish before its deadline (light work overtook it), the pool
 refuses it then (`Refused`), before spending any time on it: an answer that would come too late
@@ -69,7 +69,8 @@ class Ticket:
 
     cost: float
     lane: Lane
-    deadline: float  # time.monotonic() seconds
+    deadline: float  # clock seconds
+    admitted_at: float
     _owner: Admission | None = field(default=None, repr=False)
     running: bool = False
 
@@ -108,14 +109,15 @@ class Admission:
                 return Refusal(f"overloaded: {len(self._tickets)} requests in flight (limit "
                                f"{self.max_requests}); retry later", min_retry_s)
             needed = self._seconds_until_done(cost, lane)
-            budget = (deadline - self.clock()) * self.headroom
-            if needed > budget:
+            now = self.clock()
+            budget = (deadline - now) * self.headroom
+            if needed > budget and self._tickets:  # alone, it is tried whatever the estimate
                 retry = max(min_retry_s, math.ceil(needed - budget))
                 return Refusal(
                     f"overloaded: the work queued ahead ({needed:.1f} s with this request) "
                     f"cannot finish within the request's {budget / self.headroom:.1f} s; "
                     f"retry in {retry} s", retry)
-            ticket = Ticket(cost, lane, deadline, self)
+            ticket = Ticket(cost, lane, deadline, now, self)
             self._tickets.add(ticket)
         self._changed()
         return ticket
@@ -159,10 +161,12 @@ class Admission:
         return len(self._tickets)
 
     def too_late(self, ticket: Ticket) -> Refusal | None:
-        """The Refusal for an admitted call that can no longer finish by its deadline."""
+        """The Refusal for an admitted call that could have finished by its deadline when it
+        was admitted, but no longer can (lighter work overtook it)."""
         needed = ticket.cost * self.seconds_per_decode[ticket.lane] / self.workers
         left = ticket.deadline - self.clock()
-        if needed <= left * self.headroom:
+        if needed <= left * self.headroom or needed > (
+                ticket.deadline - ticket.admitted_at) * self.headroom:
             return None
         return Refusal(f"overloaded: this request waited while lighter ones ran, and its "
                        f"{needed:.1f} s of work can no longer finish in the {left:.1f} s left; "

@@ -49,6 +49,15 @@ def test_work_that_cannot_finish_before_its_deadline_is_refused():
     assert isinstance(adm.admit(65, clock.now + 14), Ticket)  # a later deadline fits
 
 
+def test_a_request_alone_is_tried_whatever_the_estimate():
+    """With nothing ahead, even a pessimistic estimate admits it (and the pool runs it): the
+    measurement it brings corrects the estimate."""
+    adm, clock = admission(headroom=1.0)
+    alone = adm.admit(200, clock.now + 5)  # 20 s estimated for 5 s
+    assert isinstance(alone, Ticket) and adm.too_late(alone) is None
+    assert isinstance(adm.admit(200, clock.now + 5), Refusal)  # not with work ahead
+
+
 def test_release_frees_the_work_once():
     adm, clock = admission(headroom=1.0)
     ticket = adm.admit(65, clock.now + 10)
