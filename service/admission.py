@@ -2,8 +2,8 @@
 
 Work is counted in decodes (one 128x128 output of the decoder): /superresolve costs 1,
 /samples?n costs n + 1 (the mean and n samples), /traverse?steps costs steps. The seconds one
-decode takes are measured as the service runs (an exponential moving average per lane), so the
-queued work is also known in seconds.
+decode takes (with its share of the encoding) are measured as the service runs (a moving
+average per lane), so the queued work is also known in seconds.
 
 Two lanes share the inference pool: light requests (cost <= LIGHT_MAX_COST, e.g. every
 /superresolve) always run before heavy ones waiting; each lane is FIFO. A running call is never
@@ -11,11 +11,12 @@ interrupted, so a light request waits at most for the heavy calls already runnin
 
 `admit(cost, deadline)` returns a Ticket, or a Refusal when the work queued ahead of the request
 (and the request itself) cannot finish before its deadline, or when too many requests are in
-flight. A request with nothing ahead of it is always tried (the estimate may be stale). The Refusal's `retry_after_s` is the time until enough of the queue should have run.
-A ticket is released once its request leaves (`release`, idempotent). When a heavy call is
-about to start and can no longer finish before its deadline (light work overtook it), the pool
-refuses it then (`Refused`), before spending any time on it: an answer that would come too late
-is never computed.
+flight. A request with nothing ahead of it is always tried (the estimate may be stale). The
+Refusal's `retry_after_s` is the time until enough of the queue should have run. A ticket is
+released once its request leaves (`release`, idempotent); the time from the start of its call
+to then (inference and encoding) is what the estimate learns from. When a heavy call is about
+to start and can no longer finish before its deadline (light work overtook it), the pool
+refuses it then (`Refused`), before spending any time on it.
 """
 
 from __future__ import annotations
@@ -72,12 +73,25 @@ class Ticket:
     deadline: float  # clock seconds
     admitted_at: float
     _owner: Admission | None = field(default=None, repr=False)
-    running: bool = False
+    started_at: float | None = None  # clock seconds, once its call started in the pool
+
+    @property
+    def running(self) -> bool:
+        return self.started_at is not None
+
+    def start(self) -> None:
+        """Its call starts in the pool now."""
+        if self._owner is not None:
+            self.started_at = self._owner.clock()
 
     def release(self) -> None:
+        """The request has left: its work is done, and from its start to now (inference,
+        then encoding the answer) is measured into the estimate."""
         owner, self._owner = self._owner, None
         if owner is not None:
             owner._release(self)
+            if self.started_at is not None:
+                owner.observe(self.lane, self.cost, owner.clock() - self.started_at)
 
 
 class Admission:

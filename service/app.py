@@ -65,12 +65,9 @@ class ServiceState:
             refusal = admission.too_late(ticket)
             if refusal is not None:
                 raise Refused(refusal)
-            ticket.running = True
+            ticket.start()
             start = time.perf_counter()
-            out = fn(*args)
-            end = time.perf_counter()
-            admission.observe(ticket.lane, ticket.cost, end - start)
-            return out, start, end
+            return fn(*args), start, time.perf_counter()
 
         loop = asyncio.get_running_loop()
         try:

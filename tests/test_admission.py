@@ -75,7 +75,7 @@ def test_light_work_is_not_counted_behind_queued_heavy_work():
     heavy = [adm.admit(33, clock.now + 30) for _ in range(2)]  # 6.6 s queued
     assert all(isinstance(t, Ticket) for t in heavy)
     assert isinstance(adm.admit(1, clock.now + 0.5), Ticket)  # 0.1 s for the light one
-    heavy[0].running = True
+    heavy[0].start()
     assert isinstance(adm.admit(1, clock.now + 3), Refusal)  # 3.3 s + 0.1 + 0.1 > 3 s
     assert isinstance(adm.admit(1, clock.now + 4), Ticket)
     assert isinstance(adm.admit(33, clock.now + 7), Refusal)  # heavy waits for everything
@@ -107,6 +107,16 @@ def test_the_estimate_follows_measurements_and_reports_changes():
     assert seen[-1] == pytest.approx((65, 13.0), rel=1e-3)
     ticket.release()
     assert seen[-1] == (0, 0)
+
+
+def test_release_measures_from_the_start_of_its_call():
+    adm, clock = admission()
+    ticket = adm.admit(10, clock.now + 30)
+    ticket.start()
+    clock.now += 3.0  # inference and encoding: 0.3 s per decode
+    ticket.release()
+    assert adm.seconds_per_decode[Lane.HEAVY] == pytest.approx(0.1 + 0.3 * (0.3 - 0.1))
+    assert adm.seconds_per_decode[Lane.LIGHT] == 0.1
 
 
 def test_too_late_once_overtaken():
