@@ -64,16 +64,21 @@ def broken_models(tiny_model_dir: Path, tmp_path: Path) -> dict[str, tuple[Path,
     (missing_file / "encoder.onnx").unlink()
     empty = tmp_path / "empty"
     empty.mkdir()
+    no_manifest = tmp_path / "no_manifest"  # x8 complete, x4 without its manifest.json
+    for scale in (4, 8):
+        shutil.copytree(tiny_model_dir / f"x{scale}", no_manifest / f"x{scale}")
+    (no_manifest / "x4" / "manifest.json").unlink()
     return {
         "missing directory": (tmp_path / "nowhere", "does not exist"),
         "no model in the directory": (empty, "no model in"),
         "graph file missing": (missing_file.parent, "encoder.onnx"),
         "wrong sha256": (corrupt.parent, "sha256"),
+        "scale folder without a manifest": (no_manifest, "x4 has no manifest.json"),
     }
 
 
 CASES = ["missing directory", "no model in the directory", "graph file missing",
-         "wrong sha256"]
+         "wrong sha256", "scale folder without a manifest"]
 
 
 @pytest.mark.parametrize("case", CASES)
