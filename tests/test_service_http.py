@@ -669,6 +669,10 @@ def test_api_key(make_app, lr8):
     ok = {"Authorization": "Bearer s3cret"}
     assert client.post("/superresolve", files=upload(lr8), headers=ok).status_code == 200
     assert client.get("/v1/models", headers=ok).status_code == 200
+    for scheme in ("bearer", "BEARER"):  # the scheme is case-insensitive (RFC 7235)
+        assert client.get("/v1/models", headers={"Authorization": f"{scheme} s3cret"}
+                          ).status_code == 200
+    assert_error(client.get("/v1/models", headers={"Authorization": "Basic s3cret"}), 401)
     for path in ("/health/live", "/health/ready", "/metrics", "/docs"):
         assert client.get(path).status_code == 200, path
     schemes = client.get("/openapi.json").json()["components"]["securitySchemes"]
