@@ -13,7 +13,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -79,9 +79,11 @@ class Manifest(BaseModel):
     def graph_path(self, root: Path, graph: str) -> Path:
         return root / self.files[graph].path
 
-    def verify(self, root: Path) -> None:
-        """Raise ManifestError unless every listed file exists with the recorded sha256."""
-        for kind, entry in [*self.files.items(), *self.weights.items()]:
+    def verify(self, root: Path, weights: bool = True) -> None:
+        """Raise ManifestError unless every listed file (the graphs, and the weights when
+        `weights`) exists with the recorded sha256."""
+        entries = [*self.files.items(), *(self.weights.items() if weights else ())]
+        for kind, entry in entries:
             path = root / entry.path
             if not path.is_file():
                 raise ManifestError(f"{root.name}: {kind} file {entry.path} is missing")
@@ -93,13 +95,15 @@ class Manifest(BaseModel):
                 )
 
 
-def load_manifest(model_dir: Path | str, verify: bool = True) -> Manifest:
+def load_manifest(model_dir: Path | str, verify: bool = True, weights: bool = True) -> Manifest:
     root = Path(model_dir)
     path = root / MANIFEST_NAME
     if not path.is_file():
         raise ManifestError(f"{root}: no {MANIFEST_NAME}")
     try:
         manifest = Manifest.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        raise ManifestError(f"{path}: invalid manifest: {validation_summary(exc)}") from exc
     except ValueError as exc:
         raise ManifestError(f"{path}: invalid manifest: {exc}") from exc
     if manifest.format_version != FORMAT_VERSION:
@@ -107,5 +111,11 @@ def load_manifest(model_dir: Path | str, verify: bool = True) -> Manifest:
             f"{path}: format_version {manifest.format_version}, this code reads {FORMAT_VERSION}"
         )
     if verify:
-        manifest.verify(root)
+        manifest.verify(root, weights)
     return manifest
+
+
+def validation_summary(exc: ValidationError) -> str:
+    """A pydantic ValidationError on one line: 'field.path: message; ...'."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'manifest'}: {err['msg']}"
+                     for err in exc.errors())

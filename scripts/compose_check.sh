@@ -14,6 +14,8 @@
 #   PROMETHEUS_IMAGE  default: prom/prometheus:v3.5.0 if present locally, else a stand-in,
 #                     facesr-prometheus:local, made from BASE_IMAGE + Debian's prometheus binary
 #   BASE_IMAGE        base of that stand-in (default facesr-base:bookworm)
+#   READY_TIMEOUT_S   how long to wait for the service to turn healthy (default 600; a cold
+#                     start loads and warms every model: measure yours, see the README)
 #   DOCKER, COMPOSE   CLIs (default docker, and `docker compose` or else docker-compose)
 #
 # Before `up`, the merged config is checked: every service must use network_mode: host, so that
@@ -25,6 +27,7 @@ DOCKER=${DOCKER:-docker}
 export FACESR_IMAGE=${FACESR_IMAGE:-facesr}
 BASE_IMAGE=${BASE_IMAGE:-facesr-base:bookworm}
 PROJECT=facesr-check
+READY_TIMEOUT_S=${READY_TIMEOUT_S:-600}
 files=(-f docker-compose.yml -f docker-compose.cpu.yml -f docker-compose.host.yml)
 if [[ -z "${COMPOSE:-}" ]]; then
     if $DOCKER compose version >/dev/null 2>&1; then COMPOSE="$DOCKER compose"
@@ -107,7 +110,7 @@ compose ps
 
 say "facesr healthy"
 status=""
-for _ in $(seq 180); do
+for _ in $(seq "$READY_TIMEOUT_S"); do
     status=$($DOCKER inspect -f '{{.State.Health.Status}}' facesr 2>/dev/null || true)
     [[ $status == healthy ]] && break
     sleep 1

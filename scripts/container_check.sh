@@ -18,6 +18,8 @@
 #               facesr:gpu-local for ORT_EXTRA=gpu)
 #   PORT        port the service listens on, on the host's loopback (default 8000)
 #   TEST_IMAGE  an LR face to upload (default: a synthetic 16x16 PNG, i.e. the x8 model)
+#   READY_TIMEOUT_S  how long to wait for /health/ready and a healthy container (default 600;
+#               a cold start loads and warms every model: measure yours, see the README)
 #   KEEP=1      leave the container running (name facesr-check) for scripts/prometheus_check.sh
 #   DOCKER      docker CLI (default docker); with DOCKER=podman the build uses --isolation=chroot
 #   CACHE_DIR   wheelhouse, base rootfs and build contexts (default /work/build-cache)
@@ -34,6 +36,7 @@ BASE_IMAGE=${BASE_IMAGE:-facesr-base:bookworm}
 ORT_EXTRA=${ORT_EXTRA:-cpu}
 [[ $ORT_EXTRA == cpu ]] && IMAGE=${IMAGE:-facesr:cpu} || IMAGE=${IMAGE:-facesr:gpu-local}
 PORT=${PORT:-8000}
+READY_TIMEOUT_S=${READY_TIMEOUT_S:-600}
 NAME=facesr-check
 if [[ -z "${MODEL_DIR:-}" ]]; then
     if compgen -G "models/x*/manifest.json" >/dev/null; then MODEL_DIR=$REPO/models
@@ -110,10 +113,10 @@ if [[ "${KEEP:-0}" != 1 ]]; then
 fi
 $DOCKER run -d --name "$NAME" --network host \
     -e FACESR_HOST=127.0.0.1 -e FACESR_PORT="$PORT" -e FACESR_PROVIDERS=cpu \
-    --health-interval 2s --health-start-period 120s "$IMAGE" >/dev/null
+    --health-interval 2s --health-start-period "${READY_TIMEOUT_S}s" "$IMAGE" >/dev/null
 base=http://127.0.0.1:$PORT
 code=000
-for i in $(seq 120); do
+for i in $(seq "$READY_TIMEOUT_S"); do
     code=$(curl -s -o /dev/null -w '%{http_code}' "$base/health/ready" || true)
     [[ $code == 200 ]] && break
     if [[ "$($DOCKER inspect -f '{{.State.Running}}' "$NAME")" != true ]]; then

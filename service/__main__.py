@@ -49,13 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     if not providers_can_be_met(settings):
         return 3
     multiprocess_metrics_dir(settings.workers)
-    import uvicorn
+    from service.server import serve
 
-    uvicorn.run(
-        "service.app:create_app", factory=True, host=settings.host, port=settings.port,
-        workers=settings.workers, log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
-    )
+    serve(settings)
     return 0
 
 

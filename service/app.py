@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -22,9 +21,10 @@ from typing import Any, TypeVar
 from fastapi import FastAPI
 
 from service import __version__
+from service.admission import Admission, Lane, PriorityPool, Refused, Ticket
 from service.batching import MicroBatcher
 from service.engine import EngineError, ModelError, Runner, load_models
-from service.errors import InferenceFailed, ServiceError, install_error_handlers
+from service.errors import InferenceFailed, ServiceError, Unavailable, install_error_handlers
 from service.metrics import Metrics
 from service.middleware import Gate
 from service.settings import Settings
@@ -39,27 +39,43 @@ class ServiceState:
     metrics: Metrics
     runners: dict[int, Runner] = field(default_factory=dict)
     batchers: dict[int, MicroBatcher] = field(default_factory=dict)
-    executor: ThreadPoolExecutor | None = None
+    pool: PriorityPool | None = None
+    admission: Admission = field(default_factory=Admission)
     ready: bool = False
-    status: str = "starting"
+    status: str = "starting"  # public: what /health/ready says
+    detail: str = ""  # the cause behind a not-ready status: the log and /v1/models only
     closing: bool = False
-    in_flight: int = 0
 
     @property
     def scales(self) -> tuple[int, ...]:
         return tuple(sorted(self.runners))
 
-    async def infer(self, fn: Callable[..., T], *args: Any) -> tuple[T, float, float]:
-        """Run fn in the inference pool: (result, queue seconds, inference seconds)."""
+    @property
+    def in_flight(self) -> int:
+        return self.admission.in_flight
+
+    async def infer(self, ticket: Ticket, fn: Callable[..., T],
+                    *args: Any) -> tuple[T, float, float]:
+        """Run fn in the inference pool, in the ticket's lane: (result, queue seconds,
+        inference seconds). 503 when, by the time it would start, it can no longer finish."""
         submitted = time.perf_counter()
+        admission = self.admission
 
         def timed() -> tuple[T, float, float]:
+            refusal = admission.too_late(ticket)
+            if refusal is not None:
+                raise Refused(refusal)
+            ticket.start()
             start = time.perf_counter()
             return fn(*args), start, time.perf_counter()
 
         loop = asyncio.get_running_loop()
         try:
-            out, start, end = await loop.run_in_executor(self.executor, timed)
+            out, start, end = await asyncio.wrap_future(
+                self.pool.submit(ticket.lane, timed), loop=loop)
+        except Refused as exc:
+            retry = max(exc.refusal.retry_after_s, self.settings.retry_after_s)
+            raise Unavailable(exc.refusal.detail, retry, "overloaded") from None
         except ServiceError:
             raise
         except Exception as exc:
@@ -76,12 +92,12 @@ async def _warm_up(state: ServiceState) -> None:
                 return
             runner = state.runners[scale]
             state.status = f"warming up model {runner.manifest.name}"
-            seconds = await loop.run_in_executor(state.executor, runner.warmup)
+            seconds = await loop.run_in_executor(state.pool.lane(Lane.HEAVY), runner.warmup)
             log.info("warmed up %s in %.2f s (decoder buckets %s)", runner.manifest.name,
                      seconds, runner.decoder_buckets)
     except Exception as exc:  # noqa: BLE001 - reported by /health/ready, the process stays up
         log.exception("warm-up failed")
-        state.status = f"warm-up failed: {type(exc).__name__}: {exc}"
+        state.status, state.detail = "warm-up failed", f"{type(exc).__name__}: {exc}"
         return
     if state.closing:
         return
@@ -98,8 +114,9 @@ def _start_models(state: ServiceState, runners: dict[int, Runner]) -> None:
         m.model_info.labels(name=man.name, scale=str(scale), version=man.version,
                             provider=runner.provider).set(1)
         state.batchers[scale] = MicroBatcher(
-            runner.superresolve, state.executor, s.max_batch, s.max_wait_ms / 1000,
-            on_batch=m.batch_size.labels(scale=str(scale)).observe, name=man.name)
+            runner.superresolve, state.pool.lane(Lane.LIGHT), s.max_batch, s.max_wait_ms / 1000,
+            on_batch=m.batch_size.labels(scale=str(scale)).observe, name=man.name,
+            on_done=lambda size, seconds: state.admission.observe(Lane.LIGHT, size, seconds))
         state.batchers[scale].start()
 
 
@@ -108,16 +125,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.svc
     s = state.settings
     state.metrics.ready.set(0)
-    state.executor = ThreadPoolExecutor(s.run_concurrency, thread_name_prefix="facesr-ort")
+    state.pool = PriorityPool(s.run_concurrency)
     warm = None
     try:
         runners = await asyncio.to_thread(load_models, s)
-    except ModelError as exc:  # stay up, not ready: /health/ready and the 503s say why
+    except ModelError as exc:  # stay up, not ready: the log and /v1/models say why
         log.error("not ready: %s", exc)
-        state.status = f"model error: {exc}"
+        state.status, state.detail = "model error (the log and /v1/models say which)", str(exc)
     except EngineError as exc:
         log.error("cannot start: %s", exc)
-        state.executor.shutdown(wait=False)
+        state.pool.shutdown(wait=False)
         raise
     else:
         _start_models(state, runners)
@@ -144,8 +161,8 @@ async def _shutdown(state: ServiceState, warm: asyncio.Task | None) -> None:
         await warm  # a running warm-up cannot be interrupted; it is bounded
     for batcher in state.batchers.values():
         await batcher.drain()
-    if state.executor is not None:
-        await asyncio.to_thread(state.executor.shutdown, True)
+    if state.pool is not None:
+        await asyncio.to_thread(state.pool.shutdown, True)
     state.metrics.process_exit()
     log.info("shut down cleanly")
 
@@ -167,7 +184,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level)
     metrics = Metrics()
-    state = ServiceState(settings, metrics)
+    admission = Admission(settings.run_concurrency, settings.max_in_flight,
+                          on_change=metrics.set_queued_work)
+    state = ServiceState(settings, metrics, admission=admission)
     app = FastAPI(title="FaceSR", version=__version__, lifespan=lifespan,
                   description="Stochastic face super-resolution (Cho et al.): the ICAP mean, "
                               "best-of-n samples and latent traversals, on ONNX Runtime.")

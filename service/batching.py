@@ -2,8 +2,8 @@
 
 A request waits at most `max_wait_s` for others to join it; a batch closes at `max_batch`
 requests. One batch per model runs at a time, in the inference thread pool, so the event loop
-stays free; requests that arrive meanwhile form the next batch. The queue is bounded by the
-in-flight limit of the HTTP layer. `drain()` stops intake and finishes everything queued.
+stays free; requests that arrive meanwhile form the next batch. The queue is bounded by
+admission (service/admission.py). `drain()` stops intake and finishes everything queued.
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ class _Item:
 class MicroBatcher:
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], executor: Executor,
                  max_batch: int, max_wait_s: float,
-                 on_batch: Callable[[int], None] | None = None, name: str = "") -> None:
+                 on_batch: Callable[[int], None] | None = None, name: str = "",
+                 on_done: Callable[[int, float], None] | None = None) -> None:
         self.run, self.executor = run, executor
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
-        self.on_batch, self.name = on_batch, name
+        self.on_batch, self.on_done, self.name = on_batch, on_done, name
         self._items: collections.deque[_Item] = collections.deque()
         self._wake = asyncio.Event()
         self._closing = False
@@ -119,6 +120,8 @@ class MicroBatcher:
                     item.future.set_exception(
                         InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}"))
             return
+        if self.on_done:
+            self.on_done(len(batch), end - start)
         for item, image in zip(batch, out, strict=True):
             if not item.future.done():
                 item.future.set_result(BatchResult(image, start - item.enqueued, end - start,

@@ -116,16 +116,30 @@ def model_input(lr: Any) -> np.ndarray:
 
 
 def discover(model_dir: Path) -> list[Path]:
-    """The model directories under FACESR_MODEL_DIR (itself, or its subfolders)."""
+    """The model directories under FACESR_MODEL_DIR: itself, or every subfolder, each of which
+    must hold a manifest (a folder without one is a broken model, never skipped silently)."""
     if (model_dir / MANIFEST_NAME).is_file():
         return [model_dir]
     if not model_dir.is_dir():
         raise ModelError(f"model directory {model_dir} does not exist (FACESR_MODEL_DIR)")
-    dirs = sorted(p for p in model_dir.iterdir() if (p / MANIFEST_NAME).is_file())
+    dirs = sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not dirs:
         raise ModelError(f"no model in {model_dir}: expected {MANIFEST_NAME} there or in its "
                           "subfolders (e.g. x4/ x8/ x16/)")
+    bare = [p.name for p in dirs if not (p / MANIFEST_NAME).is_file()]
+    if bare:
+        raise ModelError(f"{model_dir}: {', '.join(bare)} has no {MANIFEST_NAME}: restore it "
+                          "(facesr-export writes it) or remove the folder")
     return dirs
+
+
+def check_scales(loaded: dict[int, Runner], expected: tuple[int, ...] | None) -> None:
+    """Every scale FACESR_SCALES asks for must be loaded."""
+    missing = sorted(set(expected or ()) - set(loaded))
+    if missing:
+        raise ModelError(f"FACESR_SCALES asks for {', '.join(f'x{s}' for s in missing)} but "
+                          f"no model folder has it (loaded: "
+                          f"{', '.join(f'x{s}' for s in sorted(loaded)) or 'none'})")
 
 
 @dataclass
@@ -257,7 +271,7 @@ def check_graphs(root: Path, manifest: Manifest, sessions: dict[str, ort.Inferen
 
 def load_runner(root: Path, settings: Settings, requested: list[str]) -> Runner:
     try:
-        manifest = load_manifest(root, verify=True)
+        manifest = load_manifest(root, verify=True, weights=False)  # serving needs the graphs
     except ManifestError as exc:
         raise ModelError(str(exc)) from exc
     enc_buckets = batch_buckets(settings.max_batch)
@@ -311,4 +325,5 @@ def load_models(settings: Settings) -> dict[int, Runner]:
                               f"{runners[runner.scale].root} and {root}")
         check_provider(runner, settings)
         runners[runner.scale] = runner
+    check_scales(runners, settings.expected_scales())
     return runners

@@ -24,6 +24,7 @@ _STATUS_CODES = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "upload_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_parameter",
@@ -79,6 +80,12 @@ class Unavailable(ServiceError):
     def __init__(self, detail: str, retry_after_s: int, code: str | None = None):
         super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
         self.code = code or self.code
+
+
+class UploadTimeout(ServiceError):
+    """408: the request body did not arrive within FACESR_BODY_TIMEOUT_S."""
+
+    status, code = 408, "upload_timeout"
 
 
 class RequestTimeout(ServiceError):

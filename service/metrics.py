@@ -1,12 +1,17 @@
 """Prometheus metrics, named facesr_<thing>_<unit>, histograms in seconds.
 
 With several uvicorn workers, set PROMETHEUS_MULTIPROC_DIR (`python -m service` does it for you
-when FACESR_WORKERS > 1): every worker writes its values there and /metrics merges them.
+when FACESR_WORKERS > 1): every worker writes its values there and /metrics merges them. Gauges
+use the `live*` modes, and /metrics first drops the gauge files of workers that died without a
+clean shutdown (SIGKILL, out of memory): uvicorn starts a new worker, and a dead one's in-flight
+requests must not stay counted.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,6 +27,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 SAMPLE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STAGES = ("decode", "queue", "inference", "encode")
+LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
 
 
 def multiprocess_dir() -> str | None:
@@ -53,11 +59,23 @@ class Metrics:
                                  ["endpoint"], buckets=SAMPLE_BUCKETS, registry=r)
         self.model_info = Gauge("facesr_model_info", "Loaded models (value 1)",
                                 ["name", "scale", "version", "provider"], registry=r,
-                                multiprocess_mode="max")
+                                multiprocess_mode="livemax")
         self.errors = Counter("facesr_errors_total", "Error responses by kind", ["kind"],
                               registry=r)
         self.ready = Gauge("facesr_ready", "1 once the models are loaded and warmed up",
                            registry=r, multiprocess_mode="livemin")
+        self.queued_decodes = Gauge("facesr_queued_work_decodes",
+                                    "Admitted inference work not yet done, in decodes (one "
+                                    "128x128 output each)", registry=r,
+                                    multiprocess_mode="livesum")
+        self.queued_seconds = Gauge("facesr_queued_work_seconds",
+                                    "Admitted inference work not yet done, in estimated seconds "
+                                    "(per worker: divide by the workers for the wait)",
+                                    registry=r, multiprocess_mode="livesum")
+
+    def set_queued_work(self, decodes: float, seconds: float) -> None:
+        self.queued_decodes.set(decodes)
+        self.queued_seconds.set(seconds)
 
     def observe_stage(self, endpoint: str, stage: str, seconds: float) -> None:
         self.stage_seconds.labels(endpoint=endpoint, stage=stage).observe(seconds)
@@ -67,6 +85,7 @@ class Metrics:
         if multiprocess_dir():
             from prometheus_client import multiprocess
 
+            mark_dead_workers(multiprocess_dir())
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
@@ -79,3 +98,25 @@ class Metrics:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid())
+
+
+def mark_dead_workers(directory: str) -> list[int]:
+    """Drop the live gauges of every process that left files in `directory` and is gone."""
+    from prometheus_client import multiprocess
+
+    pids = {int(m.group(1)) for p in Path(directory).iterdir()
+            if (m := LIVE_GAUGE_FILE.match(p.name))}
+    dead = [pid for pid in sorted(pids) if not process_alive(pid)]
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, directory)
+    return dead
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process now holds the pid
+        return True
+    return True

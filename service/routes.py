@@ -14,14 +14,15 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import Response
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
 from facesr_core.degradation import SCALES
+from service.admission import Ticket
 from service.engine import Runner, model_input
-from service.errors import ErrorBody, PayloadTooLarge, Unavailable
+from service.errors import ErrorBody, InvalidParameter, PayloadTooLarge, Unavailable
 from service.imaging import (
     MEDIA_TYPES,
     LRInput,
@@ -158,6 +159,20 @@ def decode_input(data: bytes, scale: int | None, scales: tuple[int, ...],
     return lr, model_input(lr.image)
 
 
+async def admitted_work(request: Request) -> Ticket:
+    """The admission ticket the gate gave this request (service/middleware.py), once the form
+    is known to hold each file field at most once (a second `image` would silently win)."""
+    form = await request.form()  # the form FastAPI parsed already (cached on the request)
+    for name in ("image", "reference"):
+        if len(form.getlist(name)) > 1:
+            raise InvalidParameter(f"the form holds {len(form.getlist(name))} '{name}' fields: "
+                                   "send exactly one")
+    return request.state.ticket
+
+
+Work = Annotated[Ticket, Depends(admitted_work)]
+
+
 def b64png(image: np.ndarray) -> str:
     return base64.b64encode(encode(image, "png")).decode("ascii")
 
@@ -194,6 +209,7 @@ def build_router(state: "ServiceState") -> APIRouter:
                    **ERRORS})
     async def superresolve(
         image: ImageField,
+        work: Work,
         scale: ScaleParam = None,
         fmt: Annotated[Literal["png", "jpeg", "webp"], Query(alias="format")] = "png",
     ) -> Response:
@@ -216,6 +232,7 @@ def build_router(state: "ServiceState") -> APIRouter:
                    **ERRORS})
     async def samples(
         image: ImageField,
+        work: Work,
         reference: Annotated[UploadFile | None,
                              File(description="HR face, exactly 128x128")] = None,
         n: Annotated[int, Query(ge=1, le=s.max_samples,
@@ -235,7 +252,7 @@ def build_router(state: "ServiceState") -> APIRouter:
         seed = new_seed() if seed is None else seed
         runner = runner_for(lr)
         state.metrics.samples.labels(endpoint="/samples").observe(n)
-        result, queued, ran = await state.infer(sample_set, runner, x, seed, n, temperature)
+        result, queued, ran = await state.infer(work, sample_set, runner, x, seed, n, temperature)
         timings.add("queue", queued)
         timings.add("inference", ran)
         with timings.stage("encode"):
@@ -254,6 +271,7 @@ def build_router(state: "ServiceState") -> APIRouter:
                    **ERRORS})
     async def traverse(
         image: ImageField,
+        work: Work,
         steps: Annotated[int, Query(ge=2, le=s.max_steps,
                                     description="frames, ends incl.")] = min(8, s.max_steps),
         seed: SeedParam = None,
@@ -270,7 +288,7 @@ def build_router(state: "ServiceState") -> APIRouter:
         runner = runner_for(lr)
         state.metrics.samples.labels(endpoint="/traverse").observe(steps)
         (alphas, frames), queued, ran = await state.infer(
-            traverse_frames, runner, x, seed, seed_end, temperature, steps)
+            work, traverse_frames, runner, x, seed, seed_end, temperature, steps)
         timings.add("queue", queued)
         timings.add("inference", ran)
         with timings.stage("encode"):
@@ -294,7 +312,8 @@ def build_router(state: "ServiceState") -> APIRouter:
     @router.get("/v1/models", dependencies=protected, tags=["models"],
                 summary="Loaded models: scale, version, hashes, provider, manifest metrics")
     async def models() -> dict[str, Any]:
-        return {"ready": state.ready, "scales_supported": list(SCALES),
+        return {"ready": state.ready, "status": state.status, "detail": state.detail,
+                "scales_supported": list(SCALES),
                 "models": [state.runners[k].info() for k in state.scales]}
 
     @router.get("/metrics", tags=["health"], response_class=Response,

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     model_dir: Path = Field(Path("models"), description=(
         "Model directory: subfolders (x4/ x8/ x16/) each with a manifest.json, one model per "
         "scale; or one folder that holds manifest.json itself"))
+    scales: str = Field("", description=(
+        "Scales that must be loaded before the service is ready, e.g. 4,8,16; empty: every "
+        "subfolder of FACESR_MODEL_DIR (each must hold a manifest.json)"))
     providers: str = Field("auto", description=(
         "ONNX Runtime providers: auto (TensorRT if enabled, then CUDA, then CPU, whichever the "
         "installed onnxruntime has), or a comma list of cpu, cuda, tensorrt"))
@@ -57,10 +60,22 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0, description=(
         "How long a /superresolve request waits for others to join its batch"))
     max_in_flight: int = Field(32, ge=1, description=(
-        "Inference requests served at once per worker; beyond that 503 with Retry-After"))
+        "Inference requests admitted at once per worker, whatever their cost; beyond that 503 "
+        "with Retry-After (work that cannot finish before its deadline is refused too)"))
     request_timeout_s: float = Field(30.0, gt=0, description=(
         "Per-request limit for inference endpoints (upload to response), else 504; SIGTERM "
         "waits at most this + 5 s for in-flight requests (python -m service)"))
+    body_timeout_s: float = Field(10.0, gt=0, description=(
+        "Time to receive the whole request body, else 408; no inference slot is held "
+        "meanwhile"))
+    header_timeout_s: float = Field(10.0, gt=0, description=(
+        "Time to receive a request's headers on a connection, else it is closed (python -m "
+        "service)"))
+    keep_alive_s: int = Field(5, ge=1, description=(
+        "Idle time after a response before a keep-alive connection is closed (python -m "
+        "service)"))
+    max_connections: int = Field(256, ge=1, description=(
+        "Open connections per worker; beyond that uvicorn answers 503 (python -m service)"))
     retry_after_s: int = Field(1, ge=0, description="Retry-After of 503 answers, in seconds")
     warmup: bool = Field(True, description=(
         "Run every batch bucket of every model before /health/ready says 200; false: ready "
@@ -77,6 +92,16 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("scales")
+    @classmethod
+    def _known_scales(cls, value: str) -> str:
+        scale_list(value)  # raises ValueError on an unknown scale
+        return value
+
+    def expected_scales(self) -> tuple[int, ...] | None:
+        """The scales FACESR_SCALES asks for; None: every model folder present."""
+        return scale_list(self.scales)
 
     @field_validator("providers")
     @classmethod
@@ -108,3 +133,14 @@ def provider_list(value: str) -> list[str] | None:
     if not names:
         raise ValueError("FACESR_PROVIDERS is empty: use auto, or a comma list of providers")
     return names
+
+
+def scale_list(value: str) -> tuple[int, ...] | None:
+    """'4, 8,16' -> (4, 8, 16); '' -> None."""
+    items = [v.strip().lower().removeprefix("x") for v in value.split(",") if v.strip()]
+    if not items:
+        return None
+    if any(item not in ("4", "8", "16") for item in items):
+        raise ValueError(f"FACESR_SCALES={value!r}: use a comma list of 4, 8 and 16, or leave "
+                         "it empty for every model folder present")
+    return tuple(sorted({int(item) for item in items}))

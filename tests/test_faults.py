@@ -64,16 +64,21 @@ def broken_models(tiny_model_dir: Path, tmp_path: Path) -> dict[str, tuple[Path,
     (missing_file / "encoder.onnx").unlink()
     empty = tmp_path / "empty"
     empty.mkdir()
+    no_manifest = tmp_path / "no_manifest"  # x8 complete, x4 without its manifest.json
+    for scale in (4, 8):
+        shutil.copytree(tiny_model_dir / f"x{scale}", no_manifest / f"x{scale}")
+    (no_manifest / "x4" / "manifest.json").unlink()
     return {
         "missing directory": (tmp_path / "nowhere", "does not exist"),
         "no model in the directory": (empty, "no model in"),
         "graph file missing": (missing_file.parent, "encoder.onnx"),
         "wrong sha256": (corrupt.parent, "sha256"),
+        "scale folder without a manifest": (no_manifest, "x4 has no manifest.json"),
     }
 
 
 CASES = ["missing directory", "no model in the directory", "graph file missing",
-         "wrong sha256"]
+         "wrong sha256", "scale folder without a manifest"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -85,6 +90,7 @@ def test_bad_model_leaves_the_service_up_but_not_ready(tiny_model_dir, tmp_path,
     proc, url = start_service(server_env(model_dir, port), port, log, probe="/health/live")
     try:
         ready = httpx.get(f"{url}/health/ready", timeout=10)
+        models = httpx.get(f"{url}/v1/models", timeout=10).json()
         sr = httpx.post(f"{url}/superresolve", timeout=10,
                         files={"image": ("lr.png", lr_png(astronaut_hr), "image/png")})
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
@@ -94,7 +100,9 @@ def test_bad_model_leaves_the_service_up_but_not_ready(tiny_model_dir, tmp_path,
     text = log.read_text()
     assert code in (0, -signal.SIGTERM), text
     assert ready.status_code == 503 and ready.headers["retry-after"], ready.text
-    assert ready.json()["error"] == "not_ready" and words in ready.json()["detail"], ready.text
+    assert ready.json()["error"] == "not_ready", ready.text
+    assert "model error" in ready.json()["detail"] and str(tmp_path) not in ready.text, ready.text
+    assert words in models["detail"], models
     assert sr.status_code == 503 and sr.json()["error"] == "not_ready", sr.text
     assert "facesr_ready 0.0" in metrics
     lines = [line for line in text.splitlines() if "facesr: not ready:" in line]

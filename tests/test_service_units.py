@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from images import png_claiming
-from PIL import Image
+from PIL import Image, ImageFile
 from pydantic import ValidationError
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -206,27 +206,63 @@ def test_rule_non_square_is_center_cropped():
     assert imaging.fit_square(out) == (out, None)
 
 
-@pytest.mark.parametrize("side, scale, want", [(32, None, 4), (16, None, 8), (8, None, 16),
-                                               (20, 8, 8), (16, 4, 4), (100, 16, 16)])
+@pytest.mark.parametrize("side, scale, want", [
+    (32, None, 4), (16, None, 8), (8, None, 16),  # the exact LR sizes infer the scale
+    (20, 8, 8), (8, 8, 8), (16, 4, 4), (40, 4, 4), (4, 16, 16), (10, 16, 16)])  # within range
 def test_rule_scale_resolution(side, scale, want):
     assert imaging.resolve_scale(side, scale, (4, 8, 16)) == want
 
 
-def test_rule_hr_sized_input_is_refused():
-    with pytest.raises(InvalidImage, match="Send the LR face"):
-        imaging.resolve_scale(128, 8, (4, 8, 16))
-    with pytest.raises(InvalidImage, match="Send the LR face"):
-        imaging.resolve_scale(500, None, (4, 8, 16))
+@pytest.mark.parametrize("side, scale, words", [
+    (128, 8, ["larger than x8 takes (8-20 px)", "looks like an HR image", "x4: 16-40 px"]),
+    (200, 8, ["worse than the image", "x16: 4-10 px", "the scale is inferred"]),
+    (100, 4, ["larger than x4 takes (16-40 px)", "worse than the image"]),
+    (41, 4, ["larger than x4 takes"]),
+    (1, 8, ["too small for x8 (it takes 8-20 px)", "x16: 4-10 px"]),
+    (6, 8, ["too small for x8", "pass ?scale=16 (it takes 4-10 px faces"]),
+    (24, 8, ["larger than x8 takes", "pass ?scale=4 (it takes 16-40 px faces"]),
+    (500, None, ["cannot infer the scale of a 500x500 face", "x4: 16-40 px"]),
+    (20, None, ["cannot infer the scale", "pass ?scale=8 (it takes 8-20 px"]),
+    (12, None, ["pass ?scale=8"]),
+    (33, None, ["pass ?scale=4 (it takes 16-40 px"]),
+])
+def test_rule_refusals_say_what_to_send(side, scale, words):
+    """Every size refusal says what would be accepted; none tells the user to pass the
+    ?scale they passed, or one that would refuse the image too."""
+    with pytest.raises(InvalidImage) as err:
+        imaging.resolve_scale(side, scale, (4, 8, 16))
+    detail = err.value.detail
+    assert all(w in detail for w in words), detail
+    if scale is not None:
+        assert f"?scale={scale}" not in detail, detail
 
 
-def test_rule_other_size_without_scale_is_refused():
-    with pytest.raises(InvalidImage, match=r"cannot infer the scale.*\?scale=4\|8\|16"):
-        imaging.resolve_scale(20, None, (4, 8, 16))
+def test_rule_advice_names_only_loaded_scales():
+    with pytest.raises(InvalidImage) as err:
+        imaging.resolve_scale(30, None, (8, 16))
+    assert "x8: 8-20 px, x16: 4-10 px" in err.value.detail and "x4" not in err.value.detail
 
 
 def test_rule_scale_without_a_model_is_refused():
     with pytest.raises(InvalidParameter, match="no model for scale 16; loaded scales: 8"):
         imaging.resolve_scale(8, None, (8,))
+
+
+def test_refused_sizes_are_never_decoded(monkeypatch):
+    """The scale is settled from the header: a 4000x4000 PNG (16 Mpx, within the pixel limit)
+    and a wrong-size reference are refused without decoding any pixel."""
+    def no_decoding(self):
+        raise AssertionError("decoded")
+
+    big = encoded(Image.new("RGB", (4000, 4000)))
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(InvalidImage, match="larger than x8 takes"):
+        imaging.prepare_lr(big, 8, (4, 8, 16), 16_000_000)
+    with pytest.raises(InvalidImage, match="cannot infer"):
+        imaging.prepare_lr(big, None, (4, 8, 16), 16_000_000)
+    with pytest.raises(InvalidImage, match="reference is 4000x4000"):
+        imaging.prepare_reference(big, 16_000_000)
 
 
 def test_rule_explicit_scale_resizes_bicubic():
@@ -239,11 +275,11 @@ def test_rule_explicit_scale_resizes_bicubic():
 
 
 def test_prepare_lr_applies_rules_in_order():
-    img = Image.new("RGB", (40, 30), (10, 200, 30))
+    img = Image.new("RGB", (24, 18), (10, 200, 30))
     lr = imaging.prepare_lr(encoded(img), 8, (4, 8, 16), 10_000)
     assert lr.image.size == (16, 16) and lr.scale == 8
-    assert lr.adjustments == ["center-crop 40x30 to 30x30",
-                              "resize 30x30 to 16x16 (bicubic) for scale 8"]
+    assert lr.adjustments == ["center-crop 24x18 to 18x18",
+                              "resize 18x18 to 16x16 (bicubic) for scale 8"]
 
 
 def test_decode_modes():
@@ -271,6 +307,14 @@ def test_decode_applies_exif_orientation():
     img, notes = imaging.decode(data, 10_000)
     assert img.size == (16, 32) and notes == ["exif-orientation 6 applied"]
     assert np.asarray(img)[:8].mean() > 200 and np.asarray(img)[-8:].mean() < 50
+
+
+def test_decode_ignores_an_invalid_exif_orientation():
+    exif = Image.Exif()
+    exif[0x0112] = 99
+    data = encoded(Image.new("RGB", (16, 8), (50, 60, 70)), "JPEG", exif=exif, quality=100)
+    img, notes = imaging.decode(data, 10_000)
+    assert img.size == (16, 8) and notes == ["exif-orientation 99 ignored (not 1-8)"]
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP"])

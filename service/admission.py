@@ -1,0 +1,250 @@
+"""Cost-aware, deadline-aware admission of inference work, and the priority pool it runs in.
+
+Work is counted in decodes (one 128x128 output of the decoder): /superresolve costs 1,
+/samples?n costs n + 1 (the mean and n samples), /traverse?steps costs steps. The seconds one
+decode takes (with its share of the encoding) are measured as the service runs (a moving
+average per lane), so the queued work is also known in seconds.
+
+Two lanes share the inference pool: light requests (cost <= LIGHT_MAX_COST, e.g. every
+/superresolve) always run before heavy ones waiting; each lane is FIFO. A running call is never
+interrupted, so a light request waits at most for the heavy calls already running.
+
+`admit(cost, deadline)` returns a Ticket, or a Refusal when the work queued ahead of the request
+(and the request itself) cannot finish before its deadline, or when too many requests are in
+flight. A request with nothing ahead of it is always tried (the estimate may be stale). The
+Refusal's `retry_after_s` is the time until enough of the queue should have run. A ticket is
+released once its request leaves (`release`, idempotent); the time from the start of its call
+to then (inference and encoding) is what the estimate learns from. When a heavy call is about
+to start and can no longer finish before its deadline (light work overtook it), the pool
+refuses it then (`Refused`), before spending any time on it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+LIGHT_MAX_COST = 4  # decodes: /superresolve, and /samples or /traverse with very few images
+DEFAULT_SECONDS_PER_DECODE = 0.05  # until measured (the paper-size decoder on 2 CPU cores)
+SMOOTHING = 0.3  # weight of the newest measurement in the moving average
+
+
+class Lane(IntEnum):
+    """Pool priority: a lower value runs first."""
+
+    LIGHT = 0
+    HEAVY = 1
+
+
+def lane_for(cost: float) -> Lane:
+    return Lane.LIGHT if cost <= LIGHT_MAX_COST else Lane.HEAVY
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request is refused at the door, and when to retry."""
+
+    detail: str
+    retry_after_s: int
+
+
+class Refused(Exception):  # noqa: N818 - the name reads as what happened
+    """Raised by the pool when an admitted call can no longer finish before its deadline."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.detail)
+        self.refusal = refusal
+
+
+@dataclass(eq=False)
+class Ticket:
+    """Admitted work of one request; `release()` once the request has left."""
+
+    cost: float
+    lane: Lane
+    deadline: float  # clock seconds
+    admitted_at: float
+    _owner: Admission | None = field(default=None, repr=False)
+    started_at: float | None = None  # clock seconds, once its call started in the pool
+
+    @property
+    def running(self) -> bool:
+        return self.started_at is not None
+
+    def start(self) -> None:
+        """Its call starts in the pool now."""
+        if self._owner is not None:
+            self.started_at = self._owner.clock()
+
+    def release(self) -> None:
+        """The request has left: its work is done, and from its start to now (inference,
+        then encoding the answer) is measured into the estimate."""
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner._release(self)
+            if self.started_at is not None:
+                owner.observe(self.lane, self.cost, owner.clock() - self.started_at)
+
+
+class Admission:
+    """Counts the admitted work per lane, and refuses what cannot finish in time.
+
+    `workers` is the number of calls the pool runs at once; `max_requests` caps the admitted
+    requests whatever their cost; `headroom` is the share of the time left to the deadline that
+    the queued work may fill (the rest covers decoding, encoding and the estimate's error).
+    `on_change(decodes, seconds)` is called with the admitted work after every change (metrics).
+    """
+
+    def __init__(self, workers: int = 1, max_requests: int = 32, headroom: float = 0.8,
+                 on_change: Callable[[float, float], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.workers, self.max_requests, self.headroom = workers, max_requests, headroom
+        self.on_change, self.clock = on_change, clock
+        self.seconds_per_decode = {lane: DEFAULT_SECONDS_PER_DECODE for lane in Lane}
+        self._tickets: set[Ticket] = set()
+        self._lock = threading.Lock()
+
+    # --- the door -------------------------------------------------------------------------
+
+    def admit(self, cost: float, deadline: float, min_retry_s: int = 1) -> Ticket | Refusal:
+        """A Ticket for `cost` decodes that must be done by `deadline` (clock seconds), or the
+        Refusal that says why not and when to retry."""
+        lane = lane_for(cost)
+        with self._lock:
+            if len(self._tickets) >= self.max_requests:
+                return Refusal(f"overloaded: {len(self._tickets)} requests in flight (limit "
+                               f"{self.max_requests}); retry later", min_retry_s)
+            needed = self._seconds_until_done(cost, lane)
+            now = self.clock()
+            budget = (deadline - now) * self.headroom
+            if needed > budget and self._tickets:  # alone, it is tried whatever the estimate
+                retry = max(min_retry_s, math.ceil(needed - budget))
+                return Refusal(
+                    f"overloaded: the work queued ahead ({needed:.1f} s with this request) "
+                    f"cannot finish within the request's {budget / self.headroom:.1f} s; "
+                    f"retry in {retry} s", retry)
+            ticket = Ticket(cost, lane, deadline, now, self)
+            self._tickets.add(ticket)
+        self._changed()
+        return ticket
+
+    def _release(self, ticket: Ticket) -> None:
+        with self._lock:
+            self._tickets.discard(ticket)
+        self._changed()
+
+    def _seconds_until_done(self, cost: float, lane: Lane) -> float:
+        """Estimated seconds until a new request of `cost` in `lane` would be done (lock held).
+
+        Ahead of it: every admitted request of its lane and of lighter lanes, and the heavier
+        calls that are already running (they are never interrupted)."""
+        work = cost * self.seconds_per_decode[lane]
+        for t in self._tickets:
+            if t.lane <= lane or t.running:
+                work += t.cost * self.seconds_per_decode[t.lane]
+        return work / self.workers
+
+    # --- measurements and state -----------------------------------------------------------
+
+    def observe(self, lane: Lane, decodes: float, seconds: float) -> None:
+        """A finished call: `decodes` of work took `seconds` (updates the estimate)."""
+        if decodes <= 0 or seconds <= 0:
+            return
+        with self._lock:
+            old = self.seconds_per_decode[lane]
+            self.seconds_per_decode[lane] = old + SMOOTHING * (seconds / decodes - old)
+        self._changed()
+
+    def queued(self) -> tuple[float, float]:
+        """The admitted work: (decodes, estimated seconds)."""
+        with self._lock:
+            decodes = sum(t.cost for t in self._tickets)
+            seconds = sum(t.cost * self.seconds_per_decode[t.lane] for t in self._tickets)
+        return decodes, seconds
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tickets)
+
+    def too_late(self, ticket: Ticket) -> Refusal | None:
+        """The Refusal for an admitted call that could have finished by its deadline when it
+        was admitted, but no longer can (lighter work overtook it)."""
+        needed = ticket.cost * self.seconds_per_decode[ticket.lane] / self.workers
+        left = ticket.deadline - self.clock()
+        if needed <= left * self.headroom or needed > (
+                ticket.deadline - ticket.admitted_at) * self.headroom:
+            return None
+        return Refusal(f"overloaded: this request waited while lighter ones ran, and its "
+                       f"{needed:.1f} s of work can no longer finish in the {left:.1f} s left; "
+                       "retry later", max(1, math.ceil(needed)))
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(*self.queued())
+
+
+class PriorityPool:
+    """A thread pool that runs the lowest lane first, FIFO within a lane."""
+
+    def __init__(self, workers: int, name: str = "facesr-ort") -> None:
+        self._heap: list[tuple[int, int, Callable[[], Any], Future]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+                         for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, lane: Lane, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the inference pool is shut down")
+            heapq.heappush(self._heap, (int(lane), next(self._seq), lambda: fn(*args), future))
+            self._cond.notify()
+        return future
+
+    def lane(self, lane: Lane) -> Executor:
+        """An Executor view that submits to `lane` (for loop.run_in_executor)."""
+        return _LaneExecutor(self, lane)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Run what is queued, then stop the threads."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap and not self._closed:
+                    self._cond.wait()
+                if not self._heap:
+                    return
+                _, _, call, future = heapq.heappop(self._heap)
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiter
+                future.set_exception(exc)
+
+
+class _LaneExecutor(Executor):
+    def __init__(self, pool: PriorityPool, lane: Lane) -> None:
+        self.pool, self.lane = pool, lane
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        return self.pool.submit(self.lane, lambda: fn(*args, **kwargs))

@@ -1,0 +1,156 @@
+"""service/admission.py alone: cost and deadline accounting, lanes, the priority pool."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from service.admission import (
+    DEFAULT_SECONDS_PER_DECODE,
+    Admission,
+    Lane,
+    PriorityPool,
+    Refusal,
+    Ticket,
+    lane_for,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def admission(**kw) -> tuple[Admission, Clock]:
+    clock = Clock()
+    adm = Admission(clock=clock, **kw)
+    for lane in Lane:
+        adm.seconds_per_decode[lane] = 0.1  # 10 decodes a second
+    return adm, clock
+
+
+def test_lanes_by_cost():
+    assert lane_for(1) is Lane.LIGHT and lane_for(4) is Lane.LIGHT
+    assert lane_for(5) is Lane.HEAVY and lane_for(65) is Lane.HEAVY
+
+
+def test_work_that_cannot_finish_before_its_deadline_is_refused():
+    adm, clock = admission(headroom=1.0)
+    first = adm.admit(65, clock.now + 10)  # 6.5 s of 10 s
+    assert isinstance(first, Ticket)
+    second = adm.admit(65, clock.now + 10)  # 13 s with the first ahead of it
+    assert isinstance(second, Refusal)
+    assert second.retry_after_s == 3 and "cannot finish" in second.detail  # 13 - 10 s
+    assert isinstance(adm.admit(65, clock.now + 14), Ticket)  # a later deadline fits
+
+
+def test_a_request_alone_is_tried_whatever_the_estimate():
+    """With nothing ahead, even a pessimistic estimate admits it (and the pool runs it): the
+    measurement it brings corrects the estimate."""
+    adm, clock = admission(headroom=1.0)
+    alone = adm.admit(200, clock.now + 5)  # 20 s estimated for 5 s
+    assert isinstance(alone, Ticket) and adm.too_late(alone) is None
+    assert isinstance(adm.admit(200, clock.now + 5), Refusal)  # not with work ahead
+
+
+def test_release_frees_the_work_once():
+    adm, clock = admission(headroom=1.0)
+    ticket = adm.admit(65, clock.now + 10)
+    assert adm.queued() == pytest.approx((65, 6.5))
+    ticket.release()
+    ticket.release()
+    assert adm.queued() == (0, 0) and adm.in_flight == 0
+    assert isinstance(adm.admit(65, clock.now + 10), Ticket)
+
+
+def test_light_work_is_not_counted_behind_queued_heavy_work():
+    """Heavy requests waiting do not delay a light one (it runs first); a heavy one already
+    running does (it is never interrupted)."""
+    adm, clock = admission(headroom=1.0)
+    heavy = [adm.admit(33, clock.now + 30) for _ in range(2)]  # 6.6 s queued
+    assert all(isinstance(t, Ticket) for t in heavy)
+    assert isinstance(adm.admit(1, clock.now + 0.5), Ticket)  # 0.1 s for the light one
+    heavy[0].start()
+    assert isinstance(adm.admit(1, clock.now + 3), Refusal)  # 3.3 s + 0.1 + 0.1 > 3 s
+    assert isinstance(adm.admit(1, clock.now + 4), Ticket)
+    assert isinstance(adm.admit(33, clock.now + 7), Refusal)  # heavy waits for everything
+
+
+def test_request_cap_whatever_the_cost():
+    adm, clock = admission(max_requests=2)
+    assert all(isinstance(adm.admit(1, clock.now + 30), Ticket) for _ in range(2))
+    refusal = adm.admit(1, clock.now + 30, min_retry_s=2)
+    assert isinstance(refusal, Refusal) and refusal.retry_after_s == 2
+    assert "2 requests in flight (limit 2)" in refusal.detail
+
+
+def test_workers_share_the_work_and_headroom_keeps_a_margin():
+    adm, clock = admission(workers=2, headroom=0.5)
+    assert isinstance(adm.admit(65, clock.now + 7), Ticket)  # 3.25 s of 3.5 s
+    assert isinstance(adm.admit(10, clock.now + 7), Refusal)  # 3.75 s
+
+
+def test_the_estimate_follows_measurements_and_reports_changes():
+    seen = []
+    adm = Admission(on_change=lambda d, s: seen.append((d, s)))
+    assert adm.seconds_per_decode[Lane.HEAVY] == DEFAULT_SECONDS_PER_DECODE
+    for _ in range(30):
+        adm.observe(Lane.HEAVY, 65, 65 * 0.2)
+    assert adm.seconds_per_decode[Lane.HEAVY] == pytest.approx(0.2, rel=1e-3)
+    assert adm.seconds_per_decode[Lane.LIGHT] == DEFAULT_SECONDS_PER_DECODE
+    ticket = adm.admit(65, time.monotonic() + 60)
+    assert seen[-1] == pytest.approx((65, 13.0), rel=1e-3)
+    ticket.release()
+    assert seen[-1] == (0, 0)
+
+
+def test_release_measures_from_the_start_of_its_call():
+    adm, clock = admission()
+    ticket = adm.admit(10, clock.now + 30)
+    ticket.start()
+    clock.now += 3.0  # inference and encoding: 0.3 s per decode
+    ticket.release()
+    assert adm.seconds_per_decode[Lane.HEAVY] == pytest.approx(0.1 + 0.3 * (0.3 - 0.1))
+    assert adm.seconds_per_decode[Lane.LIGHT] == 0.1
+
+
+def test_too_late_once_overtaken():
+    adm, clock = admission(headroom=1.0)
+    ticket = adm.admit(20, clock.now + 5)  # 2 s of work
+    assert adm.too_late(ticket) is None
+    clock.now += 3.5  # lighter work ran meanwhile: 1.5 s left
+    refusal = adm.too_late(ticket)
+    assert isinstance(refusal, Refusal) and refusal.retry_after_s >= 1
+
+
+def test_pool_runs_light_before_waiting_heavy_and_fifo_within_a_lane():
+    pool = PriorityPool(1)
+    gate, order = threading.Event(), []
+    blocker = pool.submit(Lane.HEAVY, gate.wait, 10)
+    time.sleep(0.05)  # the blocker is running now
+    futures = [pool.submit(Lane.HEAVY, order.append, "h1"),
+               pool.submit(Lane.LIGHT, order.append, "l1"),
+               pool.submit(Lane.HEAVY, order.append, "h2"),
+               pool.submit(Lane.LIGHT, order.append, "l2")]
+    gate.set()
+    for f in [blocker, *futures]:
+        f.result(10)
+    assert order == ["l1", "l2", "h1", "h2"]
+    pool.shutdown()
+
+
+def test_pool_hands_exceptions_back_and_runs_the_queue_on_shutdown():
+    pool = PriorityPool(2)
+    failing = pool.submit(Lane.LIGHT, lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(10)
+    done = [pool.lane(Lane.HEAVY).submit(time.sleep, 0.01) for _ in range(4)]
+    pool.shutdown(wait=True)
+    assert all(f.done() and f.exception() is None for f in done)
+    with pytest.raises(RuntimeError, match="shut down"):
+        pool.submit(Lane.LIGHT, print)
