@@ -35,3 +35,21 @@ def test_low_frequency_share_separates_shapes_from_texture():
     texture = rng.normal(0, 20, (1, 128, 128))
     assert low_frequency_share(shape) > 0.95
     assert low_frequency_share(texture) < 0.05
+
+
+def test_best_of_gain_is_zero_at_temperature_zero_and_not_above():
+    import torch
+
+    from training.config import ModelConfig
+    from training.diagnostics import best_of_gain
+    from training.models import StochasticSR
+
+    torch.manual_seed(0)
+    model = StochasticSR(ModelConfig.preset("tiny")).eval()
+    with torch.no_grad():
+        model.sr.decoder.ConvBlock3.weight.normal_(0.0, 0.05)  # let the latent change the output
+    rng = np.random.default_rng(0)
+    hr = rng.integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
+    gains = best_of_gain(model, hr, 8, [0.0, 1.0], n=3)
+    assert gains[0.0] == 0.0
+    assert gains[1.0] != 0.0

@@ -13,6 +13,8 @@ and up, what a person reads as attributes) rather than texture.
 
     python -m training.diagnostics --model models/x16 --pack packs/faces_all.npz --split val \
         --limit 40 --out docs/banding_x16.png
+    python -m training.diagnostics --model models/x8 --pack packs/faces_all.npz --split val \
+        --calibrate 0 0.1 0.2 0.3 0.5 1
 """
 
 from __future__ import annotations
@@ -100,6 +102,26 @@ def model_outputs(model, hr: np.ndarray, scale: int, n_samples: int = 1,
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+@torch.no_grad()
+def best_of_gain(model, hr: np.ndarray, scale: int, temperatures: list[float], n: int = 10,
+                 seed: int = 0) -> dict[float, float]:
+    """Mean over faces of best-of-n PSNR minus the ICAP mean's PSNR (dB), per temperature; the
+    same draws eps at every temperature. The calibrated temperature is the argmax."""
+    gen = torch.Generator().manual_seed(seed)
+    gains: dict[float, list[float]] = {t: [] for t in temperatures}
+    for face in hr:
+        x = torch.from_numpy(make_pair(face, scale)[0])[None]
+        feats, (mu, logvar) = model.sr.encoder(x), model.icap(x)
+        mean_psnr = psnr(face, from_model_range(model.sr.decoder(feats, mu, x).numpy()))[0]
+        eps = torch.randn((n, *mu.shape[1:]), generator=gen)
+        for t in temperatures:
+            z = mu + t * torch.exp(0.5 * logvar) * eps
+            imgs = from_model_range(model.sr.decoder(feats.expand(n, -1, -1, -1), z,
+                                                     x.expand(n, -1, -1, -1)).numpy())
+            gains[t].append(float(psnr(face, imgs).max() - mean_psnr))
+    return {t: float(np.mean(g)) for t, g in gains.items()}
+
+
 def spectra_figure(spectra: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
                    path: Path) -> None:
     """One panel per model: row- and column-profile spectra of each output's error."""
@@ -139,8 +161,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=40)
     p.add_argument("--temperature", type=float, default=1.0, help="of the samples")
     p.add_argument("--out", type=Path, help="figure of the spectra (.png); JSON beside it")
+    p.add_argument("--calibrate", type=float, nargs="+", metavar="T",
+                   help="instead: best-of-10 minus the ICAP mean (dB) at each temperature T; "
+                        "the best T is the model's sample_temperature (facesr-export)")
     a = p.parse_args(argv)
     hr = FacePack(a.pack, split=a.split, sources=a.sources).hr[:a.limit]
+    if a.calibrate:
+        for folder in a.model:
+            model, scale = load_model(folder)
+            gains = best_of_gain(model.float().eval(), hr, scale, a.calibrate)
+            print(json.dumps({"model": str(folder), "faces": len(hr), "best_of_10_minus_mean_db":
+                              gains, "sample_temperature": max(gains, key=gains.get)}))
+        return
     report, spectra = {}, {}
     for folder in a.model:
         model, scale = load_model(folder)
