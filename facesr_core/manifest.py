@@ -67,6 +67,10 @@ class Manifest(BaseModel):
     weights: dict[str, ModelFile] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    # The temperature of /samples and /traverse when a request gives none, calibrated per model
+    # on the validation split (`python -m training.diagnostics --calibrate`). Manifests written
+    # before it existed get 1.0: the paper's draws from the ICAP's Gaussian.
+    sample_temperature: float = Field(1.0, ge=0.0)
 
     @field_validator("files")
     @classmethod

@@ -221,6 +221,7 @@ class Runner:
             "name": m.name, "scale": m.scale, "lr_size": m.lr_size, "version": m.version,
             "preset": m.preset, "latent_shape": list(m.latent_shape),
             "global_residual": m.global_residual, "opset": m.opset,
+            "sample_temperature": m.sample_temperature,
             "provider": self.provider, "providers": self.providers,
             "requested_providers": self.requested,
             "files": {k: {"path": f.path, "sha256": f.sha256}

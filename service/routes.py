@@ -76,8 +76,9 @@ ScaleParam = Annotated[Scale | None, Query(description="4, 8 or 16; default: fro
 SeedParam = Annotated[int | None, Query(ge=0, le=SEED_MAX, description=(
     "samples: draws 0..n-1 of this seed; traverse: z_start = draw 0, z_end = draw 1 (unless "
     "seed_end); default: random, returned in X-FaceSR-Seed"))]
-TemperatureParam = Annotated[float, Query(ge=0.0, le=MAX_TEMPERATURE,
-                                          description="scales sigma; 0 gives the mean")]
+TemperatureParam = Annotated[float | None, Query(ge=0.0, le=MAX_TEMPERATURE, description=(
+    "scales sigma; 0 gives the mean; default: the model's calibrated temperature "
+    "(sample_temperature in /v1/models)"))]
 
 
 class SampleEntry(BaseModel):
@@ -238,7 +239,7 @@ def build_router(state: "ServiceState") -> APIRouter:
         n: Annotated[int, Query(ge=1, le=s.max_samples,
                                 description="samples")] = min(10, s.max_samples),
         seed: SeedParam = None,
-        temperature: TemperatureParam = 1.0,
+        temperature: TemperatureParam = None,
         scale: ScaleParam = None,
         fmt: Annotated[Literal["json", "png"], Query(alias="format")] = "json",
     ) -> Response:
@@ -251,6 +252,7 @@ def build_router(state: "ServiceState") -> APIRouter:
                 ref = await asyncio.to_thread(prepare_reference, ref_data, s.max_pixels)
         seed = new_seed() if seed is None else seed
         runner = runner_for(lr)
+        temperature = runner.manifest.sample_temperature if temperature is None else temperature
         state.metrics.samples.labels(endpoint="/samples").observe(n)
         result, queued, ran = await state.infer(work, sample_set, runner, x, seed, n, temperature)
         timings.add("queue", queued)
@@ -277,7 +279,7 @@ def build_router(state: "ServiceState") -> APIRouter:
         seed: SeedParam = None,
         seed_end: Annotated[int | None, Query(ge=0, le=SEED_MAX,
                                               description="z_end: draw 0 of this seed")] = None,
-        temperature: TemperatureParam = 1.0,
+        temperature: TemperatureParam = None,
         scale: ScaleParam = None,
         fmt: Annotated[Literal["json", "gif", "webp", "png"], Query(alias="format")] = "json",
         duration_ms: Annotated[int, Query(ge=20, le=10_000, description="per frame")] = 100,
@@ -286,6 +288,7 @@ def build_router(state: "ServiceState") -> APIRouter:
         lr, x = await prepare(image, scale, timings)
         seed = new_seed() if seed is None else seed
         runner = runner_for(lr)
+        temperature = runner.manifest.sample_temperature if temperature is None else temperature
         state.metrics.samples.labels(endpoint="/traverse").observe(steps)
         (alphas, frames), queued, ran = await state.infer(
             work, traverse_frames, runner, x, seed, seed_end, temperature, steps)

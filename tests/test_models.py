@@ -6,7 +6,7 @@ from torch.distributions import Normal, kl_divergence
 
 from training.config import ModelConfig
 from training.losses import gaussian_kl
-from training.models import ICAP, REN, EncoderDecoder, StochasticSR
+from training.models import ICAP, REN, DeconvBlock, EncoderDecoder, StochasticSR, balance_phases
 
 PAPER = ModelConfig.preset("paper")
 
@@ -105,3 +105,24 @@ def test_kl_matches_torch_distributions():
     ref = kl_divergence(Normal(mq, (0.5 * lq).exp()), Normal(mp, (0.5 * lp).exp()))
     expected = ref.flatten(1).sum(1).mean()
     assert gaussian_kl(mq, lq, mp, lp).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_balanced_deconv_turns_a_constant_map_into_a_constant_one():
+    torch.manual_seed(0)
+    plain, balanced = DeconvBlock(4, 6)[0], DeconvBlock(4, 6, balanced=True)[0]
+    balanced.load_state_dict(plain.state_dict())  # the same parameters load either way
+    flat = torch.ones(1, 4, 8, 8)
+    inner = lambda conv: conv(flat)[0, :, 2:-2, 2:-2]  # noqa: E731 (away from the padding)
+    assert inner(plain).std(dim=(1, 2)).max() > 0.1  # a random kernel makes a checkerboard
+    assert inner(balanced).std(dim=(1, 2)).max() < 1e-5
+
+
+def test_balance_phases_is_a_projection_that_keeps_the_mean_phase():
+    w = torch.randn(3, 5, 4, 4)
+    b = balance_phases(w)
+    phase_sums = lambda t: torch.stack([t[:, :, r::2, c::2].sum((2, 3))  # noqa: E731
+                                        for r in (0, 1) for c in (0, 1)])
+    assert torch.allclose(phase_sums(b), phase_sums(b).mean(0).expand(4, -1, -1), atol=1e-5)
+    assert torch.allclose(phase_sums(b).mean(0), phase_sums(w).mean(0), atol=1e-5)
+    assert torch.allclose(balance_phases(b), b, atol=1e-6)
+    assert not torch.allclose(b, w)

@@ -778,3 +778,31 @@ def test_main_rejects_arguments(capsys):
     assert main(["--port", "1"]) == 2
     assert "FACESR_" in capsys.readouterr().err
 
+
+
+def test_samples_default_to_the_manifests_calibrated_temperature(tiny_model_dir, hr, tmp_path):
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from facesr_core.manifest import MANIFEST_NAME
+
+    shutil.copytree(tiny_model_dir / "x8", tmp_path / "x8")
+    manifest = load_manifest(tmp_path / "x8")
+    (tmp_path / "x8" / MANIFEST_NAME).write_text(
+        manifest.model_copy(update={"sample_temperature": 0.3}).model_dump_json())
+    lr = degrade(hr, 8)
+    ref = Reference(tmp_path / "x8", lr)
+    with TestClient(create_app(settings_for(tmp_path)), raise_server_exceptions=False) as client:
+        wait_ready(client)
+        assert client.get("/v1/models").json()["models"][0]["sample_temperature"] == 0.3
+        body = client.post("/samples?n=2&seed=5", files=upload(png(lr))).json()
+        assert body["temperature"] == 0.3
+        explicit = client.post("/samples?n=2&seed=5&temperature=1", files=upload(png(lr))).json()
+        assert explicit["temperature"] == 1.0
+        frames = client.post("/traverse?steps=2&seed=5", files=upload(png(lr))).json()
+        assert frames["temperature"] == 0.3
+    for e in body["samples"][1:]:
+        want = ref.decode(ref.sample_z(5, e["draw"], 0.3))
+        np.testing.assert_array_equal(b64pixels(e["image"]), want)
+    assert body["samples"][1]["image"] != explicit["samples"][1]["image"]

@@ -131,6 +131,9 @@ def export_main(argv: list[str] | None = None) -> None:
     p.add_argument("--metrics", type=Path, help="metrics.json from facesr-eval, for the manifest")
     p.add_argument("--name")
     p.add_argument("--version")
+    p.add_argument("--sample-temperature", type=float, default=1.0,
+                   help="default temperature of /samples and /traverse (calibrate it with "
+                        "python -m training.diagnostics --calibrate; default 1, the paper's)")
     a = p.parse_args(argv)
     model, scale = load_model(a.model)
     summary = run_summary(a.model)
@@ -141,7 +144,8 @@ def export_main(argv: list[str] | None = None) -> None:
                 **res["rows"], "count": res["count"], "protocol": res["protocol"],
                 "best_of_count": res.get("best_of_count", res["count"])}
     manifest = export_model(model, a.out, scale=scale, preset=summary.get("preset", "custom"),
-                            name=a.name, version=a.version, training=summary, metrics=metrics)
+                            name=a.name, version=a.version, training=summary, metrics=metrics,
+                            sample_temperature=a.sample_temperature)
     print(f"wrote {a.out}: " + ", ".join(f.path for f in manifest.files.values()))
 
 

@@ -17,6 +17,10 @@ class ModelConfig:
     # Ours, not the paper's: y = x + Tanh(ConvBlock3(...)) with ConvBlock3 zero-initialised, so
     # training starts at bicubic. Measured in docs/method.md as the biggest lever on a CPU.
     global_residual: bool = True
+    # Ours: stride-2 transposed convs with balanced sub-pixel phases (models.balance_phases), so a
+    # smooth code cannot come out as bands. False (the paper's plain ConvTranspose2d) is also what
+    # model configs written before this field existed get.
+    balanced_deconv: bool = False
 
     @classmethod
     def preset(cls, name: str, **overrides) -> ModelConfig:
@@ -45,6 +49,7 @@ class TrainConfig:
     scale: int = 8
     preset: str = "paper"
     global_residual: bool = True
+    balanced_deconv: bool = True  # checkerboard-free transposed convs (README, x16 banding)
     phase1_steps: int = 1000
     phase2_steps: int = 500
     batch_size: int = 16

@@ -102,7 +102,8 @@ def save_weights(model: StochasticSR, out_dir: Path) -> dict[str, ModelFile]:
 def export_model(model: StochasticSR, out_dir: Path | str, *, scale: int, preset: str,
                  name: str | None = None, version: str | None = None,
                  training: dict | None = None, metrics: dict | None = None,
-                 weights: bool = True, tolerance: float = TOLERANCE) -> Manifest:
+                 weights: bool = True, tolerance: float = TOLERANCE,
+                 sample_temperature: float = 1.0) -> Manifest:
     """Write the three ONNX graphs (+ weights) and manifest.json into out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,6 +122,7 @@ def export_model(model: StochasticSR, out_dir: Path | str, *, scale: int, preset
         weights=save_weights(model, out_dir) if weights else {},
         training={"model_config": cfg.to_dict(), **(training or {})},
         metrics=metrics or {},
+        sample_temperature=sample_temperature,
     )
     (out_dir / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n")
     return manifest

@@ -8,6 +8,7 @@ input gives an 8x8 latent, a 64x64 training patch a 4x4 one.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.config import ModelConfig
@@ -22,12 +23,38 @@ class ConvBlock(nn.Sequential):
         )
 
 
-class DeconvBlock(nn.Sequential):
-    """4x4 transposed conv, stride 2: doubles the spatial size."""
+PHASE_OF_TAP = torch.tensor([[0, 1, 0, 1], [2, 3, 2, 3]] * 2)  # 2 * (row % 2) + column % 2
 
-    def __init__(self, cin: int, cout: int):
+
+def balance_phases(weight: Tensor) -> Tensor:
+    """Project a (cin, cout, 4, 4) stride-2 transposed-conv kernel onto equal sub-pixel phases.
+
+    Output pixels of each parity (row r, column c) are made only by the taps
+    weight[..., r::2, c::2]. When the four phases' sums differ, a smooth input comes out as a
+    period-2 pattern (the checkerboard of transposed convs); with equal sums, a constant input
+    gives a constant output. Each phase's deviation from the mean sum is taken off its 4 taps.
+    """
+    sums = torch.stack([weight[:, :, r::2, c::2].sum((2, 3)) for r in (0, 1) for c in (0, 1)], -1)
+    excess = (sums - sums.mean(-1, keepdim=True)) / 4  # (cin, cout, 4 phases)
+    return weight - excess[..., PHASE_OF_TAP]
+
+
+class BalancedConvTranspose2d(nn.ConvTranspose2d):
+    """ConvTranspose2d(k=4, s=2) whose kernel always has balanced sub-pixel phases (ours)."""
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        return F.conv_transpose2d(x, balance_phases(self.weight), self.bias, self.stride,
+                                  self.padding, self.output_padding, self.groups, self.dilation)
+
+
+class DeconvBlock(nn.Sequential):
+    """4x4 transposed conv, stride 2: doubles the spatial size. `balanced`: checkerboard-free
+    kernel (BalancedConvTranspose2d; same parameters, so any weights load either way)."""
+
+    def __init__(self, cin: int, cout: int, balanced: bool = False):
+        conv = BalancedConvTranspose2d if balanced else nn.ConvTranspose2d
         super().__init__(
-            nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
+            conv(cin, cout, 4, 2, 1, bias=False),
             nn.BatchNorm2d(cout),
             nn.ReLU(inplace=True),
         )
@@ -85,12 +112,12 @@ class ZBranch(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        c = cfg.channels
-        self.DeconvBlock2 = DeconvBlock(cfg.latent_channels, c)
+        c, bal = cfg.channels, cfg.balanced_deconv
+        self.DeconvBlock2 = DeconvBlock(cfg.latent_channels, c, bal)
         self.ResBlock3 = res_stack(c, 1)
-        self.DeconvBlock3 = DeconvBlock(c, c)
+        self.DeconvBlock3 = DeconvBlock(c, c, bal)
         self.ResBlock4 = res_stack(c, 1)
-        self.DeconvBlock4 = DeconvBlock(c, c)
+        self.DeconvBlock4 = DeconvBlock(c, c, bal)
         self.ResBlock5 = res_stack(c, 1)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -109,7 +136,7 @@ class Decoder(nn.Module):
         self.z_branch = ZBranch(cfg)
         self.BatchNorm1 = nn.BatchNorm2d(c)
         self.ConvBlock2 = ConvBlock(c, c)
-        self.DeconvBlock1 = DeconvBlock(c, c)
+        self.DeconvBlock1 = DeconvBlock(c, c, cfg.balanced_deconv)
         self.ResBlock2 = res_stack(c, cfg.decoder_blocks)
         self.ConvBlock3 = nn.Conv2d(c, 3, 3, 1, 1)  # ours: plain conv before Tanh1
         self.Tanh1 = nn.Tanh()

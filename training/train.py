@@ -71,7 +71,8 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def build_model(cfg: TrainConfig) -> StochasticSR:
-    return StochasticSR(ModelConfig.preset(cfg.preset, global_residual=cfg.global_residual))
+    return StochasticSR(ModelConfig.preset(cfg.preset, global_residual=cfg.global_residual,
+                                           balanced_deconv=cfg.balanced_deconv))
 
 
 class Trainer:

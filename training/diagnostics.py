@@ -1,0 +1,192 @@
+"""Measurements behind two quality problems: banding in the SR faces, and what samples change.
+
+Banding: the error e = SR - HR (grey levels, RGB averaged) is averaged along each row, giving a
+row profile; a horizontal band is a row-to-row swing of that profile. `band_rms` is the RMS of
+the profile's frequencies from `BAND_FROM` cycles per 128 px up (periods of about 10 px and
+less: a face's own horizontal structure is mostly coarser), in grey levels; the same on the
+column profile measures vertical bands and seams. Bicubic's figure is the floor that the face
+content alone gives.
+
+Samples: how far each sample is from the ICAP mean (RMS, grey levels) and how much of that
+difference lies at low spatial frequency (below `BAND_FROM` cycles per 128 px: shapes of 10 px
+and up, what a person reads as attributes) rather than texture.
+
+    python -m training.diagnostics --model models/x16 --pack packs/faces_all.npz --split val \
+        --limit 40 --out docs/banding_x16.png
+    python -m training.diagnostics --model models/x8 --pack packs/faces_all.npz --split val \
+        --calibrate 0 0.1 0.2 0.3 0.5 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facesr_core.degradation import from_model_range
+from training.data import FacePack, make_pair
+
+BAND_FROM = 12  # cycles per 128 px
+ROWS = ("bicubic", "deterministic", "icap_mean", "sample")
+
+
+def profile_spectra(err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Power spectra (mean over images) of the row and column profiles of err (N,H,W), in grey
+    levels squared per frequency bin, normalised so that the bins sum to the profile's mean
+    square (Parseval)."""
+    rows, cols = err.mean(2), err.mean(1)
+    power = lambda p: (np.abs(np.fft.fft(p, axis=1)) ** 2).mean(0) / p.shape[1] ** 2  # noqa: E731
+    return power(rows), power(cols)
+
+
+def band_rms(spectrum: np.ndarray, start: int = BAND_FROM) -> float:
+    """RMS of the profile's frequencies |k| >= start (both signs of k)."""
+    n = len(spectrum)
+    return float(np.sqrt(spectrum[start:n - start + 1].sum()))
+
+
+def banding(outputs: dict[str, np.ndarray], hr: np.ndarray) -> dict[str, dict[str, float]]:
+    """Row (horizontal bands) and column (vertical bands, seams) band RMS of each output's error.
+
+    outputs: name -> uint8 (N,H,W,3) images of the faces in hr (N,H,W,3)."""
+    result = {}
+    for name, imgs in outputs.items():
+        err = imgs.astype(np.float64).mean(-1) - hr.astype(np.float64).mean(-1)
+        rows, cols = profile_spectra(err)
+        result[name] = {"rows": band_rms(rows), "columns": band_rms(cols),
+                        "psnr": float(np.mean(psnr(hr, imgs)))}
+    return result
+
+
+def psnr(hr: np.ndarray, imgs: np.ndarray) -> np.ndarray:
+    """RGB PSNR per image, uint8 (N,H,W,3) against (N,H,W,3) or one (H,W,3)."""
+    diff = imgs.astype(np.float64) - hr.astype(np.float64)
+    mse = (diff ** 2).reshape(len(imgs), -1).mean(1)
+    return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-12))
+
+
+def low_frequency_share(diff: np.ndarray, below: int = BAND_FROM) -> float:
+    """Share of the energy of diff (N,H,W[,3]) at spatial frequencies |k| < below cycles/128 px."""
+    grey = diff.mean(-1) if diff.ndim == 4 else diff
+    power = np.abs(np.fft.fft2(grey)) ** 2
+    k = np.fft.fftfreq(grey.shape[-1]) * grey.shape[-1]
+    low = np.sqrt(k[:, None] ** 2 + k[None, :] ** 2) < below
+    return float(power[:, low].sum() / max(power.sum(), 1e-12))
+
+
+@torch.no_grad()
+def model_outputs(model, hr: np.ndarray, scale: int, n_samples: int = 1,
+                  temperature: float = 1.0, seed: int = 0,
+                  batch: int = 8) -> dict[str, np.ndarray]:
+    """uint8 outputs for faces hr (N,H,W,3): bicubic, deterministic, icap_mean, and n samples
+    per face ('sample': (N*n,H,W,3), grouped by face)."""
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ROWS}
+    for start in range(0, len(hr), batch):
+        pairs = [make_pair(h, scale) for h in hr[start:start + batch]]
+        x = torch.from_numpy(np.stack([p[0] for p in pairs]))
+        feats = model.sr.encoder(x)
+        mu, logvar = model.icap(x)
+        eps = torch.randn((len(x) * n_samples, *mu.shape[1:]), generator=gen)
+        z = (mu.repeat_interleave(n_samples, 0)
+             + temperature * torch.exp(0.5 * logvar).repeat_interleave(n_samples, 0) * eps)
+        rows = {"bicubic": x, "deterministic": model.sr.decoder(feats, None, x),
+                "icap_mean": model.sr.decoder(feats, mu, x),
+                "sample": model.sr.decoder(feats.repeat_interleave(n_samples, 0), z,
+                                           x.repeat_interleave(n_samples, 0))}
+        for k, v in rows.items():
+            out[k].append(from_model_range(v.numpy()))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+@torch.no_grad()
+def best_of_gain(model, hr: np.ndarray, scale: int, temperatures: list[float], n: int = 10,
+                 seed: int = 0) -> dict[float, float]:
+    """Mean over faces of best-of-n PSNR minus the ICAP mean's PSNR (dB), per temperature; the
+    same draws eps at every temperature. The calibrated temperature is the argmax."""
+    gen = torch.Generator().manual_seed(seed)
+    gains: dict[float, list[float]] = {t: [] for t in temperatures}
+    for face in hr:
+        x = torch.from_numpy(make_pair(face, scale)[0])[None]
+        feats, (mu, logvar) = model.sr.encoder(x), model.icap(x)
+        mean_psnr = psnr(face, from_model_range(model.sr.decoder(feats, mu, x).numpy()))[0]
+        eps = torch.randn((n, *mu.shape[1:]), generator=gen)
+        for t in temperatures:
+            z = mu + t * torch.exp(0.5 * logvar) * eps
+            imgs = from_model_range(model.sr.decoder(feats.expand(n, -1, -1, -1), z,
+                                                     x.expand(n, -1, -1, -1)).numpy())
+            gains[t].append(float(psnr(face, imgs).max() - mean_psnr))
+    return {t: float(np.mean(g)) for t, g in gains.items()}
+
+
+def spectra_figure(spectra: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+                   path: Path) -> None:
+    """One panel per model: row- and column-profile spectra of each output's error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(spectra), figsize=(5.5 * len(spectra), 3.8), squeeze=False,
+                             sharey=True)
+    for ax, (title, per_row) in zip(axes[0], spectra.items(), strict=True):
+        for i, (name, (rows, cols)) in enumerate(per_row.items()):
+            k = np.arange(1, len(rows) // 2 + 1)
+            color = f"C{i}"
+            ax.semilogy(k, rows[k], color=color, label=f"{name}: rows")
+            ax.semilogy(k, cols[k], color=color, ls=":", label=f"{name}: columns")
+        ax.axvline(BAND_FROM, color="grey", lw=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("cycles per 128 px (16: period 8 px)")
+    axes[0][0].set_ylabel("power of the error's row / column profile")
+    axes[0][-1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from training.weights import load_model
+
+    p = argparse.ArgumentParser("python -m training.diagnostics", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, nargs="+", required=True,
+                   help="one or more run or model folders (one panel each)")
+    p.add_argument("--pack", type=Path, required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--sources", nargs="+", default=["celeba"])
+    p.add_argument("--limit", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=1.0, help="of the samples")
+    p.add_argument("--out", type=Path, help="figure of the spectra (.png); JSON beside it")
+    p.add_argument("--calibrate", type=float, nargs="+", metavar="T",
+                   help="instead: best-of-10 minus the ICAP mean (dB) at each temperature T; "
+                        "the best T is the model's sample_temperature (facesr-export)")
+    a = p.parse_args(argv)
+    hr = FacePack(a.pack, split=a.split, sources=a.sources).hr[:a.limit]
+    if a.calibrate:
+        for folder in a.model:
+            model, scale = load_model(folder)
+            gains = best_of_gain(model.float().eval(), hr, scale, a.calibrate)
+            print(json.dumps({"model": str(folder), "faces": len(hr), "best_of_10_minus_mean_db":
+                              gains, "sample_temperature": max(gains, key=gains.get)}))
+        return
+    report, spectra = {}, {}
+    for folder in a.model:
+        model, scale = load_model(folder)
+        outputs = model_outputs(model.float().eval(), hr, scale, temperature=a.temperature)
+        report[str(folder)] = {**banding(outputs, hr), "faces": len(hr), "scale": scale}
+        spectra[f"{folder} (x{scale}, {len(hr)} {a.split} faces)"] = {
+            k: profile_spectra(v.astype(np.float64).mean(-1) - hr.astype(np.float64).mean(-1))
+            for k, v in outputs.items()}
+    print(json.dumps(report, indent=2))
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        spectra_figure(spectra, a.out)
+        a.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
