@@ -2,8 +2,8 @@
 
 naive:     fp32, contiguous tensors, the encoder run twice (once per phase-1 path)
 optimised: the encoder run once for both paths, channels_last, bf16 autocast
-The malloc settings of `facesr-train` (docs/method.md) are a property of the process: run this script
-with and without them (`--malloc default`) to see their share; the figure is printed with it.
+The malloc settings of `facesr-train` (docs/method.md) are a property of the process: run this
+script with and without them (`--malloc default`) to see their share; the figure is printed with it.
 
     python bench/training.py --presets tiny paper --batch 16 --steps 5 [--pause-training]
 """

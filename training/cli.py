@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-# glibc malloc settings measured on the 2-core CPU (docs/method.md): without them ~25% of training time
-# went to page faults on re-mapped activation buffers; with them 1.53x throughput.
+# glibc malloc settings measured on a 2-core CPU (docs/method.md): without them ~25% of training
+# time went to page faults on re-mapped activation buffers; with them 1.53x throughput.
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 
 

@@ -49,7 +49,9 @@ class TrainConfig:
     scale: int = 8
     preset: str = "paper"
     global_residual: bool = True
-    balanced_deconv: bool = True  # checkerboard-free transposed convs (README, x16 banding)
+    # checkerboard-free transposed convs (README, x16 banding); off by default so that a resumed
+    # or --init-from run keeps the function it was trained as; the recipe scripts turn it on
+    balanced_deconv: bool = False
     phase1_steps: int = 1000
     phase2_steps: int = 500
     batch_size: int = 16

@@ -8,6 +8,7 @@ uninterrupted run would have taken.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -158,7 +159,9 @@ class Trainer:
         if scale != self.cfg.scale:
             raise SystemExit(f"--init-from {path}: a x{scale} model, but --scale is "
                              f"{self.cfg.scale}")
-        if model.cfg != self.model.cfg:
+        same_parameters = dataclasses.replace(  # balancing reparametrises, same weights
+            model.cfg, balanced_deconv=self.model.cfg.balanced_deconv)
+        if same_parameters != self.model.cfg:
             raise SystemExit(f"--init-from {path}: its networks ({model.cfg}) differ from this "
                              f"run's ({self.model.cfg}); pass the matching --preset")
         self.model.load_state_dict(model.state_dict())
