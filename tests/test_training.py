@@ -265,3 +265,18 @@ def test_l1_deterministic_loss(pack, tmp_path):
     summary = train(tiny_cfg(pack, tmp_path / "run", det_loss="l1", phase2_steps=0),
                     progress=False)
     assert summary["steps"]["phase1"] == 3
+
+
+def test_phase2_nll_fits_a_lower_sigma_floor(pack, tmp_path):
+    from training.losses import phase2_losses
+
+    cfg = tiny_cfg(pack, tmp_path / "run", phase2_loss="nll", icap_logvar_min=-6.0)
+    train(cfg, progress=False)
+    model = load_model(tmp_path / "run")[0]
+    assert model.cfg.icap_logvar_min == -6.0
+    assert {"nll", "kl"} <= set(logged(tmp_path / "run")[-1])
+    x = torch.zeros(2, 3, 128, 128)
+    logvar = model.icap(x)[1]
+    assert logvar.min() >= -6.0 and logvar.max() <= 1.0
+    with pytest.raises(ValueError, match="phase-2 loss"):
+        phase2_losses(model.sr, model.ren, *model.icap(x), x, x, loss="mse")

@@ -21,6 +21,9 @@ class ModelConfig:
     # smooth code cannot come out as bands. False (the paper's plain ConvTranspose2d) is also what
     # model configs written before this field existed get.
     balanced_deconv: bool = False
+    # Lower bound of the ICAP's log sigma^2 (the paper: -1, by a Tanh into [-1, 1]). Lower values
+    # map the Tanh onto [icap_logvar_min, 1] (ours; with --phase2-loss nll, README "Samples").
+    icap_logvar_min: float = -1.0
 
     @classmethod
     def preset(cls, name: str, **overrides) -> ModelConfig:
@@ -61,6 +64,10 @@ class TrainConfig:
     hflip: bool = False  # random horizontal flips (the paper uses no augmentation)
     lr_phase1: float = 2.5e-4
     lr_phase2: float = 5e-3
+    # Phase 2's objective: kl (the paper's KL(q(z|x) || g(z|r))) or nll (ours: the ICAP's Gaussian
+    # fitted to the REN's mean code by its likelihood, so sigma is the spread of that code given x)
+    phase2_loss: str = "kl"
+    icap_logvar_min: float = -1.0  # the ICAP's log sigma^2 floor (ModelConfig.icap_logvar_min)
     lambda_s: float = 1.0  # weight of the L1 loss on the z_res path
     # Phase 3 (ours, off by default): theta fine-tuned on the phase-1 loss plus
     # lambda_m * MSE(y, f(x, mu_pred)) with the REN and the ICAP frozen, so that the decoder is

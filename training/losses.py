@@ -66,10 +66,29 @@ def phase1_losses(sr, ren, x: Tensor, y: Tensor, lambda_s: float,
     return losses
 
 
-def phase2_losses(sr, ren, mu_q: Tensor, logvar_q: Tensor, x: Tensor,
-                  y: Tensor) -> dict[str, Tensor]:
-    """KL(q_omega(z|x) || g_phi(z|r)) for the ICAP's (mu_q, logvar_q); theta and phi frozen."""
+def gaussian_nll(mu_q: Tensor, logvar_q: Tensor, target: Tensor) -> Tensor:
+    """-log N(target; mu_q, exp(logvar_q)) up to a constant, summed over the latent, batch mean."""
+    nll = 0.5 * (logvar_q + (target - mu_q) ** 2 / logvar_q.exp())
+    return nll.flatten(1).sum(1).mean()
+
+
+PHASE2_LOSSES = ("kl", "nll")
+
+
+def phase2_losses(sr, ren, mu_q: Tensor, logvar_q: Tensor, x: Tensor, y: Tensor,
+                  loss: str = "kl") -> dict[str, Tensor]:
+    """The ICAP's (mu_q, logvar_q) against the REN's code of r; theta and phi frozen.
+
+    kl (the paper): KL(q_omega(z|x) || g_phi(z|r)). nll (ours): the Gaussian likelihood of the
+    REN's mean mu_r, so that sigma_q measures how much mu_r varies among faces that fit x (the
+    attributes x leaves open) rather than the REN's own sampling noise.
+    """
+    if loss not in PHASE2_LOSSES:
+        raise ValueError(f"unknown phase-2 loss {loss!r}; choose from {PHASE2_LOSSES}")
     with torch.no_grad():
         mu_r, logvar_r = ren(y - sr(x, None))
     kl = gaussian_kl(mu_q.float(), logvar_q.float(), mu_r.float(), logvar_r.float())
-    return {"loss": kl, "kl": kl}
+    if loss == "kl":
+        return {"loss": kl, "kl": kl}
+    nll = gaussian_nll(mu_q.float(), logvar_q.float(), mu_r.float())
+    return {"loss": nll, "nll": nll, "kl": kl.detach()}

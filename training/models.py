@@ -202,6 +202,7 @@ class ICAP(nn.Module):
         self.ConvBlock7, self.ResBlock9 = ConvBlock(c, c, 2), res_stack(c, 1)
         self.Conv2 = nn.Conv2d(c, lat, 3, 1, 1)
         self.logvar_head = LogVarHead(c, cfg.hidden_logvar, lat)  # Conv3 ... Tanh2
+        self.logvar_min = cfg.icap_logvar_min
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.ResBlock6(self.ConvBlock4(x))
@@ -209,7 +210,10 @@ class ICAP(nn.Module):
         h = self.ResBlock8(self.ConvBlock6(h))
         h = self.ResBlock9(self.ConvBlock7(h))
         mu = torch.tanh(self.Conv2(h))  # ours: Tanh bounds mu to [-1, 1]
-        return mu, self.logvar_head(h)
+        logvar = self.logvar_head(h)
+        if self.logvar_min != -1.0:  # the Tanh's [-1, 1] mapped onto [logvar_min, 1] (ours)
+            logvar = self.logvar_min + (1.0 - self.logvar_min) * 0.5 * (logvar + 1.0)
+        return mu, logvar
 
 
 class StochasticSR(nn.Module):

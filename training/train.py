@@ -73,7 +73,8 @@ def load_checkpoint(path: Path) -> dict:
 
 def build_model(cfg: TrainConfig) -> StochasticSR:
     return StochasticSR(ModelConfig.preset(cfg.preset, global_residual=cfg.global_residual,
-                                           balanced_deconv=cfg.balanced_deconv))
+                                           balanced_deconv=cfg.balanced_deconv,
+                                           icap_logvar_min=cfg.icap_logvar_min))
 
 
 class Trainer:
@@ -159,8 +160,9 @@ class Trainer:
         if scale != self.cfg.scale:
             raise SystemExit(f"--init-from {path}: a x{scale} model, but --scale is "
                              f"{self.cfg.scale}")
-        same_parameters = dataclasses.replace(  # balancing reparametrises, same weights
-            model.cfg, balanced_deconv=self.model.cfg.balanced_deconv)
+        same_parameters = dataclasses.replace(  # these two reparametrise the same weights
+            model.cfg, balanced_deconv=self.model.cfg.balanced_deconv,
+            icap_logvar_min=self.model.cfg.icap_logvar_min)
         if same_parameters != self.model.cfg:
             raise SystemExit(f"--init-from {path}: its networks ({model.cfg}) differ from this "
                              f"run's ({self.model.cfg}); pass the matching --preset")
@@ -259,7 +261,8 @@ class Trainer:
         self.model.icap.train()
         with self.autocast():
             mu_q, logvar_q = self.wrapped_icap(x)
-            losses = phase2_losses(self.model.sr, self.model.ren, mu_q, logvar_q, x, y)
+            losses = phase2_losses(self.model.sr, self.model.ren, mu_q, logvar_q, x, y,
+                                   self.cfg.phase2_loss)
         losses = self.optimise(self.opt2, losses, 2)
         self.steps["phase2"] += 1
         self.steps["phase3"] = 0  # omega moved: the mean path must be refitted afterwards
