@@ -82,7 +82,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear learning-rate warm-up at the start of each phase
     det_loss: str = "mse"  # mse | l1: the deterministic term of phase 1 (the paper: mse)
     device: str = "auto"
-    bf16: bool | None = None  # None: on for CUDA and CPU alike (docs/method.md)
+    bf16: bool | None = None  # None: on for CUDA, and on CPUs with native bf16 (fast_bf16)
     channels_last: bool | None = None
     seed: int = 0
     time_budget_s: float = 0.0  # >0: stop each phase early so all fit (phase_budget_s)
