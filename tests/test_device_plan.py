@@ -1,11 +1,14 @@
 """The GPU sequence (scripts/device/) dry-run on the CPU: every limit of the device tool is
 checked before a GPU is ever asked for. Synthetic faces only; about half a minute."""
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
+import struct
 import subprocess
 import sys
 import tarfile
@@ -41,7 +44,7 @@ def blob_face(seed: int) -> Image.Image:
 
 def run(*cmd: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     full = {**os.environ, "PY": sys.executable, **(env or {})}
-    return subprocess.run(cmd, cwd=cwd, env=full, capture_output=True, text=True, timeout=240)
+    return subprocess.run(cmd, cwd=cwd, env=full, capture_output=True, text=True, timeout=450)
 
 
 def sha256(path: Path) -> str:
@@ -139,11 +142,22 @@ def carried(tmp_path_factory) -> Path:
     return root / ".device"
 
 
-def test_dry_run_trains_detached_then_finish_returns_files_within_limits(carried, tmp_path):
+@pytest.fixture
+def work(tmp_path):
+    """WORK for on_device.sh; a detached training still running at the end is stopped."""
+    yield tmp_path / "work"
+    pgid = tmp_path / "work" / "train_pgid"
+    if pgid.exists() and not (tmp_path / "work" / "done").exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.killpg(int(pgid.read_text()), signal.SIGTERM)
+
+
+@pytest.mark.timeout(900)  # ~30 s on an idle 2-core CI runner; slack for a loaded one
+def test_dry_run_trains_detached_then_finish_returns_files_within_limits(carried, work, tmp_path):
     """on_device.sh train (detached), status, finish (wait, collect) with --device cpu."""
-    env = {"CARRIED": str(carried), "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out"),
+    env = {"CARRIED": str(carried), "WORK": str(work), "OUT": str(tmp_path / "out"),
            "DEVICE": "cpu", "PRESET": "tiny", "BATCH": "4", "TRAIN_S": "16", "STARTUP_S": "6",
-           "START_WAIT_S": "60", "BENCH": "0", "FINISH_SLACK_S": "200"}
+           "START_WAIT_S": "60", "BENCH": "0", "FINISH_SLACK_S": "400"}
     started = run("bash", str(DEVICE / "on_device.sh"), "train", env=env)
     assert started.returncode == 0, started.stdout + started.stderr
     assert "training started" in started.stdout
@@ -185,7 +199,8 @@ def test_ort_step_waits_for_every_part_then_joins_and_unpacks(tmp_path):
     (tmp_path / "carried" / "ort").mkdir(parents=True)
     shutil.copy(made[0], tmp_path / "carried" / "ort")
     first = run("bash", str(DEVICE / "on_device.sh"), "ort", env=env)
-    assert first.returncode == 0 and "parts missing" in first.stderr
+    assert first.returncode == 0 and "SHA256SUMS is missing" in first.stderr
+    assert (tmp_path / "work" / "stage" / made[0].name).exists()
     shutil.rmtree(tmp_path / "carried" / "ort")  # the next call's tree: only what it carries
     (tmp_path / "carried" / "ort").mkdir()
     for f in (made[1], tmp_path / "made" / parts.SUMS):
@@ -196,3 +211,67 @@ def test_ort_step_waits_for_every_part_then_joins_and_unpacks(tmp_path):
     unpacked = tmp_path / "work" / "site" / "onnxruntime_fake" / "lib.so"
     assert unpacked.read_bytes() == (src / "onnxruntime_fake" / "lib.so").read_bytes()
     assert second.returncode == 1 and "CUDAExecutionProvider" in second.stdout + second.stderr
+
+
+def metrics(celeba: float, utkface: float, count: int = 300) -> dict[str, dict]:
+    row = lambda p: {"psnr": p, "ssim": p / 40}  # noqa: E731
+    return {f"{src}_test": {"icap_mean": row(p), "bicubic": row(20.0), "count": count,
+                            "protocol": "RGB uint8"}
+            for src, p in (("celeba", celeba), ("utkface", utkface))}
+
+
+@pytest.mark.parametrize(("new", "ship"), [
+    (metrics(24.0, 28.0), True),          # better on both test splits
+    (metrics(24.0, 27.0), False),         # better on CelebA, worse on UTKFace
+    (metrics(23.0, 27.5), False),         # as good is not better
+    (metrics(25.0, 29.0, count=100), False),  # other faces: not comparable
+])
+def test_a_scale_ships_only_when_its_served_psnr_wins_on_every_test_split(new, ship):
+    import compare
+
+    got, lines = compare.verdict(new, metrics(23.0, 27.5))
+    assert got is ship and lines
+
+
+def fat_binary(archs: list[int], seed: int) -> bytes:
+    """A fat binary as the CUDA toolchain lays it out: 16-byte header, then 64-byte entry
+    headers (architecture at byte 28) each followed by its payload."""
+    rng = np.random.default_rng(seed)
+    entries = b""
+    for arch in archs:
+        payload = rng.bytes(int(rng.integers(8, 40)) * 8)
+        head = bytearray(64)
+        struct.pack_into("<HHIQ", head, 0, 2, 0x101, 64, len(payload))
+        struct.pack_into("<I", head, 28, arch)
+        entries += bytes(head) + payload
+    return struct.pack("<IHHQ", 0xBA55ED50, 1, 16, len(entries)) + entries
+
+
+def test_onnxruntime_slimming_keeps_exactly_the_sm90_kernels_in_place():
+    import ort_bundle
+
+    fatbins = [fat_binary([75, 80, 90, 120], 0), fat_binary([120], 1), fat_binary([90, 86], 2)]
+    section = bytearray(b"".join(fatbins))
+    kept, dropped = ort_bundle.keep_one_arch(memoryview(section), 90)
+    assert (kept, dropped) == (2, 4)
+    assert len(section) == sum(map(len, fatbins))  # nothing moved
+    offsets = np.cumsum([0] + [len(f) for f in fatbins])
+    first = bytes(section[offsets[0]:offsets[1]])
+    want = b"".join(e for arch, e in fat_entries(fatbins[0]) if arch == 90)
+    assert struct.unpack_from("<Q", first, 8)[0] == len(want)
+    assert first[16:16 + len(want)] == want and not any(first[16 + len(want):])
+    assert bytes(section[offsets[1]:offsets[2]]) == fatbins[1]  # no sm_90: left as it was
+    assert [a for a, _ in fat_entries(bytes(section[offsets[2]:offsets[3]]))] == [90]
+    with pytest.raises(SystemExit, match="not a fat binary"):
+        ort_bundle.keep_one_arch(memoryview(bytearray(b"\0" * 32)), 90)
+
+
+def fat_entries(fatbin: bytes) -> list[tuple[int, bytes]]:
+    _, _, header, size = struct.unpack_from("<IHHQ", fatbin, 0)
+    out, pos = [], header
+    while pos < header + size:
+        _, _, entry_header, padded = struct.unpack_from("<HHIQ", fatbin, pos)
+        out.append((struct.unpack_from("<I", fatbin, pos + 28)[0],
+                    fatbin[pos:pos + entry_header + padded]))
+        pos += entry_header + padded
+    return out

@@ -3,7 +3,9 @@
 # with the shipped model on the test splits, and (SHIP=1) replace the ones it beats.
 #   FILES=/path/the/tool/returned scripts/device/after.sh        # verdicts only
 #   SHIP=1 FILES=... scripts/device/after.sh                      # and replace models/x<s>
-# FILES holds x<s>/model.safetensors, x<s>/run.tar.gz, bench.tar.gz. Runs in runs/gpu/x<s>.
+#   FILES=runs/gpu scripts/device/after.sh       # after train_all.sh runs/gpu on your own GPU
+# FILES holds x<s>/model.safetensors (and x<s>/run.tar.gz, bench.tar.gz from the device).
+# Evaluates and exports in runs/gpu/x<s>.
 # Evaluation is the shipped models' protocol (scripts/train_defaults.sh): both test splits,
 # best-of-10 on 100 faces each.
 set -euo pipefail
@@ -23,8 +25,10 @@ for s in $SCALES; do
   [ -f "$FILES/x$s/model.safetensors" ] || { echo "x$s: no weights came back"; continue; }
   run=runs/gpu/x$s
   mkdir -p "$run"
-  cp "$FILES/x$s/model.safetensors" "$run/"
-  [ -f "$FILES/x$s/run.tar.gz" ] && tar -xzf "$FILES/x$s/run.tar.gz" -C "$run"
+  if [ "$(realpath "$FILES/x$s")" != "$(realpath "$run")" ]; then   # else: trained here
+    cp "$FILES/x$s/model.safetensors" "$run/"
+    if [ -f "$FILES/x$s/run.tar.gz" ]; then tar -xzf "$FILES/x$s/run.tar.gz" -C "$run"; fi
+  fi
   facesr-eval --model "$run" --pack "$PACK" --sources celeba utkface --best-of 10 \
     --best-of-limit 100 --out "$run/eval"
   facesr-export --model "$run" --out "$run/export" --metrics "$run/eval/metrics.json"

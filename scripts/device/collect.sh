@@ -12,9 +12,11 @@ SCALES=${SCALES:-"8 4 16"}
 PY=${PY:-python3}
 GRIDS=${GRIDS:-6}   # sample grids kept per scale (the last ones)
 
-if [ -f "$WORK/train_pid" ] && [ ! -f "$WORK/done" ]; then
-  pid=$(cat "$WORK/train_pid")
-  kill -- "-$pid" 2>/dev/null && echo "stopped training (process group $pid)" && sleep 3 || true
+if [ -f "$WORK/train_pgid" ] && [ ! -f "$WORK/done" ]; then
+  group=$(cat "$WORK/train_pgid")
+  if [ "$group" != "$(awk '{print $5}' /proc/$$/stat)" ]; then   # never our own group
+    kill -- "-$group" 2>/dev/null && echo "stopped training (process group $group)" && sleep 3 || true
+  fi
 fi
 for s in $SCALES; do
   run=$WORK/x$s

@@ -49,17 +49,15 @@ step_train() {
   if [ -d "$CARRIED/wheels" ]; then rm -rf "$WORK/wheels"; cp -r "$CARRIED/wheels" "$WORK/wheels"; fi
   if [ -d "$CARRIED/init" ]; then rm -rf "$WORK/init"; cp -r "$CARRIED/init" "$WORK/init"; fi
   export INIT_DIR=$WORK/init
-  # setsid: its own session, so it outlives this call; its pid is its process group's id
+  # setsid: its own session, so it outlives this call
   setsid nohup bash scripts/device/train_all.sh "$WORK" "$WORK/pack.npz" >"$WORK/train_all.log" 2>&1 </dev/null &
-  echo $! >"$WORK/train_pid"
-  say "training started (process group $!), watching its first steps for up to $START_WAIT_S s"
+  say "training started (pid $!), watching its first steps for up to $START_WAIT_S s"
   local t=0
   while [ $t -lt "$START_WAIT_S" ]; do
     sleep 5; t=$((t + 5))
     local ready=1
     for s in $SCALES; do
-      [ -s "$WORK/x$s/log.jsonl" ] || ready=0
-      [ -f "$WORK/x$s/exit_code" ] && ready=1
+      [ -s "$WORK/x$s/log.jsonl" ] || [ -f "$WORK/x$s/exit_code" ] || ready=0
     done
     [ $ready = 1 ] && break
   done

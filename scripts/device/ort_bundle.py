@@ -58,24 +58,29 @@ def section(path: str, name: str) -> tuple[int, int]:
 
 
 def keep_one_arch(fatbins: memoryview, sm: int) -> tuple[int, int]:
-    """Rewrite every fat binary in place to hold only its sm_`sm` entries; (kept, dropped)."""
+    """Rewrite every fat binary in place to hold only its sm_`sm` entries; (kept, dropped).
+
+    Each fat binary stays where it was (the CUDA runtime registers each one by its address) and
+    keeps its header; its size shrinks to the kept entries, byte for byte as they were, and the
+    bytes freed become zeros. One with no sm_`sm` entry is left as it was."""
     pos = kept = dropped = 0
     while pos + 16 <= len(fatbins):
         magic, _version, header, size = struct.unpack_from("<IHHQ", fatbins, pos)
         if magic != FATBIN_MAGIC:
             raise SystemExit(f"not a fat binary at offset {pos}: the format changed, stop here")
-        entry, end, body = pos + header, pos + header + size, bytearray()
+        entry, end = pos + header, pos + header + size
+        body, entries, matching = bytearray(), 0, 0
         while entry < end:
             _kind, _ver, entry_header, padded = struct.unpack_from("<HHIQ", fatbins, entry)
-            arch = struct.unpack_from("<I", fatbins, entry + 28)[0]
-            if arch == sm:
+            if struct.unpack_from("<I", fatbins, entry + 28)[0] == sm:
                 body += fatbins[entry:entry + entry_header + padded]
-                kept += 1
-            else:
-                dropped += 1
+                matching += 1
+            entries += 1
             entry += entry_header + padded
-        struct.pack_into("<Q", fatbins, pos + 8, len(body))
-        fatbins[pos + header:end] = bytes(body) + bytes(size - len(body))
+        if matching:
+            struct.pack_into("<Q", fatbins, pos + 8, len(body))
+            fatbins[pos + header:end] = bytes(body) + bytes(size - len(body))
+            kept, dropped = kept + matching, dropped + entries - matching
         pos = end
     return kept, dropped
 

@@ -33,6 +33,7 @@ mkdir -p "$WORK"
 rm -f "$WORK/done"
 date +%s >"$WORK/train_started"
 echo "$TRAIN_S" >"$WORK/train_s"
+awk '{print $5}' "/proc/$$/stat" >"$WORK/train_pgid"   # collect.sh stops the group if overdue
 
 train_one() {
   local s=$1 run=$WORK/x$1
