@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from training.data import collect_faces, write_pack
+from tests.test_training import pack  # noqa: F401 - the training tests' pack fixture
 from training.weights import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,16 +31,6 @@ MIB = 2**20
 NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
-def blob_face(seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:140, 0:140] / 140.0
-    img = np.stack([xx, yy, 1 - xx], -1) * 120
-    for _ in range(5):
-        cy, cx, r = rng.uniform(0.2, 0.8, 2).tolist() + [rng.uniform(0.05, 0.2)]
-        img += rng.uniform(0, 120, 3) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r**2)[..., None]
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-
-
 def run(*cmd: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     full = {**os.environ, "PY": sys.executable, **(env or {})}
     return subprocess.run(cmd, cwd=cwd, env=full, capture_output=True, text=True, timeout=450)
@@ -51,10 +40,11 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_every_call_fits_the_tool_and_the_time_plan_fits_15_minutes():
+@pytest.mark.parametrize("init_from", [False, True])
+def test_every_call_fits_the_tool_and_the_time_plan_fits_15_minutes(init_from):
     """Tree without models/ plus each call's carried paths (their caps: CI has no .device/)
     within 64 MiB; files back within 8 x 16 MiB; the time plan, start included, with margin."""
-    failures = plan.check(real=False)
+    failures = plan.check(init_from, real=False)
     assert failures == []
     assert plan.tree_bytes() < 2.0 * MIB  # what leaves ~60 MiB for the pack or an ORT part
     rows = plan.time_plan(plan.calls(), plan.tree_bytes(), {
@@ -126,19 +116,14 @@ def test_models_out_runs_a_command_and_always_puts_models_back(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def carried(tmp_path_factory) -> Path:
-    """A .device/ as prepare.sh makes it, from synthetic faces: the pack cut to a budget."""
+def carried(pack, tmp_path_factory) -> Path:  # noqa: F811 - the imported fixture
+    """A .device/ as prepare.sh makes it, from the training tests' synthetic faces: the pack cut
+    to half its size."""
     root = tmp_path_factory.mktemp("device")
-    (root / "imgs").mkdir()
-    for k in range(30):
-        blob_face(k).save(root / "imgs" / f"{k:03d}.png")
-    faces = collect_faces(utkface=root / "imgs", n_test=3, n_val=5)
-    write_pack(faces, root / "full.npz", progress=False)
-    budget = (root / "full.npz").stat().st_size / 2 / MIB
-    summary = device_pack.write(root / "full.npz", root / ".device" / "pack.npz",
-                                budget_mib=budget, val=2)
-    assert summary["by_split"]["val"] == 2 and 0 < summary["by_split"]["train"] < 22
-    assert summary["MiB"] <= budget  # the budget cut it: not every training face fits
+    budget = pack.stat().st_size / 2 / MIB
+    summary = device_pack.write(pack, root / ".device" / "pack.npz", budget_mib=budget, val=2)
+    assert summary["by_split"]["val"] == 2 and 0 < summary["by_split"]["train"] < 16
+    assert (root / ".device" / "pack.npz").stat().st_size <= budget * MIB  # cut to the budget
     return root / ".device"
 
 
@@ -181,7 +166,7 @@ def test_dry_run_trains_detached_then_finish_returns_files_within_limits(carried
             summary = json.load(tar.extractfile("summary.json"))
         assert {"train.log", "log.jsonl", "summary.json"} <= set(names)
         assert summary["steps"]["phase1"] > 0 and summary["steps"]["phase3"] > 0
-        assert summary["data"]["train_faces"] < 22  # trained on the cut pack
+        assert summary["data"]["train_faces"] < 16  # trained on the cut pack
 
 
 def test_ort_step_waits_for_every_part_then_joins_and_unpacks(tmp_path):
