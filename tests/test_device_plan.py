@@ -87,9 +87,12 @@ def test_parts_split_stage_and_join_to_the_same_sha256(tmp_path):
     damaged.write_bytes(b"x" + damaged.read_bytes()[1:])
     with pytest.raises(SystemExit, match="damaged parts.*part02"):
         parts.join(stage, tmp_path / "again")
+    join = (sys.executable, str(DEVICE / "parts.py"), "join", str(stage), str(tmp_path / "again"))
+    assert run(*join).returncode == 1  # damaged: on_device.sh stops
     damaged.unlink()
-    with pytest.raises(SystemExit, match="parts missing.*part02"):
+    with pytest.raises(parts.PartsMissing, match="parts missing.*part02"):
         parts.join(stage, tmp_path / "again")
+    assert run(*join).returncode == parts.WAITING  # missing: on_device.sh waits for it
 
 
 def test_models_out_runs_a_command_and_always_puts_models_back(tmp_path):

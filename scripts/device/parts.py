@@ -9,7 +9,8 @@ Standard library only: it runs under the device machine's python3 as it is.
 `split` writes FILE's parts as OUTDIR/<name>.partNN and OUTDIR/SHA256SUMS (sha256sum format: the
 whole file and each part). `stage` moves the parts and SHA256SUMS that one run carried out of the
 working tree (copied anew by every run) to STAGEDIR. `join` checks every part, concatenates them
-and checks the whole; any missing or damaged part is a one-line error that names it.
+and checks the whole; a damaged part is a one-line error that names it (exit status 1), and a
+missing one says which (exit status 3: carry it, then join again).
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from pathlib import Path
 
 SUMS = "SHA256SUMS"
 CHUNK = 2**20
+WAITING = 3  # `join`'s exit status while parts (or SHA256SUMS) have yet to arrive
+
+
+class PartsMissing(SystemExit):
+    """Not every part has arrived yet: carry the rest, then join again."""
 
 
 def sha256(path: Path) -> str:
@@ -52,7 +58,7 @@ def read_sums(folder: Path) -> tuple[tuple[str, str], list[tuple[str, str]]]:
     """((sha, name) of the whole file, [(sha, name) of each part, in order])."""
     sums = folder / SUMS
     if not sums.exists():
-        raise SystemExit(f"{sums} is missing: carry it with the last part")
+        raise PartsMissing(f"{sums} is missing: carry it with the last part")
     entries = [tuple(line.split(maxsplit=1)) for line in sums.read_text().splitlines() if line]
     whole = [e for e in entries if ".part" not in e[1]]
     parts = sorted((e for e in entries if ".part" in e[1]), key=lambda e: e[1])
@@ -66,7 +72,7 @@ def join(folder: Path, out: Path) -> Path:
     (whole_sha, whole_name), parts = read_sums(folder)
     missing = [name for _, name in parts if not (folder / name).exists()]
     if missing:
-        raise SystemExit(f"parts missing in {folder}: {', '.join(missing)} (carry them first)")
+        raise PartsMissing(f"parts missing in {folder}: {', '.join(missing)} (carry them first)")
     bad = [name for sha, name in parts if sha256(folder / name) != sha]
     if bad:
         raise SystemExit(f"damaged parts in {folder}: {', '.join(bad)} (carry them again)")
@@ -91,7 +97,7 @@ def stage(src: Path, dest: Path) -> list[str]:
     return moved
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -112,7 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     elif a.cmd == "stage":
         print("staged: " + (", ".join(stage(a.src, a.dest)) or "nothing"))
     else:
-        print(f"joined and checked: {join(a.folder, a.out)}")
+        try:
+            print(f"joined and checked: {join(a.folder, a.out)}")
+        except PartsMissing as waiting:
+            print(waiting, file=sys.stderr)
+            return WAITING
+    return 0
 
 
 if __name__ == "__main__":
