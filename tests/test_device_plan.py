@@ -33,7 +33,7 @@ NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 def run(*cmd: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     full = {**os.environ, "PY": sys.executable, **(env or {})}
-    return subprocess.run(cmd, cwd=cwd, env=full, capture_output=True, text=True, timeout=450)
+    return subprocess.run(cmd, cwd=cwd, env=full, capture_output=True, text=True, timeout=1600)
 
 
 def sha256(path: Path) -> str:
@@ -140,12 +140,12 @@ def work(tmp_path):
             os.killpg(int(pgid.read_text()), signal.SIGTERM)
 
 
-@pytest.mark.timeout(900)  # ~30 s on an idle 2-core CI runner; slack for a loaded one
+@pytest.mark.timeout(1800)  # ~30 s on an idle CI runner; a shared machine may pause it
 def test_dry_run_trains_detached_then_finish_returns_files_within_limits(carried, work, tmp_path):
     """on_device.sh train (detached), status, finish (wait, collect) with --device cpu."""
     env = {"CARRIED": str(carried), "WORK": str(work), "OUT": str(tmp_path / "out"),
            "DEVICE": "cpu", "PRESET": "tiny", "BATCH": "4", "TRAIN_S": "16", "STARTUP_S": "6",
-           "START_WAIT_S": "60", "BENCH": "0", "FINISH_SLACK_S": "400"}
+           "START_WAIT_S": "60", "BENCH": "0", "FINISH_SLACK_S": "1500"}
     started = run("bash", str(DEVICE / "on_device.sh"), "train", env=env)
     assert started.returncode == 0, started.stdout + started.stderr
     assert "training started" in started.stdout
