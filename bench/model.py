@@ -13,6 +13,7 @@ Sections (`--sections`, default all):
 
     python bench/model.py --model-dir models/x8 --sections flops peak engines --pause-training
     python bench/model.py --export-random /tmp/paper/x8   # a paper-size model, random weights
+    python bench/model.py --model-dir models/x8 --provider cuda --sections flops engines samples
 
 Speed does not depend on the weights; PSNR does, so `psnr` wants a trained model (models/x8).
 `--pause-training` SIGSTOPs a background training job while timing (see bench/common.py).
@@ -66,9 +67,14 @@ def load_torch(model_dir: Path):
     return model.eval(), scale
 
 
+PROVIDERS = {"cpu": ["CPUExecutionProvider"],
+             "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
 def ort_sessions(paths: dict[str, Path], threads: int = 0, level: str = "ALL",
-                 spinning: bool = True) -> dict:
-    """The three graphs with the service's session options (service/engine.py) by default."""
+                 spinning: bool = True, provider: str = "cpu") -> dict:
+    """The three graphs with the service's session options (service/engine.py) by default, on
+    `provider` (cpu or cuda); a session that ONNX Runtime moved to another provider is an error."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -79,8 +85,14 @@ def ort_sessions(paths: dict[str, Path], threads: int = 0, level: str = "ALL",
         so.intra_op_num_threads = threads
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return {g: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
-            for g, p in paths.items()}
+    sessions = {g: ort.InferenceSession(str(p), so, providers=PROVIDERS[provider])
+                for g, p in paths.items()}
+    for g, sess in sessions.items():
+        if sess.get_providers()[0] != PROVIDERS[provider][0]:
+            raise SystemExit(f"{g}: ONNX Runtime runs it on {sess.get_providers()[0]}, not "
+                             f"{PROVIDERS[provider][0]} (available: "
+                             f"{ort.get_available_providers()})")
+    return sessions
 
 
 class OrtPipeline:
@@ -420,6 +432,9 @@ def main() -> None:
     p.add_argument("--peak", type=float, help="fp32 peak GFLOP/s (else measured or from --json)")
     p.add_argument("--pause-training", action="store_true",
                    help="SIGSTOP a background training job while timing (bench/common.py)")
+    p.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
+                   help="ONNX Runtime provider of `engines` and `samples` (cuda: onnxruntime-gpu; "
+                        "`engines` then times ONNX Runtime only)")
     p.add_argument("--json", type=Path, default=Path("bench/results/model.json"))
     a = p.parse_args()
 
@@ -431,7 +446,7 @@ def main() -> None:
     results = json.loads(a.json.read_text()) if a.json.exists() else {}
     results.setdefault("runs", [])
     results["runs"].append({"machine": machine(), "model_dir": str(a.model_dir),
-                            "argv": sys.argv[1:]})
+                            "argv": sys.argv[1:], "provider": a.provider})
     print(f"# {a.model_dir} (x{scale}, {model.cfg.channels} ch)  {machine()}")
 
     def save() -> None:
@@ -472,14 +487,17 @@ def main() -> None:
             if "engines" in a.sections:
                 import torch
 
-                sessions = ort_sessions({g: a.model_dir / f"{g}.onnx" for g in GRAPHS})
-                pipes = {"PyTorch eager fp32": TorchPipeline(model),
-                         "ONNX Runtime CPU fp32": OrtPipeline(sessions)}
+                sessions = ort_sessions({g: a.model_dir / f"{g}.onnx" for g in GRAPHS},
+                                        provider=a.provider)
+                pipes = {f"ONNX Runtime {a.provider.upper()} fp32": OrtPipeline(sessions)}
+                if a.provider == "cpu":
+                    pipes = {"PyTorch eager fp32": TorchPipeline(model), **pipes}
                 print(f"torch threads {torch.get_num_threads()}")
                 results["engines"] = engines(pipes, a.batches, flops_img, peak, a.budget_s)
                 save()
             if "samples" in a.sections:
-                sessions = ort_sessions({g: a.model_dir / f"{g}.onnx" for g in GRAPHS})
+                sessions = ort_sessions({g: a.model_dir / f"{g}.onnx" for g in GRAPHS},
+                                        provider=a.provider)
                 results["samples"] = samples_compare(OrtPipeline(sessions), a.n, a.budget_s)
                 save()
             if "ortopts" in a.sections:

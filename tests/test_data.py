@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from facesr_core.degradation import (
@@ -13,7 +14,15 @@ from facesr_core.degradation import (
     to_hr,
     to_model_range,
 )
-from training.data import FacePack, collect_faces, make_pair, random_patches, write_pack
+from training.data import (
+    CachedPairs,
+    FacePack,
+    PairDataset,
+    collect_faces,
+    make_pair,
+    random_patches,
+    write_pack,
+)
 
 
 def gradient_image(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -104,8 +113,6 @@ def test_pack_roundtrip(tmp_path):
 
 
 def test_pairs_and_patches_line_up():
-    import torch
-
     pairs = [make_pair(np.asarray(gradient_image(128, 128, seed=k)), 8) for k in range(3)]
     assert pairs[0][0].shape == pairs[0][1].shape == (3, 128, 128)
     xt = torch.stack([torch.from_numpy(p[0]) for p in pairs])
@@ -118,3 +125,18 @@ def test_pairs_and_patches_line_up():
         assert len(spots) == 1
         a, b = spots[0]
         assert torch.equal(xp[k], xt[k, :, a:a + 64, b:b + 64])
+
+
+@pytest.mark.parametrize("scale", [4, 8, 16])
+def test_cached_pairs_equal_the_per_step_loader(scale):
+    """The GPU loader (pairs made once, sliced as uint8) gives PairDataset's values exactly."""
+    hr = np.stack([np.asarray(gradient_image(128, 128, seed=k)) for k in range(5)])
+    idx, flips = [3, 0, 3, 4], [True, False, False, True]
+    for hflip in (False, True):
+        want = PairDataset(hr, scale, hflip=hflip).batch(idx, flips)
+        got = CachedPairs(hr, scale, hflip=hflip, threads=2).batch(idx, flips)
+        for w, g in zip(want, got, strict=True):
+            assert g.dtype == w.dtype and g.shape == w.shape == (4, 3, 128, 128)
+            assert torch.equal(g, w)
+    x, _ = CachedPairs(hr, scale, hflip=True).batch(idx, flips)
+    assert x.is_contiguous(memory_format=torch.channels_last)

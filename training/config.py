@@ -84,6 +84,8 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool | None = None  # None: on for CUDA, and on CPUs with native bf16 (fast_bf16)
     channels_last: bool | None = None
+    # None: on for CUDA. All (x, y) pairs made once and kept as uint8 on the device (CachedPairs)
+    pair_cache: bool | None = None
     seed: int = 0
     time_budget_s: float = 0.0  # >0: stop each phase early so all fit (phase_budget_s)
     log_every: int = 10

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,11 +171,15 @@ class FacePack:
         return len(self.hr)
 
 
-def make_pair(hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """HR uint8 HWC -> (x, y) float32 CHW in [-1, 1]: the service's exact preprocessing."""
+def network_input(hr: np.ndarray, scale: int) -> np.ndarray:
+    """HR uint8 HWC -> the network input x, uint8 HWC: the service's exact preprocessing."""
     hr_img = Image.fromarray(hr)
-    x = bicubic_upsample(degrade(hr_img, scale), hr_img.size[0])
-    return to_model_range(x), to_model_range(hr_img)
+    return np.asarray(bicubic_upsample(degrade(hr_img, scale), hr_img.size[0]))
+
+
+def make_pair(hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """HR uint8 HWC -> (x, y) float32 CHW in [-1, 1]."""
+    return to_model_range(network_input(hr, scale)), to_model_range(hr)
 
 
 class PairDataset(Dataset):
@@ -198,6 +204,48 @@ class PairDataset(Dataset):
                 if flip:
                     x[k], y[k] = x[k].flip(-1), y[k].flip(-1)
         return x, y
+
+
+class CachedPairs:
+    """PairDataset's pairs computed once (Pillow, in threads: it releases the GIL) and kept as
+    uint8 NHWC tensors on `device`, where batches are sliced and converted. For GPUs: a per-step
+    Pillow loader (about 1 ms per face on one core) cannot feed thousands of faces a second.
+    Batches hold the same values as PairDataset's, in channels_last layout."""
+
+    def __init__(self, hr: np.ndarray, scale: int, hflip: bool = False,
+                 device: torch.device | str = "cpu", threads: int | None = None):
+        with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+            xs = list(pool.map(lambda face: network_input(face, scale), hr))
+        shape = (0, *hr.shape[1:])
+        self.x = torch.from_numpy(np.stack(xs) if xs else np.zeros(shape, np.uint8)).to(device)
+        self.y = torch.from_numpy(np.ascontiguousarray(hr)).to(device)
+        self.hflip = hflip
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @staticmethod
+    def to_model_range(t: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC -> float32 NCHW (channels_last strides) in [-1, 1], as to_model_range."""
+        return t.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+    def batch(self, indices: Iterable[int], flips: Iterable[bool] = ()) -> tuple[torch.Tensor,
+                                                                                   torch.Tensor]:
+        idx = torch.as_tensor(list(indices), device=self.y.device)
+        x, y = self.x[idx], self.y[idx]
+        flip = torch.as_tensor(list(flips), dtype=torch.bool, device=self.y.device)
+        if self.hflip and len(flip):  # torch.where: no host sync on a GPU
+            mask = flip[:, None, None, None]
+            x, y = torch.where(mask, x.flip(2), x), torch.where(mask, y.flip(2), y)
+        return self.to_model_range(x), self.to_model_range(y)
+
+
+def pair_source(hr: np.ndarray, scale: int, hflip: bool, device: torch.device,
+                cache: bool | None) -> PairDataset | CachedPairs:
+    """Cached pairs on the training device when asked, or by default (None) on CUDA."""
+    if cache or (cache is None and device.type == "cuda"):
+        return CachedPairs(hr, scale, hflip, device)
+    return PairDataset(hr, scale, hflip)
 
 
 def random_patches(x: torch.Tensor, y: torch.Tensor, side: int,

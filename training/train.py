@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data.distributed import DistributedSampler
 
 from training.config import ModelConfig, TrainConfig
-from training.data import FacePack, PairDataset, random_patches
+from training.data import FacePack, pair_source, random_patches
 from training.losses import Phase1Objective, phase2_losses
 from training.models import StochasticSR
 from training.schedule import WeightEMA, lr_factor, set_lr
@@ -74,6 +74,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: tune convs once
     bf16 = fast_bf16(device) if cfg.bf16 is None else cfg.bf16
     if bf16 and not fast_bf16(device):
         print("warning: this CPU has no native bf16 (oneDNN falls back to a conv path ~10x "
@@ -108,7 +109,8 @@ class Trainer:
         self.train_pack = FacePack(cfg.data, split="train")
         if len(self.train_pack) == 0:
             raise SystemExit(f"{cfg.data}: no training faces in this pack")
-        self.data = PairDataset(self.train_pack.hr, cfg.scale, hflip=cfg.hflip)
+        self.data = pair_source(self.train_pack.hr, cfg.scale, cfg.hflip, rt.device,
+                                cfg.pair_cache)
         val = FacePack(cfg.data, split="val")
         self.preview_hr = (val.hr if len(val) else self.train_pack.hr)[:4]
         self.objective1 = Phase1Objective(self.model.sr, self.model.ren, cfg.lambda_s,

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# On the CPU, after the finish call: evaluate and export every scale that came back, compare it
+# with the shipped model on the test splits, and (SHIP=1) replace the ones it beats.
+#   FILES=/path/the/tool/returned scripts/device/after.sh        # verdicts only
+#   SHIP=1 FILES=... scripts/device/after.sh                      # and replace models/x<s>
+#   FILES=runs/gpu scripts/device/after.sh       # after train_all.sh runs/gpu on your own GPU
+# FILES holds x<s>/model.safetensors (and x<s>/run.tar.gz, bench.tar.gz from the device).
+# Evaluates and exports in runs/gpu/x<s>.
+# Evaluation is the shipped models' protocol (scripts/train_defaults.sh): both test splits,
+# best-of-10 on 100 faces each.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+FILES=${FILES:?set FILES to the folder the finish call brought back}
+PACK=${PACK:-packs/faces_all.npz}
+SCALES=${SCALES:-"8 4 16"}
+SHIP=${SHIP:-0}
+[ -f models/x8/manifest.json ] || { echo "models/ is out: scripts/device/models_out.sh back" >&2; exit 1; }
+ship=()
+[ "$SHIP" = 1 ] && ship=(--ship)
+if [ -f "$FILES/bench.tar.gz" ]; then
+  mkdir -p runs/gpu && tar -xzf "$FILES/bench.tar.gz" -C runs/gpu
+  echo "benchmarks: runs/gpu/bench/ (model_cuda.json, service_cuda.json)"
+fi
+for s in $SCALES; do
+  [ -f "$FILES/x$s/model.safetensors" ] || { echo "x$s: no weights came back"; continue; }
+  run=runs/gpu/x$s
+  mkdir -p "$run"
+  if [ "$(realpath "$FILES/x$s")" != "$(realpath "$run")" ]; then   # else: trained here
+    cp "$FILES/x$s/model.safetensors" "$run/"
+    if [ -f "$FILES/x$s/run.tar.gz" ]; then tar -xzf "$FILES/x$s/run.tar.gz" -C "$run"; fi
+  fi
+  facesr-eval --model "$run" --pack "$PACK" --sources celeba utkface --best-of 10 \
+    --best-of-limit 100 --out "$run/eval"
+  facesr-export --model "$run" --out "$run/export" --metrics "$run/eval/metrics.json"
+  python3 scripts/device/compare.py "$run/export" "models/x$s" "${ship[@]}"
+done

@@ -1,0 +1,68 @@
+"""Ship a GPU-trained scale only if it beats the shipped model on the held-out test splits.
+
+Compares the `metrics` of two exported model folders (manifest.json, as `facesr-export
+--metrics` writes them): the candidate (runs/gpu/x8/export) against the shipped one (models/x8).
+The rule: the ICAP-mean PSNR, the output /superresolve serves, must be higher on every test
+split both were measured on (CelebA and UTKFace), with the same face counts and protocol.
+SSIM and the other rows are printed beside it.
+
+    python scripts/device/compare.py runs/gpu/x8/export models/x8          # verdict
+    python scripts/device/compare.py runs/gpu/x8/export models/x8 --ship   # and replace it
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+SERVED = "icap_mean"
+ROWS = ("bicubic", "deterministic", "icap_mean", "best_of_10")
+
+
+def test_metrics(model_dir: Path) -> dict[str, dict]:
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    return {k: v for k, v in manifest.get("metrics", {}).items() if k.endswith("_test")}
+
+
+def verdict(new: dict[str, dict], old: dict[str, dict]) -> tuple[bool, list[str]]:
+    """(ship?, one line per split and row): ship when the served PSNR is higher on every split."""
+    splits = sorted(set(new) & set(old))
+    if not splits:
+        return False, ["no test split measured on both: run facesr-eval, export with --metrics"]
+    lines, wins = [], []
+    for split in splits:
+        a, b = new[split], old[split]
+        if (a.get("count"), a.get("protocol")) != (b.get("count"), b.get("protocol")):
+            return False, [f"{split}: not comparable (count/protocol {a.get('count')}, "
+                           f"{a.get('protocol')!r} vs {b.get('count')}, {b.get('protocol')!r})"]
+        for row in ROWS:
+            if row in a and row in b:
+                d = a[row]["psnr"] - b[row]["psnr"]
+                lines.append(f"{split} {row}: PSNR {a[row]['psnr']:.2f} vs {b[row]['psnr']:.2f} "
+                             f"({d:+.2f} dB), SSIM {a[row]['ssim']:.4f} vs {b[row]['ssim']:.4f}")
+        wins.append(SERVED in a and SERVED in b and a[SERVED]["psnr"] > b[SERVED]["psnr"])
+    return all(wins), lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("candidate", type=Path, help="exported folder of the new model")
+    p.add_argument("shipped", type=Path, help="the shipped folder, e.g. models/x8")
+    p.add_argument("--ship", action="store_true", help="replace the shipped folder if it wins")
+    a = p.parse_args()
+    ship, lines = verdict(test_metrics(a.candidate), test_metrics(a.shipped))
+    print("\n".join(lines))
+    print(f"{a.candidate} vs {a.shipped}: {'SHIP' if ship else 'keep the shipped model'}")
+    if ship and a.ship:
+        shutil.rmtree(a.shipped)
+        shutil.copytree(a.candidate, a.shipped)
+        print(f"replaced {a.shipped}")
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""A data pack small enough to travel with a device run: training faces only, original bytes.
+
+Takes a pack made by `facesr-prepare` (JPEG-encoded HR faces with their splits) and keeps a
+seeded random subset of its training faces, plus a few validation faces for the sample grids, as
+large as fits `--budget-mib`. The JPEG bytes are copied, not re-encoded, so the targets are the
+ones the CPU models were trained on. Test faces never travel: evaluation runs here, on the full
+pack's test split, which stays identity-disjoint from every face kept.
+
+    python scripts/device/pack.py --pack packs/faces_all.npz --out .device/pack.npz --budget-mib 58
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+FIELDS = ("name", "source", "split", "identity")
+
+
+def subset(pack: Path, budget_bytes: int, val: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+    """The arrays of a pack holding `val` validation faces and as many training faces as fit."""
+    with np.load(pack, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in (*FIELDS, "jpeg", "offsets", "meta")}
+    offsets, split = arrays["offsets"], arrays["split"]
+    sizes = np.diff(offsets)
+    overhead = sum(arrays[k].itemsize for k in FIELDS) + offsets.itemsize  # per face, npz arrays
+    rng = np.random.default_rng(seed)
+    chosen = list(rng.permutation(np.flatnonzero(split == "val"))[:val])
+    spent = 4096 + sum(int(sizes[i]) + overhead for i in chosen)  # npz headers: a few KiB
+    for i in rng.permutation(np.flatnonzero(split == "train")):
+        if spent + sizes[i] + overhead > budget_bytes:
+            break
+        chosen.append(i)
+        spent += int(sizes[i]) + overhead
+    chosen = np.sort(np.asarray(chosen, np.int64))
+    blobs = [arrays["jpeg"][offsets[i]:offsets[i + 1]] for i in chosen]
+    meta = json.loads(str(arrays["meta"]))
+    kept_split = split[chosen]
+    summary = {"count": len(chosen), "quality": meta.get("quality"),
+               "by_split": {s: int((kept_split == s).sum()) for s in ("train", "val")},
+               "subset_of": {"pack": pack.name, "count": meta.get("count"), "seed": seed}}
+    return {"jpeg": np.concatenate(blobs) if blobs else np.zeros(0, np.uint8),
+            "offsets": np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64),
+            **{k: arrays[k][chosen] for k in FIELDS}, "meta": np.array(json.dumps(summary))}
+
+
+def write(pack: Path, out: Path, budget_mib: float, val: int = 4, seed: int = 0) -> dict:
+    budget = int(budget_mib * 2**20)
+    arrays = subset(pack, budget, val, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **arrays)
+    size = out.stat().st_size
+    if size > budget:
+        out.unlink()
+        raise SystemExit(f"{out}: {size / 2**20:.2f} MiB is over the budget of {budget_mib} MiB")
+    return {**json.loads(str(arrays["meta"])), "path": str(out), "MiB": round(size / 2**20, 2)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pack", type=Path, default=Path("packs/faces_all.npz"))
+    p.add_argument("--out", type=Path, default=Path(".device/pack.npz"))
+    p.add_argument("--budget-mib", type=float, required=True, help="largest file size, MiB")
+    p.add_argument("--val", type=int, default=4, help="validation faces (sample grids)")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    if not a.pack.exists():
+        raise SystemExit(f"{a.pack}: no such pack (make it with facesr-prepare)")
+    print(json.dumps(write(a.pack, a.out, a.budget_mib, a.val, a.seed), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""The device sequence as data: each call's command, carried paths and timeout, the limits it
+must fit, and the time plan. `check` measures what would travel; `calls` prints the calls.
+
+    python scripts/device/plan.py check   # sizes of every call, files back, the time plan
+    python scripts/device/plan.py calls   # the device calls to make, as JSON, in order
+    python scripts/device/plan.py pack-budget   # MiB left for the pack in the train call
+
+What travels in a call: the files in the working tree that git tracks or does not ignore, plus
+the carried (ignored) paths. models/ is out of the tree during the sequence (models_out.sh);
+before that, `check` counts the tree as it will be (`--without models`, the default).
+Durations other than the limits are estimates (README "GPU"): replace them with the figures of
+the first GPU session (the tool reports each call's wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MIB = 2**20
+
+# The device tool's limits.
+TRAVEL_LIMIT = 64 * MIB
+RETURN_FILES, RETURN_FILE_LIMIT, RETURN_TOTAL = 8, 16 * MIB, 64 * MIB
+CALL_LIMIT_S = 600
+WARM_S = 30
+DEVICE_BUDGET_S = 900
+
+# Estimates (seconds) behind the time plan.
+START_S = 120                # a fresh machine: "1-2 minutes"
+GAP_S = 20                   # from one call's answer to the next call (warm for WARM_S only)
+TRANSFER_S = (10, 0.35)      # per call: fixed + per MiB carried (upload), either way
+TRAIN_S = 400                # on_device.sh / train_all.sh default: wall time per scale
+TRAIN_END_S = 20             # after the budget: checkpoint, weights, loss curve
+WATCH_S = 75                 # `train` watches the first steps (START_WAIT_S)
+ORT_STAGE_S, ORT_INSTALL_S = 5, 60
+COLLECT_S, BENCH_S = 20, 170
+MARGIN_S = 90                # what must be left of DEVICE_BUDGET_S at the end
+
+# What may be carried: the files prepare.sh writes, and their caps.
+PACK, WHEELS, INIT, BENCH_MODELS, ORT = (".device/pack.npz", ".device/wheels", ".device/init",
+                                         ".device/models", ".device/ort")
+SUMS = f"{ORT}/SHA256SUMS"
+CAPS_MIB = {PACK: 58.0, WHEELS: 4.0, INIT: 28.0, BENCH_MODELS: 18.0, SUMS: 0.01, ORT: 61.0}
+INIT_PACK_MIB = CAPS_MIB[PACK] - CAPS_MIB[INIT]  # the pack's cap when the weights travel too
+BACK_FILES = {"x8/model.safetensors": 9.4, "x8/run.tar.gz": 4, "x4/model.safetensors": 9.4,
+              "x4/run.tar.gz": 4, "x16/model.safetensors": 9.4, "x16/run.tar.gz": 4,
+              "bench.tar.gz": 1}  # MiB, the finish call's $OUT (paper-size weights: 9.4 MB)
+
+
+@dataclass
+class Call:
+    name: str
+    command: str
+    carry: list[str]
+    timeout_s: int
+    command_s: float  # expected, without transfers
+    back: dict[str, float] = field(default_factory=dict)
+
+    def tool_args(self) -> dict:
+        return {"command": self.command, "carry": self.carry, "timeout_s": self.timeout_s}
+
+
+def ort_parts(root: Path = ROOT) -> list[str]:
+    """The onnxruntime-gpu parts prepare.sh made, in order (one per call); else one assumed."""
+    found = sorted(p.relative_to(root).as_posix() for p in (root / ORT).glob("*.part*"))
+    return found or [f"{ORT}/onnxruntime-gpu.tar.xz.part01"]
+
+
+def calls(init_from: bool = False, root: Path = ROOT) -> list[Call]:
+    env = "INIT_FROM=1 " if init_from else ""
+    train = Call("train", f"{env}bash scripts/device/on_device.sh train",
+                 [PACK, WHEELS] + ([INIT] if init_from else []), 240, WATCH_S + 15)
+    parts = ort_parts(root)
+    ort = [Call(f"ort{k + 1}", "bash scripts/device/on_device.sh ort",
+                [part] + ([SUMS] if k == len(parts) - 1 else []), 240,
+                ORT_INSTALL_S if k == len(parts) - 1 else ORT_STAGE_S)
+           for k, part in enumerate(parts)]
+    finish = Call("finish", "bash scripts/device/on_device.sh finish", [BENCH_MODELS],
+                  CALL_LIMIT_S, 0.0, BACK_FILES)  # command_s: set by time_plan
+    return [train, *ort, finish]
+
+
+def size_of(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def tree_bytes(root: Path = ROOT, without: tuple[str, ...] = ("models",)) -> int:
+    """Tracked and untracked-not-ignored files present on disk, plus shared/, minus `without`."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=root, capture_output=True, check=True).stdout
+    names = {n for n in out.decode().split("\0") if n}
+    if (root / "shared").is_dir():
+        names |= {p.relative_to(root).as_posix() for p in (root / "shared").rglob("*")}
+    skip = tuple(w.rstrip("/") + "/" for w in without)
+    return sum(os.path.getsize(root / n) for n in names
+               if not n.startswith(skip) and (root / n).is_file())
+
+
+def carried_bytes(path: str, root: Path = ROOT, real: bool = True,
+                  init_from: bool = False) -> tuple[int, str]:
+    """(bytes, 'real' or 'cap'): the file's size if it exists (and real), else its cap."""
+    cap_key = next((k for k in CAPS_MIB if path == k or path.startswith(k + "/")), None)
+    if real and (root / path).exists():
+        return size_of(root / path), "real"
+    if cap_key is None:
+        raise KeyError(f"{path}: not a path prepare.sh makes")
+    cap = INIT_PACK_MIB if (cap_key == PACK and init_from) else CAPS_MIB[cap_key]
+    return int(cap * MIB), "cap"
+
+
+def transfer_s(nbytes: float) -> float:
+    return TRANSFER_S[0] + TRANSFER_S[1] * nbytes / MIB
+
+
+def time_plan(plan: list[Call], tree: int, carried: dict[str, int]) -> list[dict]:
+    """Timeline of the sequence: training runs detached from the train call to its end, the
+    ort calls happen meanwhile, finish waits for it, collects, then benchmarks."""
+    rows, t = [{"step": "machine start", "start_s": 0, "end_s": START_S}], START_S
+    train_end = None
+    for k, call in enumerate(plan):
+        t0 = t + (GAP_S if k else 0)
+        up = transfer_s(tree + sum(carried[c] for c in call.carry))
+        if call.name == "train":
+            train_end = t0 + up + 10 + TRAIN_S + TRAIN_END_S
+        if call.name == "finish":
+            call.command_s = max(0.0, train_end - (t0 + up)) + COLLECT_S + BENCH_S
+        back = transfer_s(sum(call.back.values()) * MIB) if call.back else 0.0
+        t = t0 + up + call.command_s + back
+        rows.append({"step": call.name, "start_s": round(t0), "end_s": round(t),
+                     "command_s": round(call.command_s), "transfer_s": round(up + back),
+                     "timeout_s": call.timeout_s})
+    rows.append({"step": "training (detached)", "start_s": round(train_end - TRAIN_S - TRAIN_END_S),
+                 "end_s": round(train_end)})
+    return rows
+
+
+def check(init_from: bool = False, root: Path = ROOT, real: bool = True) -> list[str]:
+    """Every limit the sequence must fit; the list of failures (empty: all fit). Prints a table."""
+    plan = calls(init_from, root)
+    tree = tree_bytes(root)
+    failures: list[str] = []
+    carried: dict[str, int] = {}
+    print(f"working tree without models/: {tree / MIB:.2f} MiB")
+    for call in plan:
+        sizes = {c: carried_bytes(c, root, real, init_from) for c in call.carry}
+        carried.update({c: b for c, (b, _) in sizes.items()})
+        total = tree + sum(b for b, _ in sizes.values())
+        parts = ", ".join(f"{c} {b / MIB:.2f} MiB ({kind})" for c, (b, kind) in sizes.items())
+        print(f"{call.name}: {total / MIB:.2f} MiB travels: tree + {parts or 'nothing'}")
+        if total > TRAVEL_LIMIT:
+            failures.append(f"{call.name}: {total / MIB:.2f} MiB travels, over 64 MiB")
+        if len(call.command) > 2000 or len(call.carry) > 8 or call.timeout_s > CALL_LIMIT_S:
+            failures.append(f"{call.name}: command, carry or timeout over the tool's limits")
+        if len(call.back) > RETURN_FILES or sum(call.back.values()) * MIB > RETURN_TOTAL:
+            failures.append(f"{call.name}: more than {RETURN_FILES} files or 64 MiB back")
+        failures += [f"{call.name}: {f} may exceed 16 MiB" for f, mib in call.back.items()
+                     if mib * MIB > RETURN_FILE_LIMIT]
+    rows = time_plan(plan, tree, carried)
+    for r in rows:
+        print(f"  {r['step']:<20} {r['start_s']:>4} s -> {r['end_s']:>4} s"
+              + (f"  (command {r['command_s']} s, transfers {r['transfer_s']} s, "
+                 f"timeout_s {r['timeout_s']})" if "timeout_s" in r else ""))
+    end = max(r["end_s"] for r in rows)
+    print(f"total {end} s of {DEVICE_BUDGET_S} s device time; margin {DEVICE_BUDGET_S - end} s")
+    if end + MARGIN_S > DEVICE_BUDGET_S:
+        failures.append(f"time plan: {end} s leaves under {MARGIN_S} s of {DEVICE_BUDGET_S} s")
+    failures += [f"{r['step']}: its command ({r['command_s']} s) may outrun timeout_s"
+                 for r in rows if r.get("command_s", 0) > r.get("timeout_s", 1e9) - 30]
+    if GAP_S >= WARM_S:
+        failures.append(f"gaps of {GAP_S} s between calls lose the machine ({WARM_S} s warm)")
+    return failures
+
+
+def pack_budget_mib(init_from: bool = False, root: Path = ROOT, margin_mib: float = 1.0) -> float:
+    """What the train call leaves for the pack: 64 MiB minus the tree and the other carries."""
+    train = calls(init_from, root)[0]
+    others = sum(carried_bytes(c, root)[0] for c in train.carry if c != PACK)
+    return round((TRAVEL_LIMIT - tree_bytes(root) - others) / MIB - margin_mib, 2)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["check", "calls", "pack-budget"])
+    p.add_argument("--init-from", action="store_true", help="the INIT_FROM=1 variant")
+    p.add_argument("--caps", action="store_true",
+                   help="check with the caps, not the files in .device/ (as CI does)")
+    a = p.parse_args()
+    if a.what == "pack-budget":
+        print(pack_budget_mib(a.init_from))
+        return
+    if a.what == "calls":
+        for call in calls(a.init_from):
+            print(json.dumps(call.tool_args()))
+        return
+    failures = check(a.init_from, real=not a.caps)
+    for f in failures:
+        print(f"FAIL {f}", file=sys.stderr)
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

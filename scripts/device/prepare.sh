@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# On the CPU, before a GPU session: make everything the device calls carry, in .device/ (ignored
+# by git, never committed), then check every limit (scripts/device/plan.py check).
+#   scripts/device/prepare.sh                     # PACK=packs/faces_all.npz by default
+#   INIT_FROM=1 scripts/device/prepare.sh         # also carry the shipped weights (smaller pack)
+# Then: scripts/device/models_out.sh out, the device calls (plan.py calls), models_out.sh back.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PACK=${PACK:-packs/faces_all.npz}
+INIT_FROM=${INIT_FROM:-0}
+PY=${PY:-python3}
+# The service's packages that the GPU machine's python lacks (KINDS.md lists what it has), at the
+# versions of requirements/serve-gpu.txt.
+SERVICE_WHEELS="fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv
+  python-multipart uvicorn annotated-types typing-inspection typing-extensions opentelemetry-api"
+init=()
+[ "$INIT_FROM" = 1 ] && init=(--init-from)
+
+[ -f "$PACK" ] || { echo "$PACK: no such pack (facesr-prepare makes it; set PACK=...)" >&2; exit 1; }
+[ -f models/x8/manifest.json ] || { echo "models/ is out (scripts/device/models_out.sh back)" >&2; exit 1; }
+mkdir -p .device
+
+if [ ! -f .device/ort/SHA256SUMS ]; then   # minutes; kept between sessions
+  "$PY" scripts/device/ort_bundle.py --out .device/ort
+fi
+
+pins=()
+for name in $SERVICE_WHEELS; do
+  pin=$(grep -E "^$name==" requirements/serve-gpu.txt | head -n 1 | cut -d' ' -f1)
+  [ -n "$pin" ] || { echo "$name: no pin in requirements/serve-gpu.txt" >&2; exit 1; }
+  pins+=("$pin")
+done
+rm -rf .device/wheels
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 -d .device/wheels "${pins[@]}"
+
+rm -rf .device/models .device/init
+mkdir -p .device/models
+cp -r models/x8 .device/models/   # the benchmarks' model (speed does not depend on weights)
+if [ "$INIT_FROM" = 1 ]; then
+  for s in 8 4 16; do
+    mkdir -p ".device/init/x$s"
+    cp "models/x$s"/{manifest.json,phase1.safetensors,phase2.safetensors} ".device/init/x$s/"
+  done
+fi
+
+budget=$("$PY" scripts/device/plan.py pack-budget "${init[@]}")
+"$PY" scripts/device/pack.py --pack "$PACK" --out .device/pack.npz --budget-mib "$budget"
+"$PY" scripts/device/plan.py check "${init[@]}"
+echo "ready: now scripts/device/models_out.sh out, then the calls of: python3 scripts/device/plan.py calls"

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Train x8, x4 and x16 at once on one GPU (three processes: while one waits on Python or a host
+# sync, the others keep the GPU busy), each inside TRAIN_S seconds of wall time, start-up included.
+# Detached by `on_device.sh train`; also runs on the CPU for the dry run:
+#   DEVICE=cpu PRESET=tiny TRAIN_S=20 BATCH=4 bash scripts/device/train_all.sh WORK PACK
+# Writes WORK/x<s>/ (the run folders, train.log, exit_code) and WORK/done when all three ended.
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 1
+WORK=${1:?usage: train_all.sh WORK PACK}
+PACK=${2:?usage: train_all.sh WORK PACK}
+SCALES=${SCALES:-"8 4 16"}
+DEVICE=${DEVICE:-cuda}
+PRESET=${PRESET:-paper}
+BATCH=${BATCH:-64}           # per process; README "GPU" says how it was chosen
+TRAIN_S=${TRAIN_S:-400}      # wall seconds per process, from its start to its weights
+STARTUP_S=${STARTUP_S:-40}   # of those: torch import, pack decode, pair cache, writing at the end
+CONCURRENT=${CONCURRENT:-1}  # 0: one scale after the other, each with TRAIN_S / 3
+PHASE3=${PHASE3:-1}          # phase 3 (ours) after phases 1 and 2; 60/20/20 of the budget
+HFLIP=${HFLIP:-1}            # flips: ~40 passes over ~7k faces, so augment
+INIT_FROM=${INIT_FROM:-0}    # 1: start from INIT_DIR/x<s> (the shipped weights)
+INIT_DIR=${INIT_DIR:-.device/init}
+TRAIN_ARGS=${TRAIN_ARGS:-}   # more facesr-train flags, e.g. "--ema 0.999"
+PY=${PY:-python3}
+
+n=$(wc -w <<<"$SCALES")
+[ "$CONCURRENT" = 1 ] && wall=$TRAIN_S || wall=$((TRAIN_S / n))
+budget=$((wall - STARTUP_S))
+if [ "$budget" -le 0 ]; then
+  echo "TRAIN_S=$TRAIN_S leaves no training time after STARTUP_S=$STARTUP_S" >&2
+  exit 2
+fi
+mkdir -p "$WORK"
+rm -f "$WORK/done"
+date +%s >"$WORK/train_started"
+echo "$TRAIN_S" >"$WORK/train_s"
+awk '{print $5}' "/proc/$$/stat" >"$WORK/train_pgid"   # collect.sh stops the group if overdue
+
+train_one() {
+  local s=$1 run=$WORK/x$1
+  local init=()
+  [ "$INIT_FROM" = 1 ] && init=(--init-from "$INIT_DIR/x$s")
+  local flip=(--no-hflip)
+  [ "$HFLIP" = 1 ] && flip=(--hflip)
+  mkdir -p "$run"
+  # shellcheck disable=SC2086  # TRAIN_ARGS is a list of flags
+  FACESR_NO_MALLOC_TUNING=1 PYTHONUNBUFFERED=1 "$PY" -m training.cli train --data "$PACK" \
+    --out "$run" --scale "$s" --preset "$PRESET" --device "$DEVICE" --pair-cache \
+    --batch-size "$BATCH" --phase1-steps 100000000 --phase2-steps 100000000 \
+    --phase3-steps $((PHASE3 * 100000000)) --time-budget-s "$budget" "${flip[@]}" \
+    --log-every 10 --ckpt-every 100000000 --sample-every 500 --no-resume --no-progress \
+    "${init[@]}" $TRAIN_ARGS >"$run/train.log" 2>&1
+  echo $? >"$run/exit_code"
+}
+
+echo "scales $SCALES on $DEVICE, batch $BATCH, $budget s of training each, concurrent=$CONCURRENT"
+for s in $SCALES; do
+  if [ "$CONCURRENT" = 1 ]; then train_one "$s" & else train_one "$s"; fi
+done
+wait
+for s in $SCALES; do echo "x$s exit $(cat "$WORK/x$s/exit_code")"; done | tee "$WORK/done"

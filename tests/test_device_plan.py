@@ -1,0 +1,265 @@
+"""The GPU sequence (scripts/device/) dry-run on the CPU: every limit of the device tool is
+checked before a GPU is ever asked for. Synthetic faces only; about half a minute."""
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_training import pack  # noqa: F401 - the training tests' pack fixture
+from training.weights import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVICE = ROOT / "scripts" / "device"
+sys.path.insert(0, str(DEVICE))
+import pack as device_pack  # noqa: E402
+import parts  # noqa: E402
+import plan  # noqa: E402
+
+MIB = 2**20
+NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def run(*cmd: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    full = {**os.environ, "PY": sys.executable, **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, env=full, capture_output=True, text=True, timeout=1600)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("init_from", [False, True])
+def test_every_call_fits_the_tool_and_the_time_plan_fits_15_minutes(init_from):
+    """Tree without models/ plus each call's carried paths (their caps: CI has no .device/)
+    within 64 MiB; files back within 8 x 16 MiB; the time plan, start included, with margin."""
+    failures = plan.check(init_from, real=False)
+    assert failures == []
+    assert plan.tree_bytes() < 2.0 * MIB  # what leaves ~60 MiB for the pack or an ORT part
+    rows = plan.time_plan(plan.calls(), plan.tree_bytes(), {
+        c: plan.carried_bytes(c, real=False)[0] for call in plan.calls() for c in call.carry})
+    assert rows[0]["end_s"] == plan.START_S >= 60
+    assert max(r["end_s"] for r in rows) + plan.MARGIN_S <= 15 * 60
+    for name in ("on_device.sh", "train_all.sh"):  # the scripts' default is the plan's
+        assert f"TRAIN_S=${{TRAIN_S:-{plan.TRAIN_S}}}" in (DEVICE / name).read_text()
+
+
+def test_paper_size_weights_fit_one_returned_file():
+    from training.config import ModelConfig
+    from training.models import StochasticSR
+
+    params = sum(p.numel() for p in StochasticSR(ModelConfig.preset("paper")).parameters())
+    assert params * 4 <= plan.BACK_FILES["x8/model.safetensors"] * MIB <= 16 * MIB
+
+
+def test_parts_split_stage_and_join_to_the_same_sha256(tmp_path):
+    """As on the device: each part arrives in its own run, is staged, then all are joined."""
+    whole = tmp_path / "bundle.tar.xz"
+    whole.write_bytes(np.random.default_rng(0).bytes(300_000))
+    made = parts.split(whole, tmp_path / "made", 120_000)
+    assert [p.stat().st_size for p in made] == [120_000, 120_000, 60_000]
+    stage = tmp_path / "stage"
+    for k, part in enumerate(made):  # one carried part per call; SHA256SUMS with the last
+        arrived = tmp_path / f"call{k}"
+        arrived.mkdir()
+        shutil.copy(part, arrived)
+        if k == len(made) - 1:
+            shutil.copy(tmp_path / "made" / parts.SUMS, arrived)
+        out = run(sys.executable, str(DEVICE / "parts.py"), "stage", str(arrived), str(stage))
+        assert out.returncode == 0 and part.name in out.stdout
+    joined = tmp_path / "joined"
+    out = run(sys.executable, str(DEVICE / "parts.py"), "join", str(stage), str(joined))
+    assert out.returncode == 0, out.stderr
+    assert sha256(joined) == sha256(whole)
+
+    damaged = stage / made[1].name
+    damaged.write_bytes(b"x" + damaged.read_bytes()[1:])
+    with pytest.raises(SystemExit, match="damaged parts.*part02"):
+        parts.join(stage, tmp_path / "again")
+    join = (sys.executable, str(DEVICE / "parts.py"), "join", str(stage), str(tmp_path / "again"))
+    assert run(*join).returncode == 1  # damaged: on_device.sh stops
+    damaged.unlink()
+    with pytest.raises(parts.PartsMissing, match="parts missing.*part02"):
+        parts.join(stage, tmp_path / "again")
+    assert run(*join).returncode == parts.WAITING  # missing: on_device.sh waits for it
+
+
+def test_models_out_runs_a_command_and_always_puts_models_back(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "models" / "x8").mkdir(parents=True)
+    (repo / "scripts" / "device").mkdir(parents=True)
+    shutil.copy(DEVICE / "models_out.sh", repo / "scripts" / "device")
+    (repo / "models" / "x8" / "w.bin").write_bytes(b"weights")
+    (repo / "README.md").write_text("r")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-qm", "i"]):
+        subprocess.run([*git, *cmd], cwd=repo, check=True)
+    script = str(repo / "scripts" / "device" / "models_out.sh")
+    failed = run(script, "run", "sh", "-c", "test ! -e models/x8/w.bin && test -e README.md "
+                 "&& exit 3", cwd=repo)
+    assert failed.returncode == 3, failed.stderr  # models/ was out while the command ran
+    assert (repo / "models" / "x8" / "w.bin").read_bytes() == b"weights"  # and came back
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True,
+                          text=True).stdout == ""
+    (repo / "models" / "x8" / "w.bin").write_bytes(b"changed")
+    refused = run(script, "out", cwd=repo)
+    assert refused.returncode == 1 and "uncommitted" in refused.stderr
+    assert (repo / "models" / "x8" / "w.bin").read_bytes() == b"changed"
+
+
+@pytest.fixture(scope="module")
+def carried(pack, tmp_path_factory) -> Path:  # noqa: F811 - the imported fixture
+    """A .device/ as prepare.sh makes it, from the training tests' synthetic faces: the pack cut
+    to half its size."""
+    root = tmp_path_factory.mktemp("device")
+    budget = pack.stat().st_size / 2 / MIB
+    summary = device_pack.write(pack, root / ".device" / "pack.npz", budget_mib=budget, val=2)
+    assert summary["by_split"]["val"] == 2 and 0 < summary["by_split"]["train"] < 16
+    assert (root / ".device" / "pack.npz").stat().st_size <= budget * MIB  # cut to the budget
+    return root / ".device"
+
+
+@pytest.fixture
+def work(tmp_path):
+    """WORK for on_device.sh; a detached training still running at the end is stopped."""
+    yield tmp_path / "work"
+    pgid = tmp_path / "work" / "train_pgid"
+    if pgid.exists() and not (tmp_path / "work" / "done").exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.killpg(int(pgid.read_text()), signal.SIGTERM)
+
+
+@pytest.mark.timeout(1800)  # ~30 s on an idle CI runner; a shared machine may pause it
+def test_dry_run_trains_detached_then_finish_returns_files_within_limits(carried, work, tmp_path):
+    """on_device.sh train (detached), status, finish (wait, collect) with --device cpu."""
+    env = {"CARRIED": str(carried), "WORK": str(work), "OUT": str(tmp_path / "out"),
+           "DEVICE": "cpu", "PRESET": "tiny", "BATCH": "4", "TRAIN_S": "16", "STARTUP_S": "6",
+           "START_WAIT_S": "60", "BENCH": "0", "FINISH_SLACK_S": "1500"}
+    started = run("bash", str(DEVICE / "on_device.sh"), "train", env=env)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "training started" in started.stdout
+    finished = run("bash", str(DEVICE / "on_device.sh"), "finish", env=env)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert (tmp_path / "work" / "done").read_text().split() == [
+        "x8", "exit", "0", "x4", "exit", "0", "x16", "exit", "0"]
+
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert len(files) <= plan.RETURN_FILES
+    for f in files:
+        rel = f.relative_to(tmp_path / "out")
+        assert len(rel.parts) <= 3 and all(NAME.match(part) for part in rel.parts)
+        assert f.stat().st_size <= 16 * MIB
+    assert sorted(str(f.relative_to(tmp_path / "out")) for f in files) == sorted(plan.BACK_FILES)
+    for s in (8, 4, 16):
+        model, scale = load_model(tmp_path / "out" / f"x{s}")
+        assert scale == s and model.cfg.channels == 16  # the tiny preset's weights
+        with tarfile.open(tmp_path / "out" / f"x{s}" / "run.tar.gz") as tar:
+            names = tar.getnames()
+            summary = json.load(tar.extractfile("summary.json"))
+        assert {"train.log", "log.jsonl", "summary.json"} <= set(names)
+        assert summary["steps"]["phase1"] > 0 and summary["steps"]["phase3"] > 0
+        assert summary["data"]["train_faces"] < 16  # trained on the cut pack
+
+
+def test_ort_step_waits_for_every_part_then_joins_and_unpacks(tmp_path):
+    """on_device.sh ort, twice: first call one part (staged, nothing joined), then the last
+    part with SHA256SUMS: joined, checked, unpacked; the CUDA check then fails on this CPU."""
+    src = tmp_path / "src"
+    (src / "onnxruntime_fake").mkdir(parents=True)
+    (src / "onnxruntime_fake" / "lib.so").write_bytes(np.random.default_rng(1).bytes(50_000))
+    bundle = tmp_path / "onnxruntime-gpu.tar.xz"
+    with tarfile.open(bundle, "w:xz") as tar:
+        tar.add(src / "onnxruntime_fake", "onnxruntime_fake")
+    made = parts.split(bundle, tmp_path / "made", bundle.stat().st_size // 2 + 1)
+    assert len(made) == 2
+    env = {"CARRIED": str(tmp_path / "carried"), "WORK": str(tmp_path / "work")}
+    (tmp_path / "carried" / "ort").mkdir(parents=True)
+    shutil.copy(made[0], tmp_path / "carried" / "ort")
+    first = run("bash", str(DEVICE / "on_device.sh"), "ort", env=env)
+    assert first.returncode == 0 and "SHA256SUMS is missing" in first.stderr
+    assert (tmp_path / "work" / "stage" / made[0].name).exists()
+    shutil.rmtree(tmp_path / "carried" / "ort")  # the next call's tree: only what it carries
+    (tmp_path / "carried" / "ort").mkdir()
+    for f in (made[1], tmp_path / "made" / parts.SUMS):
+        shutil.copy(f, tmp_path / "carried" / "ort")
+    second = run("bash", str(DEVICE / "on_device.sh"), "ort", env=env)
+    assert "joined and checked" in second.stdout
+    assert sha256(tmp_path / "work" / "onnxruntime-gpu.tar.xz") == sha256(bundle)
+    unpacked = tmp_path / "work" / "site" / "onnxruntime_fake" / "lib.so"
+    assert unpacked.read_bytes() == (src / "onnxruntime_fake" / "lib.so").read_bytes()
+    assert second.returncode == 1 and "CUDAExecutionProvider" in second.stdout + second.stderr
+
+
+def metrics(celeba: float, utkface: float, count: int = 300) -> dict[str, dict]:
+    row = lambda p: {"psnr": p, "ssim": p / 40}  # noqa: E731
+    return {f"{src}_test": {"icap_mean": row(p), "bicubic": row(20.0), "count": count,
+                            "protocol": "RGB uint8"}
+            for src, p in (("celeba", celeba), ("utkface", utkface))}
+
+
+@pytest.mark.parametrize(("new", "ship"), [
+    (metrics(24.0, 28.0), True),          # better on both test splits
+    (metrics(24.0, 27.0), False),         # better on CelebA, worse on UTKFace
+    (metrics(23.0, 27.5), False),         # as good is not better
+    (metrics(25.0, 29.0, count=100), False),  # other faces: not comparable
+])
+def test_a_scale_ships_only_when_its_served_psnr_wins_on_every_test_split(new, ship):
+    import compare
+
+    got, lines = compare.verdict(new, metrics(23.0, 27.5))
+    assert got is ship and lines
+
+
+def fat_binary(archs: list[int], seed: int) -> bytes:
+    """A fat binary as the CUDA toolchain lays it out: 16-byte header, then 64-byte entry
+    headers (architecture at byte 28) each followed by its payload."""
+    rng = np.random.default_rng(seed)
+    entries = b""
+    for arch in archs:
+        payload = rng.bytes(int(rng.integers(8, 40)) * 8)
+        head = bytearray(64)
+        struct.pack_into("<HHIQ", head, 0, 2, 0x101, 64, len(payload))
+        struct.pack_into("<I", head, 28, arch)
+        entries += bytes(head) + payload
+    return struct.pack("<IHHQ", 0xBA55ED50, 1, 16, len(entries)) + entries
+
+
+def test_onnxruntime_slimming_keeps_exactly_the_sm90_kernels_in_place():
+    import ort_bundle
+
+    fatbins = [fat_binary([75, 80, 90, 120], 0), fat_binary([120], 1), fat_binary([90, 86], 2)]
+    section = bytearray(b"".join(fatbins))
+    kept, dropped = ort_bundle.keep_one_arch(memoryview(section), 90)
+    assert (kept, dropped) == (2, 4)
+    assert len(section) == sum(map(len, fatbins))  # nothing moved
+    offsets = np.cumsum([0] + [len(f) for f in fatbins])
+    first = bytes(section[offsets[0]:offsets[1]])
+    want = b"".join(e for arch, e in fat_entries(fatbins[0]) if arch == 90)
+    assert struct.unpack_from("<Q", first, 8)[0] == len(want)
+    assert first[16:16 + len(want)] == want and not any(first[16 + len(want):])
+    assert bytes(section[offsets[1]:offsets[2]]) == fatbins[1]  # no sm_90: left as it was
+    assert [a for a, _ in fat_entries(bytes(section[offsets[2]:offsets[3]]))] == [90]
+    with pytest.raises(SystemExit, match="not a fat binary"):
+        ort_bundle.keep_one_arch(memoryview(bytearray(b"\0" * 32)), 90)
+
+
+def fat_entries(fatbin: bytes) -> list[tuple[int, bytes]]:
+    _, _, header, size = struct.unpack_from("<IHHQ", fatbin, 0)
+    out, pos = [], header
+    while pos < header + size:
+        _, _, entry_header, padded = struct.unpack_from("<HHIQ", fatbin, pos)
+        out.append((struct.unpack_from("<I", fatbin, pos + 28)[0],
+                    fatbin[pos:pos + entry_header + padded]))
+        pos += entry_header + padded
+    return out
