@@ -19,7 +19,9 @@ PHASE3=${PHASE3:-1}          # phase 3 (ours) after phases 1 and 2; 60/20/20 of 
 HFLIP=${HFLIP:-1}            # flips: ~40 passes over ~7k faces, so augment
 INIT_FROM=${INIT_FROM:-0}    # 1: start from INIT_DIR/x<s> (the shipped weights)
 INIT_DIR=${INIT_DIR:-.device/init}
-TRAIN_ARGS=${TRAIN_ARGS:-}   # more facesr-train flags, e.g. "--ema 0.999"
+# the recipe (README "Training recipe"): cosine over each phase's time budget, EMA, no checkerboard
+RECIPE=${RECIPE:-"--lr-schedule cosine --warmup-steps 100 --ema 0.999 --balanced-deconv"}
+TRAIN_ARGS=${TRAIN_ARGS:-}   # more facesr-train flags
 PY=${PY:-python3}
 
 n=$(wc -w <<<"$SCALES")
@@ -42,13 +44,13 @@ train_one() {
   local flip=(--no-hflip)
   [ "$HFLIP" = 1 ] && flip=(--hflip)
   mkdir -p "$run"
-  # shellcheck disable=SC2086  # TRAIN_ARGS is a list of flags
+  # shellcheck disable=SC2086  # RECIPE and TRAIN_ARGS are lists of flags
   FACESR_NO_MALLOC_TUNING=1 PYTHONUNBUFFERED=1 "$PY" -m training.cli train --data "$PACK" \
     --out "$run" --scale "$s" --preset "$PRESET" --device "$DEVICE" --pair-cache \
     --batch-size "$BATCH" --phase1-steps 100000000 --phase2-steps 100000000 \
     --phase3-steps $((PHASE3 * 100000000)) --time-budget-s "$budget" "${flip[@]}" \
     --log-every 10 --ckpt-every 100000000 --sample-every 500 --no-resume --no-progress \
-    "${init[@]}" $TRAIN_ARGS >"$run/train.log" 2>&1
+    "${init[@]}" $RECIPE $TRAIN_ARGS >"$run/train.log" 2>&1
   echo $? >"$run/exit_code"
 }
 
