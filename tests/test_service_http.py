@@ -779,9 +779,11 @@ def test_require_gpu_refuses_to_start_on_cpu(tiny_model_dir, tmp_path):
     assert "FACESR_REQUIRE_GPU is set" in proc.stdout + proc.stderr
 
 
-def test_main_rejects_arguments(capsys):
+def test_main_rejects_bad_flags(capsys):
     from service.__main__ import main
 
-    assert main(["--port", "1"]) == 2
-    assert "FACESR_" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--port", "one"])
+    assert exc.value.code == 2
+    assert "invalid setting: port" in capsys.readouterr().err
 
