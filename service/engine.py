@@ -350,7 +350,7 @@ def load_models(settings: Settings) -> dict[int, Runner]:
         runner = load_runner(root, settings, requested)
         runner.pad = (settings.pad_batches == "always" or (
             settings.pad_batches == "auto" and runner.provider in GPU_PROVIDERS))
-        runner.max_rows = None if runner.provider in GPU_PROVIDERS else settings.cpu_chunk
+        runner.max_rows = None if runner.pad else settings.cpu_chunk  # CPU: unpadded chunks
         if runner.scale in runners:
             raise ModelError(f"two models for scale {runner.scale}: "
                               f"{runners[runner.scale].root} and {root}")

@@ -59,7 +59,8 @@ class Settings(BaseSettings):
     cpu_chunk: int = Field(8, ge=1, le=1024, description=(
         "On the CPU, the most images in one ONNX Runtime call: bigger batches (/samples, "
         "/traverse, micro-batches) run in chunks of this size. It bounds memory; the CPU runs "
-        "as fast per image at 8 as at 64 (BENCHMARKS.md). Not used on CUDA/TensorRT"))
+        "as fast per image at 8 as at 64 (BENCHMARKS.md). Not used when batches are padded "
+        "(CUDA/TensorRT, or FACESR_PAD_BATCHES=always)"))
     run_concurrency: int = Field(1, ge=1, description=(
         "ONNX Runtime calls that may run at once in one worker (size of the inference pool)"))
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description=(

@@ -656,9 +656,9 @@ def test_ready_only_after_warm_up(tiny_model_dir, monkeypatch, lr8):
     release = threading.Event()
     real = engine.Runner.warmup
 
-    def slow_warmup(self):
+    def slow_warmup(self, stop):
         release.wait(30)
-        return real(self)
+        return real(self, stop)
 
     monkeypatch.setattr(engine.Runner, "warmup", slow_warmup)
     settings = settings_for(tiny_model_dir / "x8")

@@ -184,6 +184,40 @@ def test_padding_is_automatic_on_gpus_only(tiny_model_dir):
                                        pad_batches="always"))[8].pad
 
 
+def test_cpu_calls_run_in_chunks_with_unchanged_outputs(tiny_model_dir, astronaut_hr):
+    s = Settings(model_dir=tiny_model_dir / "x8", max_samples=10, max_batch=8, cpu_chunk=3)
+    runner = engine.load_models(s)[8]
+    assert runner.max_rows == 3 and not runner.pad
+    hr = Image.fromarray(astronaut_hr)
+    x = np.stack([engine.model_input(degrade(hr.rotate(a), 8)) for a in range(0, 35, 5)])
+    chunked = sampling.sample_set(runner, x[0], 4, 10, 1.0)
+    faces = runner.superresolve(x)
+    assert runner.calls["decoder"] == {1, 2, 3} and runner.calls["encoder"] == {1, 3}
+    runner.max_rows = None
+    whole = sampling.sample_set(runner, x[0], 4, 10, 1.0)
+    np.testing.assert_array_equal(chunked.images, whole.images)
+    np.testing.assert_array_equal(chunked.log_density, whole.log_density)
+    np.testing.assert_array_equal(faces, runner.superresolve(x))
+    assert runner.calls["decoder"] == {1, 2, 3, 7, 11}
+
+
+def test_warm_up_sizes_and_stopping(tiny_model_dir):
+    s = Settings(model_dir=tiny_model_dir / "x8", max_samples=10, max_steps=4, max_batch=4)
+    cpu = engine.load_models(s)[8]
+    assert cpu.warmup_sizes() == ([1], [1])  # the CPU provider tunes nothing per shape
+    assert cpu.warmup() > 0 and cpu.calls["decoder"] == cpu.calls["encoder"] == {1}
+    padded = engine.load_models(s.model_copy(update={"pad_batches": "always"}))[8]
+    assert padded.warmup_sizes() == ([1, 2, 4], [1, 2, 4, 8, 11])
+    assert padded.warmup(stop=lambda: True) is None
+    assert padded.calls["encoder"] == set() and padded.warm_seconds is None
+    calls = iter(range(100))
+    assert padded.warmup(stop=lambda: next(calls) >= 2) is None  # SIGTERM after two calls
+    assert padded.calls["encoder"] == {1, 2} and padded.calls["decoder"] == set()
+    assert padded.warmup() > 0 and padded.calls["decoder"] == {1, 2, 4, 8, 11}
+    assert padded.info()["warmed_batch_sizes"] == {"encoder": [1, 2, 4],
+                                                  "decoder": [1, 2, 4, 8, 11]}
+
+
 def test_model_input_is_the_shared_bicubic(astronaut_hr):
     lr = degrade(Image.fromarray(astronaut_hr), 8)
     np.testing.assert_array_equal(engine.model_input(lr), to_model_range(bicubic_upsample(lr)))
