@@ -11,7 +11,9 @@ models/ x4, x8 and x16, MAX_SAMPLES=64, warm-up on) and measures:
   x8, and after n=64 on all three scales; the peak RSS during the n=64 requests (sampled every
   20 ms);
 - p50 latency of /superresolve (20 requests) and /samples?n=10 (5 requests), one client;
-- seconds from SIGTERM to exit: while the models load, during warm-up, and idle once ready.
+- seconds from SIGTERM to exit: while the models load, during warm-up, and idle once ready;
+- `engine`: in this process, the service's Runner on models/x8 with the CPU memory arena on or
+  off and whole or chunked calls, interleaved rounds: ms for one image, n = 10 and n = 64.
 Results are printed and written as JSON (--json).
 """
 
@@ -151,21 +153,86 @@ def sigterm_during(source: Path, logs: Path, stage: str) -> dict:
         server.stop()
 
 
+ENGINE_VARIANTS = {  # (CPU memory arena, rows per call): the service's choice is the last
+    "arena on, whole calls (before)": (True, None),
+    "arena off, whole calls": (False, None),
+    "arena off, chunks of 8 (service)": (False, 8),
+}
+
+
+def engine_variant(model_dir: Path, arena: bool, chunk: int | None):
+    """The service's Runner for one model with the arena and chunking of a variant."""
+    from service import engine
+    from service.settings import Settings
+
+    original = engine.session_options
+
+    def options(settings: Settings):
+        so = original(settings)
+        so.enable_cpu_mem_arena = arena
+        return so
+
+    engine.session_options = options
+    try:
+        runner = next(iter(engine.load_models(Settings(model_dir=model_dir)).values()))
+    finally:
+        engine.session_options = original
+    runner.max_rows = chunk
+    runner.warmup()
+    return runner
+
+
+def engine_ab(model_dir: Path, rounds: int) -> dict:
+    """ms per call of each variant, rounds interleaved (so load on the machine hits all alike):
+    one image (ICAP + encoder + decoder), /samples' work for n = 10 and for n = 64."""
+    from service.engine import model_input
+    from service.imaging import prepare_lr
+    from service.sampling import sample_set
+
+    lr = prepare_lr(lr_face(8), None, (8,), 10**6)
+    x = model_input(lr.image)
+    runners = {name: engine_variant(model_dir, *v) for name, v in ENGINE_VARIANTS.items()}
+    times: dict[str, dict[str, list[float]]] = {n: {"one": [], "n10": [], "n64": []}
+                                                for n in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            for _ in range(5):
+                t = time.perf_counter()
+                runner.superresolve(x[None])
+                times[name]["one"].append(time.perf_counter() - t)
+            for key, n in (("n10", 10), ("n64", 64)):
+                t = time.perf_counter()
+                sample_set(runner, x, 1, n, 1.0)
+                times[name][key].append(time.perf_counter() - t)
+    return {name: {k: 1e3 * statistics.median(v) for k, v in t.items()}
+            for name, t in times.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", type=Path, default=ROOT,
                    help="checkout whose service and models/ run (default: this one)")
+    p.add_argument("--sections", nargs="+", default=["serve", "sigterm", "engine"],
+                   choices=("serve", "sigterm", "engine"))
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of `engine`")
     p.add_argument("--pause-training", action="store_true")
     p.add_argument("--logs", type=Path, default=Path("/tmp/facesr-bench/startup"))
     p.add_argument("--json", type=Path, default=Path("bench/results/startup.json"))
     a = p.parse_args()
     out: dict = {"machine": machine(), "source": str(a.source), "argv": sys.argv[1:]}
     with training_paused(a.pause_training, max_s=900) as paused:
-        out["default"] = serve_and_measure(a.source, a.logs)
-        print(json.dumps(out["default"], indent=2), flush=True)
-        out["sigterm"] = [sigterm_during(a.source, a.logs, s) for s in ("loading", "warmup")]
-        print(json.dumps(out["sigterm"], indent=2), flush=True)
+        if "serve" in a.sections:
+            out["default"] = serve_and_measure(a.source, a.logs)
+            print(json.dumps(out["default"], indent=2), flush=True)
+        if "sigterm" in a.sections:
+            out["sigterm"] = [sigterm_during(a.source, a.logs, s) for s in ("loading", "warmup")]
+            print(json.dumps(out["sigterm"], indent=2), flush=True)
+        if "engine" in a.sections:
+            probe = CpuProbe()
+            out["engine_ms"] = engine_ab(a.source / "models" / "x8", a.rounds)
+            out["foreign_cpu_pct_engine"] = probe.pct()
+            print(json.dumps(out["engine_ms"], indent=2), flush=True)
     out["training_paused"] = paused
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
