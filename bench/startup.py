@@ -36,8 +36,9 @@ from common import ROOT, CpuProbe, machine, training_paused  # noqa: E402
 # bench/service.py's server and face, loaded by path: `import service` is the package
 _spec = importlib.util.spec_from_file_location("bench_service", Path(__file__).with_name(
     "service.py"))
-bench_service = importlib.util.module_from_spec(_spec)
+bench_service = sys.modules["bench_service"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_service)
+sys.path.insert(0, str(ROOT))  # it put bench/ first; `service` must stay the package
 Server, lr_face = bench_service.Server, bench_service.lr_face
 
 MiB = 2**20
