@@ -61,18 +61,21 @@ def free_port() -> int:
 class Server:
     """`python -m service` on 127.0.0.1 with FACESR_* overrides; its log goes to a file."""
 
-    def __init__(self, model_dir: Path, env: dict[str, str], log: Path, spin: bool = False):
+    def __init__(self, model_dir: Path, env: dict[str, str], log: Path, spin: bool = False,
+                 defaults: dict[str, str] = BENCH_ENV, source: Path = ROOT):
+        """`source`: the checkout whose `service` runs (another one gives before/after)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-        full = {**os.environ, **BENCH_ENV, **env, "FACESR_MODEL_DIR": str(model_dir),
+        path = os.pathsep.join(p for p in (str(source), os.environ.get("PYTHONPATH")) if p)
+        full = {**os.environ, **defaults, **env, "FACESR_MODEL_DIR": str(model_dir),
                 "FACESR_HOST": "127.0.0.1", "FACESR_PORT": str(self.port),
                 "PYTHONPATH": path, "FACESR_ORT_SPIN_WAIT": str(spin).lower()}
         log.parent.mkdir(parents=True, exist_ok=True)
+        self.started = time.monotonic()
         with open(log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "service"], env=full, cwd=ROOT,
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen([sys.executable, "-m", "service"], env=full,
+                                         cwd=source, stdout=out, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 300) -> float:
         import httpx

@@ -1,4 +1,5 @@
-"""`python -m service` / `facesr-serve`: run uvicorn with the FACESR_* settings."""
+"""`python -m service` / `facesr-serve`: run uvicorn with the FACESR_* settings or their flags
+(`facesr-serve --help`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import sys
 import tempfile
 
+from service.cli import settings_from_command_line
 from service.settings import Settings
 
 
@@ -41,11 +43,7 @@ def providers_can_be_met(settings: Settings) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = Settings()
-    if argv or sys.argv[1:]:
-        print("facesr-serve takes no arguments; configure it with FACESR_* variables "
-              "(see the README)", file=sys.stderr)
-        return 2
+    settings = settings_from_command_line(argv)  # flags and FACESR_* variables; --help
     if not providers_can_be_met(settings):
         return 3
     multiprocess_metrics_dir(settings.workers)

@@ -3,8 +3,10 @@
 Start-up loads every model and checks its provider. A bad model (missing, corrupt, inconsistent)
 leaves the process up but never ready, with one `not ready: <cause>` log line; provider settings
 that cannot be met (FACESR_REQUIRE_GPU without a GPU) stop it. Then it warms up in the
-background: /health/live answers at once, /health/ready and the inference endpoints answer 503
-until every bucket of every model has run once. Shutdown (SIGTERM) lets
+background, one model after the other, with a log line as each begins and ends:
+/health/live answers at once, /health/ready and the inference endpoints answer 503 until every
+model is warm (every batch bucket on a GPU, batch 1 on the CPU; see service/engine.py). SIGTERM
+during warm-up stops it before its next graph call. Shutdown (SIGTERM) lets
 uvicorn finish in-flight requests, then drains the micro-batchers and the inference pool.
 """
 
@@ -23,6 +25,7 @@ from fastapi import FastAPI
 from service import __version__
 from service.admission import Admission, Lane, PriorityPool, Refused, Ticket
 from service.batching import MicroBatcher
+from service.docs import app_with_local_docs
 from service.engine import EngineError, ModelError, Runner, load_models
 from service.errors import InferenceFailed, ServiceError, Unavailable, install_error_handlers
 from service.metrics import Metrics
@@ -91,10 +94,15 @@ async def _warm_up(state: ServiceState) -> None:
             if state.closing:
                 return
             runner = state.runners[scale]
-            state.status = f"warming up model {runner.manifest.name}"
-            seconds = await loop.run_in_executor(state.pool.lane(Lane.HEAVY), runner.warmup)
-            log.info("warmed up %s in %.2f s (decoder buckets %s)", runner.manifest.name,
-                     seconds, runner.decoder_buckets)
+            name, (encoder_sizes, decoder_sizes) = runner.manifest.name, runner.warmup_sizes()
+            state.status = f"warming up model {name}"
+            log.info("warming up %s (x%d) on %s: encoder batch sizes %s, decoder %s", name,
+                     scale, runner.provider, encoder_sizes, decoder_sizes)
+            seconds = await loop.run_in_executor(state.pool.lane(Lane.HEAVY), runner.warmup,
+                                                 lambda: state.closing)
+            if seconds is None:  # shutdown began during the warm-up
+                return
+            log.info("warmed up %s in %.2f s", name, seconds)
     except Exception as exc:  # noqa: BLE001 - reported by /health/ready, the process stays up
         log.exception("warm-up failed")
         state.status, state.detail = "warm-up failed", f"{type(exc).__name__}: {exc}"
@@ -158,7 +166,7 @@ async def _shutdown(state: ServiceState, warm: asyncio.Task | None) -> None:
     state.ready, state.status, state.closing = False, "shutting down", True
     state.metrics.ready.set(0)
     if warm is not None:
-        await warm  # a running warm-up cannot be interrupted; it is bounded
+        await warm  # it stops before its next graph call once `closing` is set
     for batcher in state.batchers.values():
         await batcher.drain()
     if state.pool is not None:
@@ -187,9 +195,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     admission = Admission(settings.run_concurrency, settings.max_in_flight,
                           on_change=metrics.set_queued_work)
     state = ServiceState(settings, metrics, admission=admission)
-    app = FastAPI(title="FaceSR", version=__version__, lifespan=lifespan,
-                  description="Stochastic face super-resolution (Cho et al.): the ICAP mean, "
-                              "best-of-n samples and latent traversals, on ONNX Runtime.")
+    app = app_with_local_docs(
+        title="FaceSR", version=__version__, lifespan=lifespan,
+        description="Stochastic face super-resolution (Cho et al.): the ICAP mean, best-of-n "
+                    "samples and latent traversals, on ONNX Runtime.")
     app.state.svc = state
     install_error_handlers(app, lambda kind: metrics.errors.labels(kind=kind).inc())
     app.include_router(build_router(state))

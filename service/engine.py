@@ -1,20 +1,26 @@
 """ONNX Runtime sessions built from manifests: providers, fallback detection, buckets, warm-up.
 
 Batch buckets are 1, 2, 4, 8, then multiples of 8, and the largest size the settings allow.
-Warm-up runs every bucket of every graph before /health/ready says 200.
 
 On a GPU (FACESR_PAD_BATCHES=auto with CUDA or TensorRT in use) every call is padded with zero
-rows up to its bucket, so the bucket sizes are the only shapes ever run, and all of them are
-warm: cuDNN and TensorRT tune per input shape. On the CPU, calls run at their exact size: the
-CPU provider does no per-shape tuning (measured on the paper-size decoder: the first call at an
-unseen batch size is as fast as the next ones), while padding n = 10 samples (11 decodes with
-the mean) to 16 would cost about 45% more.
+rows up to its bucket, so the bucket sizes are the only shapes ever run, and warm-up runs every
+bucket of every graph before /health/ready says 200: cuDNN and TensorRT tune per input shape.
+
+On the CPU, calls run at their exact size, split into chunks of at most FACESR_CPU_CHUNK rows,
+and warm-up runs each graph once at batch 1. The CPU provider does no per-shape tuning (measured
+on the paper-size decoder: the first call at an unseen batch size is as fast as the next ones),
+and from batch 1 on it runs at the same speed per image, so bigger calls only cost memory:
+padding n = 10 samples (11 decodes with the mean) to 16 would cost about 45% more time, and one
+decoder call of 65 holds gigabytes. The sessions' CPU memory arena is off for the same reason
+(BENCHMARKS.md, "Memory and start-up"): ONNX Runtime's arena keeps the peak of every session
+for the life of the process, while plain allocations go back to the system after each call.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -153,6 +159,7 @@ class Runner:
     encoder_buckets: list[int]
     decoder_buckets: list[int]
     pad: bool = True
+    max_rows: int | None = None  # rows per graph call (the CPU chunk); None: no limit
     warm_seconds: float | None = None
     calls: dict[str, set[int]] = field(default_factory=lambda: {"icap": set(), "encoder": set(),
                                                                 "decoder": set()})
@@ -178,15 +185,35 @@ class Runner:
         self.calls[graph].add(len(next(iter(feeds.values()))))
         return self.sessions[graph].run(None, feeds)
 
+    def _chunks(self, n: int) -> list[slice]:
+        step = self.max_rows or n
+        return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """ICAP and encoder on x (N,3,128,128): mu, logvar (N,L,8,8), features (N,C,64,64)."""
+        parts = [self._encode(x[rows]) for rows in self._chunks(len(x))]
+        if len(parts) == 1:
+            return parts[0]
+        mu, logvar, features = (np.concatenate(p) for p in zip(*parts, strict=True))
+        return mu, logvar, features
+
+    def decode(self, features: np.ndarray, z: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """The images for all z (M,...); features and x have M rows or one (shared)."""
+        def part(arr: np.ndarray, rows: slice) -> np.ndarray:
+            return arr if len(arr) == 1 else arr[rows]
+
+        parts = [self._decode(part(features, rows), z[rows], part(x, rows))
+                 for rows in self._chunks(len(z))]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = len(x)
         xb = pad_rows(x, self._size(n, self.encoder_buckets))
         mu, logvar = self._run("icap", {"x": xb})
         (features,) = self._run("encoder", {"x": xb})
         return mu[:n], logvar[:n], features[:n]
 
-    def decode(self, features: np.ndarray, z: np.ndarray, x: np.ndarray) -> np.ndarray:
+    def _decode(self, features: np.ndarray, z: np.ndarray, x: np.ndarray) -> np.ndarray:
         """One decoder call for all z (M,...); features and x have M rows or one (shared)."""
         m = len(z)
         size = self._size(m, self.decoder_buckets)
@@ -202,15 +229,28 @@ class Runner:
         mu, _, features = self.encode(x)
         return self.decode(features, mu, x)
 
-    def warmup(self) -> float:
-        """Run every bucket of every graph once; returns the seconds it took."""
+    def warmup_sizes(self) -> tuple[list[int], list[int]]:
+        """Batch sizes warm-up runs (encoder, decoder): every bucket when calls are padded to
+        them (GPU), else batch 1 (CPU: nothing is tuned per shape)."""
+        if self.pad:
+            return self.encoder_buckets, self.decoder_buckets
+        return [1], [1]
+
+    def warmup(self, stop: Callable[[], bool] = lambda: False) -> float | None:
+        """Run each warm-up size of every graph once; returns the seconds it took, or None
+        when `stop()` turned true between two calls (shutdown during warm-up)."""
         start = time.perf_counter()
         latent = self.manifest.latent_shape
-        for b in self.encoder_buckets:
+        encoder_sizes, decoder_sizes = self.warmup_sizes()
+        for b in encoder_sizes:
+            if stop():
+                return None
             self.encode(np.zeros((b, 3, HR_SIZE, HR_SIZE), np.float32))
         x1 = np.zeros((1, 3, HR_SIZE, HR_SIZE), np.float32)
         _, _, feats = self.encode(x1)
-        for b in self.decoder_buckets:
+        for b in decoder_sizes:
+            if stop():
+                return None
             self.decode(feats, np.zeros((b, *latent), np.float32), x1)
         self.warm_seconds = time.perf_counter() - start
         return self.warm_seconds
@@ -230,6 +270,9 @@ class Runner:
             "batch_buckets": {"icap": self.encoder_buckets, "encoder": self.encoder_buckets,
                               "decoder": self.decoder_buckets},
             "padded_to_buckets": self.pad,
+            "warmed_batch_sizes": dict(zip(("encoder", "decoder"), self.warmup_sizes(),
+                                           strict=True)),
+            "max_rows_per_call": self.max_rows,
             "warmup_seconds": self.warm_seconds,
         }
 
@@ -239,6 +282,7 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.inter_op_num_threads = 1
+    so.enable_cpu_mem_arena = False  # see the module docstring
     if settings.intra_op_threads:
         so.intra_op_num_threads = settings.intra_op_threads
     so.add_session_config_entry("session.intra_op.allow_spinning",
@@ -321,6 +365,7 @@ def load_models(settings: Settings) -> dict[int, Runner]:
         runner = load_runner(root, settings, requested)
         runner.pad = (settings.pad_batches == "always" or (
             settings.pad_batches == "auto" and runner.provider in GPU_PROVIDERS))
+        runner.max_rows = None if runner.pad else settings.cpu_chunk  # CPU: unpadded chunks
         if runner.scale in runners:
             raise ModelError(f"two models for scale {runner.scale}: "
                               f"{runners[runner.scale].root} and {root}")

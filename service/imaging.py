@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from facesr_core.degradation import HR_SIZE, SCALES, center_square, lr_size
 from service.errors import InvalidImage, InvalidParameter, PayloadTooLarge, UnsupportedMedia
@@ -239,22 +239,6 @@ def encode_pil(img: Image.Image, fmt: str) -> bytes:
     else:
         raise ValueError(f"unknown output format {fmt!r}")
     return buf.getvalue()
-
-
-def contact_sheet(tiles: np.ndarray, highlight: int | None = None, cols: int = 8,
-                  gap: int = 4) -> Image.Image:
-    """Tiles (N,H,W,3) left to right, `cols` per row, white gaps; `highlight` framed in green."""
-    n, h, w, _ = tiles.shape
-    cols = min(cols, n)
-    rows = math.ceil(n / cols)
-    sheet = Image.new("RGB", (cols * (w + gap) + gap, rows * (h + gap) + gap), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, tile in enumerate(tiles):
-        x, y = gap + (i % cols) * (w + gap), gap + (i // cols) * (h + gap)
-        if i == highlight:
-            draw.rectangle((x - gap, y - gap, x + w + gap - 1, y + h + gap - 1), fill=(0, 170, 0))
-        sheet.paste(Image.fromarray(tile), (x, y))
-    return sheet
 
 
 def strip(frames: np.ndarray) -> Image.Image:

@@ -22,6 +22,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.admission import Refusal, Ticket
+from service.docs import DOCS_PATHS, is_docs_path
 from service.errors import (
     PayloadTooLarge,
     ServiceError,
@@ -35,8 +36,7 @@ if TYPE_CHECKING:
     from service.app import ServiceState
 
 INFERENCE_PATHS = ("/superresolve", "/samples", "/traverse")
-PUBLIC_PATHS = ("/health/live", "/health/ready", "/metrics", "/docs", "/docs/oauth2-redirect",
-                "/openapi.json", "/redoc")
+PUBLIC_PATHS = ("/health/live", "/health/ready", "/metrics", *DOCS_PATHS)
 KNOWN_PATHS = (*INFERENCE_PATHS, *PUBLIC_PATHS, "/v1/models")
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries, headers and small fields
 
@@ -175,7 +175,7 @@ class Gate:
     def _check(self, scope: Scope) -> None:
         """Raise the ServiceError that refuses this request before its body is read, if any."""
         path, headers = scope["path"], Headers(scope=scope)
-        if self.api_key and path not in PUBLIC_PATHS:
+        if self.api_key and path not in PUBLIC_PATHS and not is_docs_path(path):
             token = bearer_token(headers.get("authorization", ""))
             if token is None or not hmac.compare_digest(token.encode(), self.api_key.encode()):
                 raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")

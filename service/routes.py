@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
-from facesr_core.degradation import SCALES
+from service import contact_sheet
 from service.admission import Ticket
 from service.engine import Runner, model_input
 from service.errors import ErrorBody, InvalidParameter, PayloadTooLarge, Unavailable
@@ -27,7 +27,6 @@ from service.imaging import (
     MEDIA_TYPES,
     LRInput,
     animation,
-    contact_sheet,
     encode,
     encode_pil,
     prepare_lr,
@@ -316,7 +315,7 @@ def build_router(state: "ServiceState") -> APIRouter:
                 summary="Loaded models: scale, version, hashes, provider, manifest metrics")
     async def models() -> dict[str, Any]:
         return {"ready": state.ready, "status": state.status, "detail": state.detail,
-                "scales_supported": list(SCALES),
+                "scales_supported": list(state.scales),
                 "models": [state.runners[k].info() for k in state.scales]}
 
     @router.get("/metrics", tags=["health"], response_class=Response,
@@ -341,9 +340,10 @@ def render_samples(runner: Runner, lr: LRInput, result: SampleSet, ref: np.ndarr
     entries = arrange(result, ref)
     best = next((k for k, e in enumerate(entries) if e["best"]), None)
     if fmt == "png":
-        tiles = result.images[[e["index"] for e in entries]]
-        return encode_pil(contact_sheet(tiles, highlight=best), "png"), "image/png", {
-            "best": best}
+        images = result.images[[e["index"] for e in entries]]
+        tiles = [*contact_sheet.input_tiles(lr.image, lr.scale, ref, images.shape[1]),
+                 *contact_sheet.result_tiles(images, entries)]
+        return encode_pil(contact_sheet.render(tiles), "png"), "image/png", {"best": best}
     items = [{**{k: v for k, v in e.items() if k != "index"},
               "image": b64png(result.images[e["index"]])} for e in entries]
     payload = {"model": runner.manifest.name, "version": runner.manifest.version,

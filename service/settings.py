@@ -18,14 +18,28 @@ PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+SOURCE_TREE_MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def model_dir_candidates() -> list[Path]:
+    """Where the default model directory is looked for, in order: `models` in the current
+    folder, then the `models/` beside the `service` package (a clone or an editable install)."""
+    return [Path("models").resolve(), SOURCE_TREE_MODELS]
+
+
+def default_model_dir() -> Path:
+    """The first candidate that exists, else the first one (the service then says so)."""
+    candidates = model_dir_candidates()
+    return next((p for p in candidates if p.is_dir()), candidates[0])
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACESR_", extra="ignore")
 
-    model_dir: Path = Field(Path("models"), description=(
+    model_dir: Path = Field(default_factory=default_model_dir, description=(
         "Model directory: subfolders (x4/ x8/ x16/) each with a manifest.json, one model per "
-        "scale; or one folder that holds manifest.json itself"))
+        "scale; or one folder that holds manifest.json itself. Default: ./models if it exists, "
+        "else the models/ folder of the source tree the service runs from"))
     scales: str = Field("", description=(
         "Scales that must be loaded before the service is ready, e.g. 4,8,16; empty: every "
         "subfolder of FACESR_MODEL_DIR (each must hold a manifest.json)"))
@@ -45,6 +59,11 @@ class Settings(BaseSettings):
         "Let ONNX Runtime's intra-op threads spin-wait after each run. Off by default: with three "
         "sessions per request on a few cores, spinning pools steal the cores (measured: 2x slower "
         "on 2 cores, BENCHMARKS.md). Matters on the CPU only"))
+    cpu_chunk: int = Field(8, ge=1, le=1024, description=(
+        "On the CPU, the most images in one ONNX Runtime call: bigger batches (/samples, "
+        "/traverse, micro-batches) run in chunks of this size. It bounds memory; the CPU runs "
+        "as fast per image at 8 as at 64 (BENCHMARKS.md). Not used when batches are padded "
+        "(CUDA/TensorRT, or FACESR_PAD_BATCHES=always)"))
     run_concurrency: int = Field(1, ge=1, description=(
         "ONNX Runtime calls that may run at once in one worker (size of the inference pool)"))
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description=(
@@ -78,8 +97,8 @@ class Settings(BaseSettings):
         "Open connections per worker; beyond that uvicorn answers 503 (python -m service)"))
     retry_after_s: int = Field(1, ge=0, description="Retry-After of 503 answers, in seconds")
     warmup: bool = Field(True, description=(
-        "Run every batch bucket of every model before /health/ready says 200; false: ready "
-        "at once (development only)"))
+        "Warm every model up before /health/ready says 200 (on CUDA/TensorRT every batch "
+        "bucket, on the CPU batch 1); false: ready at once (development only)"))
     pad_batches: Literal["auto", "always", "never"] = Field("auto", description=(
         "Pad batches to the warmed bucket sizes: auto = on CUDA/TensorRT, not on the CPU"))
     api_key: SecretStr = Field(SecretStr(""), description=(

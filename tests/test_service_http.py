@@ -25,7 +25,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from facesr_core.degradation import bicubic_upsample, degrade, from_model_range, to_model_range
 from facesr_core.manifest import load_manifest
-from service import engine
+from service import contact_sheet, engine
 from service.app import create_app
 from service.settings import Settings
 
@@ -335,7 +335,20 @@ def test_best_of_n_picks_the_highest_psnr(client, hr, astronaut_hr):
                         files=upload(png(degrade(hr, 8)), png(hr)))
     assert sheet.headers["content-type"] == "image/png"
     assert sheet.headers["x-facesr-best"] == str(best)
-    assert Image.open(io.BytesIO(sheet.content)).size == (8 * 132 + 4, 2 * 132 + 4)
+    grid = pixels(sheet.content)
+    cell_h = 128 + contact_sheet.CAPTION_HEIGHT + 4
+    assert grid.shape == (2 * cell_h + 4, 8 * 132 + 4, 3)  # LR, reference, mean, 12 samples
+
+    def tile(i):
+        y, x = 4 + (i // 8) * cell_h, 4 + (i % 8) * 132
+        return grid[y:y + 128, x:x + 128]
+
+    np.testing.assert_array_equal(tile(1), astronaut_hr)
+    for k, im in enumerate(images):
+        np.testing.assert_array_equal(tile(2 + k), im)
+    framed = 2 + best
+    y, x = 4 + (framed // 8) * cell_h, 4 + (framed % 8) * 132
+    assert tuple(grid[y - 2, x - 2]) == contact_sheet.BEST_COLOUR
 
 
 def test_traverse_ends_are_the_decodes_of_z_start_and_z_end(client, hr, tiny_model_dir):
@@ -643,9 +656,9 @@ def test_ready_only_after_warm_up(tiny_model_dir, monkeypatch, lr8):
     release = threading.Event()
     real = engine.Runner.warmup
 
-    def slow_warmup(self):
+    def slow_warmup(self, stop):
         release.wait(30)
-        return real(self)
+        return real(self, stop)
 
     monkeypatch.setattr(engine.Runner, "warmup", slow_warmup)
     settings = settings_for(tiny_model_dir / "x8")
@@ -772,11 +785,13 @@ def test_require_gpu_refuses_to_start_on_cpu(tiny_model_dir, tmp_path):
     assert "FACESR_REQUIRE_GPU is set" in proc.stdout + proc.stderr
 
 
-def test_main_rejects_arguments(capsys):
+def test_main_rejects_bad_flags(capsys):
     from service.__main__ import main
 
-    assert main(["--port", "1"]) == 2
-    assert "FACESR_" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--port", "one"])
+    assert exc.value.code == 2
+    assert "invalid setting: port" in capsys.readouterr().err
 
 
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from facesr_core.degradation import bicubic_upsample, degrade, to_model_range
-from service import engine, imaging, quality, sampling
+from service import contact_sheet, engine, imaging, quality, sampling
 from service.errors import InvalidImage, InvalidParameter, PayloadTooLarge, UnsupportedMedia
 from service.settings import Settings
 
@@ -33,8 +33,8 @@ def encoded(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
 
 def test_settings_defaults_and_env(monkeypatch):
     s = Settings()
-    assert (str(s.model_dir), s.providers, s.require_gpu, s.enable_tensorrt) == (
-        "models", "auto", False, False)
+    assert (s.model_dir, s.providers, s.require_gpu, s.enable_tensorrt) == (
+        ROOT / "models", "auto", False, False)
     assert (s.host, s.port, s.workers, s.intra_op_threads) == ("0.0.0.0", 8000, 1, 0)
     assert (s.max_upload_bytes, s.max_pixels, s.max_samples, s.max_steps) == (
         10485760, 16_000_000, 64, 64)
@@ -182,6 +182,40 @@ def test_padding_is_automatic_on_gpus_only(tiny_model_dir):
     assert not engine.load_models(Settings(model_dir=tiny_model_dir / "x8"))[8].pad
     assert engine.load_models(Settings(model_dir=tiny_model_dir / "x8",
                                        pad_batches="always"))[8].pad
+
+
+def test_cpu_calls_run_in_chunks_with_unchanged_outputs(tiny_model_dir, astronaut_hr):
+    s = Settings(model_dir=tiny_model_dir / "x8", max_samples=10, max_batch=8, cpu_chunk=3)
+    runner = engine.load_models(s)[8]
+    assert runner.max_rows == 3 and not runner.pad
+    hr = Image.fromarray(astronaut_hr)
+    x = np.stack([engine.model_input(degrade(hr.rotate(a), 8)) for a in range(0, 35, 5)])
+    chunked = sampling.sample_set(runner, x[0], 4, 10, 1.0)
+    faces = runner.superresolve(x)
+    assert runner.calls["decoder"] == {1, 2, 3} and runner.calls["encoder"] == {1, 3}
+    runner.max_rows = None
+    whole = sampling.sample_set(runner, x[0], 4, 10, 1.0)
+    np.testing.assert_array_equal(chunked.images, whole.images)
+    np.testing.assert_array_equal(chunked.log_density, whole.log_density)
+    np.testing.assert_array_equal(faces, runner.superresolve(x))
+    assert runner.calls["decoder"] == {1, 2, 3, 7, 11}
+
+
+def test_warm_up_sizes_and_stopping(tiny_model_dir):
+    s = Settings(model_dir=tiny_model_dir / "x8", max_samples=10, max_steps=4, max_batch=4)
+    cpu = engine.load_models(s)[8]
+    assert cpu.warmup_sizes() == ([1], [1])  # the CPU provider tunes nothing per shape
+    assert cpu.warmup() > 0 and cpu.calls["decoder"] == cpu.calls["encoder"] == {1}
+    padded = engine.load_models(s.model_copy(update={"pad_batches": "always"}))[8]
+    assert padded.warmup_sizes() == ([1, 2, 4], [1, 2, 4, 8, 11])
+    assert padded.warmup(stop=lambda: True) is None
+    assert padded.calls["encoder"] == set() and padded.warm_seconds is None
+    calls = iter(range(100))
+    assert padded.warmup(stop=lambda: next(calls) >= 2) is None  # SIGTERM after two calls
+    assert padded.calls["encoder"] == {1, 2} and padded.calls["decoder"] == set()
+    assert padded.warmup() > 0 and padded.calls["decoder"] == {1, 2, 4, 8, 11}
+    assert padded.info()["warmed_batch_sizes"] == {"encoder": [1, 2, 4],
+                                                  "decoder": [1, 2, 4, 8, 11]}
 
 
 def test_model_input_is_the_shared_bicubic(astronaut_hr):
@@ -359,9 +393,31 @@ def test_encoders_and_sheets():
         anim = Image.open(io.BytesIO(imaging.animation(frames, fmt, 100)))
         assert anim.n_frames == 5 and anim.size == (128, 128)
     assert imaging.strip(frames).size == (5 * 128, 128)
-    sheet = imaging.contact_sheet(frames, highlight=2, cols=3)
-    assert sheet.size == (3 * 132 + 4, 2 * 132 + 4)
-    assert sheet.getpixel((2 * 132 + 2, 2)) == (0, 170, 0)  # the frame of tile 2
+
+
+def test_contact_sheet_labels_every_tile():
+    images = np.full((3, 128, 128, 3), 128, np.uint8)
+    entries = [{"kind": "mean", "draw": None, "psnr": 21.5, "best": False},
+               {"kind": "sample", "draw": 1, "psnr": 23.25, "best": True},
+               {"kind": "sample", "draw": 0, "psnr": 20.0, "best": False}]
+    lr = Image.new("RGB", (16, 16), (255, 0, 0))
+    ref = np.zeros((128, 128, 3), np.uint8)
+    inputs = contact_sheet.input_tiles(lr, 8, ref, 128)
+    results = contact_sheet.result_tiles(images, entries)
+    assert [t.lines for t in inputs] == [("LR input 16x16", "x8, shown enlarged"),
+                                         ("reference (HR)", "128x128")]
+    assert [t.lines for t in results] == [("ICAP mean", "PSNR 21.50 dB"),
+                                          ("sample 1 (draw 1)", "PSNR 23.25 dB  best"),
+                                          ("sample 2 (draw 0)", "PSNR 20.00 dB")]
+    assert np.all(inputs[0].image == (255, 0, 0)) and inputs[0].image.shape == (128, 128, 3)
+    sheet = contact_sheet.render([*inputs, *results], cols=3)
+    cell_h = 128 + contact_sheet.CAPTION_HEIGHT + contact_sheet.GAP
+    assert sheet.size == (3 * 132 + 4, 2 * cell_h + 4)
+    assert sheet.getpixel((2, cell_h + 2)) == (0, 170, 0)  # the frame of the best (4th) tile
+    caption = np.asarray(sheet)[4 + 128:4 + 128 + contact_sheet.CAPTION_HEIGHT, 4:132]
+    assert (caption < 100).any()  # text under the first tile
+    unlabelled = contact_sheet.result_tiles(images[:1], [{**entries[0], "psnr": None}])
+    assert unlabelled[0].lines == ("ICAP mean", "")
 
 
 # --- quality ------------------------------------------------------------------------------

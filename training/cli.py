@@ -1,20 +1,123 @@
 """Command lines: facesr-prepare, facesr-train, facesr-eval, facesr-export.
 
 Also `python -m training.cli {prepare,train,eval,export} ...`.
+
+Each command parses its flags (so `--help` works without torch), then checks that the training
+packages are installed and that every input path exists, and only then imports torch and
+writes anything. Every refusal is one line: `facesr-<command>: error: <what to do>`, exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
+# import name -> distribution, for the packages of the `train` extra
+TRAINING_PACKAGES = {"torch": "torch", "skimage": "scikit-image", "tqdm": "tqdm", "onnx": "onnx",
+                     "onnxscript": "onnxscript", "safetensors": "safetensors",
+                     "matplotlib": "matplotlib"}
+INSTALL_HINT = ('pip install -e ".[train]" (it pulls torch: on Linux the default PyPI torch is a '
+                "CUDA build; for a CPU-only one run pip install torch --index-url "
+                "https://download.pytorch.org/whl/cpu first)")
+SCALES = (4, 8, 16)
+EVAL_SOURCES = ("celeba", "utkface")  # the sources with held-out val/test faces
+# Help for facesr-train's flags (the fields of TrainConfig); a field missing here gets only
+# its default, and tests/test_training_cli.py asks for one.
+TRAIN_HELP = {
+    "data": "the training pack (.npz) made by facesr-prepare (required)",
+    "out": "run folder: checkpoint.pt, log.jsonl, samples/, summary.json",
+    "scale": "super-resolution factor: the LR face is 128/scale px",
+    "preset": "network sizes: paper (Tables 3-5) or tiny (tests and smoke runs)",
+    "global_residual": "y = x + Tanh(...) with a zero-initialised last conv (ours; "
+                       "--no-global-residual is paper-exact)",
+    "phase1_steps": "optimiser steps of phase 1 (SR Encoder-Decoder + REN)",
+    "phase2_steps": "optimiser steps of phase 2 (ICAP)",
+    "batch_size": "global batch size (split across DDP ranks)",
+    "patch": "phase 1 starts on random square HR patches of this side (a multiple of 16); "
+             "0: whole faces",
+    "patch_steps": "how many phase-1 steps use patches (the rest use whole faces)",
+    "patch_batch_size": "batch size while on patches; 0: --batch-size",
+    "hflip": "random horizontal flips (the paper uses no augmentation)",
+    "lr_phase1": "Adam learning rate of phase 1",
+    "lr_phase2": "Adam learning rate of phase 2",
+    "lambda_s": "weight of the L1 loss on the z_res path (phase 1)",
+    "phase3_steps": "steps of phase 3 (ours): the decoder fine-tuned with the ICAP-mean path "
+                    "in the loss; 0: off",
+    "lr_phase3": "Adam learning rate of phase 3",
+    "lambda_m": "weight of MSE(y, f(x, mu_pred)) in phase 3",
+    "device": "auto (CUDA if present, else CPU), cpu, cuda or cuda:N",
+    "bf16": "bf16 autocast (default: on for CUDA, and on CPUs with native bf16; elsewhere bf16 "
+            "convolutions are ~10x slower than fp32)",
+    "pair_cache": "make every (x, y) pair once and keep them on the device (default: on for "
+                  "CUDA, so the GPU never waits on Pillow)",
+    "balanced_deconv": "checkerboard-free transposed convs (ours; off keeps a resumed run's "
+                       "function; the recipe scripts turn it on)",
+    "icap_logvar_min": "floor of the ICAP's log sigma^2 (the paper: -1)",
+    "phase2_loss": "phase 2's objective: kl (the paper) or nll (ours: the ICAP's Gaussian fitted "
+                   "to the REN's mean code)",
+    "init_from": "start from this models/<name> or run folder's weights when OUT has no "
+                 "checkpoint",
+    "ema": "decay of an exponential moving average of the weights; each phase ends on it; "
+           "0: off",
+    "lr_schedule": "constant (the paper) or cosine (to 0 over each phase's steps or time budget)",
+    "warmup_steps": "linear learning-rate warm-up steps at the start of each phase",
+    "det_loss": "the deterministic term of phase 1: mse (the paper) or l1",
+    "channels_last": "channels_last memory format (default: on)",
+    "seed": "random seed (data order, initialisation, sampling)",
+    "time_budget_s": "stop each phase early so that the whole run fits in this many seconds; "
+                     "0: no budget",
+    "log_every": "steps between lines of log.jsonl",
+    "ckpt_every": "steps between checkpoints (the run resumes from the last one)",
+    "sample_every": "steps between sample grids in samples/; 0: once per epoch of the pack",
+}
+
 # glibc malloc settings measured on a 2-core CPU (docs/method.md): without them ~25% of training
 # time went to page faults on re-mapped activation buffers; with them 1.53x throughput.
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+
+
+def fail(prog: str, message: str) -> None:
+    """The one-line refusal every command ends with when an input is missing or bad."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def require_training_packages(prog: str) -> None:
+    """Refuse with the extra to install when a package of the `train` extra is missing."""
+    missing = [dist for module, dist in TRAINING_PACKAGES.items()
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        fail(prog, f"needs the training packages ({', '.join(missing)} missing): {INSTALL_HINT}")
+
+
+def require_dir(prog: str, flag: str, path: Path | None) -> None:
+    if path is not None and not path.is_dir():
+        fail(prog, f"{flag} {path}: no such folder")
+
+
+def require_file(prog: str, flag: str, path: Path | None, hint: str = "") -> None:
+    if path is not None and not path.is_file():
+        fail(prog, f"{flag} {path}: no such file{hint}")
+
+
+def require_pack_faces(prog: str, pack: Path, split: str, sources: list[str]) -> None:
+    """Every source must have faces in the split (read from the pack's index, not its images)."""
+    try:
+        with np.load(pack, allow_pickle=False) as z:
+            have = set(zip(z["source"].tolist(), z["split"].tolist(), strict=True))
+    except (OSError, ValueError, KeyError) as exc:
+        fail(prog, f"--pack {pack}: not a pack made by facesr-prepare ({exc})")
+    empty = [src for src in sources if (src, split) not in have]
+    if empty:
+        fail(prog, f"--pack {pack} has no {split} faces for {', '.join(empty)}: pass --sources "
+                   f"with the sources it has, or another --split")
 
 
 def _tuned_malloc_or_reexec(argv: list[str], command: str) -> None:
@@ -28,9 +131,8 @@ def _tuned_malloc_or_reexec(argv: list[str], command: str) -> None:
 
 
 def prepare_main(argv: list[str] | None = None) -> None:
-    from training.data import collect_faces, write_pack
-
-    p = argparse.ArgumentParser("facesr-prepare", description="Pack HR 128x128 face crops (with "
+    prog = "facesr-prepare"
+    p = argparse.ArgumentParser(prog, description="Pack HR 128x128 face crops (with "
                                 "their train/val/test split) into one .npz for training.")
     p.add_argument("--celeba", type=Path, help="CelebA img_align_celeba folder (178x218)")
     p.add_argument("--identities", type=Path, help="identity_CelebA.txt: identity-disjoint split")
@@ -43,43 +145,69 @@ def prepare_main(argv: list[str] | None = None) -> None:
     p.add_argument("--val", type=int, default=64, help="validation faces per source (default 64)")
     p.add_argument("--limit", type=int, help="at most this many images per source")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the pack (default 90)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the val/test draw (default 0)")
     a = p.parse_args(argv)
     if not any([a.celeba, a.utkface, a.celeba_wild, a.folder]):
-        p.error("give at least one of --celeba, --utkface, --celeba-wild, --folder")
+        fail(prog, "give at least one of --celeba, --utkface, --celeba-wild, --folder")
+    for flag, folder in [("--celeba", a.celeba), ("--utkface", a.utkface),
+                         ("--celeba-wild", a.celeba_wild), *(("--folder", f) for f in a.folder)]:
+        require_dir(prog, flag, folder)
+    require_file(prog, "--identities", a.identities)
+    require_training_packages(prog)
+    from training.data import collect_faces, write_pack
+
     faces = collect_faces(a.celeba, a.identities, a.utkface, a.celeba_wild, a.folder,
                           n_test=a.test, n_val=a.val, seed=a.seed, limit=a.limit)
-    summary = write_pack(faces, a.out, quality=a.quality)
+    if not faces:
+        fail(prog, "no images (.jpg, .png, ...) in the given folders; nothing written")
+    try:
+        summary = write_pack(faces, a.out, quality=a.quality)
+    except ValueError as exc:
+        fail(prog, f"{exc}; nothing written")
     size = a.out.stat().st_size / 2**20
     print(json.dumps({**summary, "path": str(a.out), "MiB": round(size, 1)}, indent=2))
 
 
-def _add_dataclass_flags(p: argparse.ArgumentParser, cls) -> None:
+def _add_dataclass_flags(p: argparse.ArgumentParser, cls, help_texts: dict[str, str],
+                         choices: dict[str, tuple]) -> None:
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default = f.default
+        text = help_texts.get(f.name, "")
         if f.type in ("bool", "bool | None"):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                           help=text or None)
         else:
             kind = {"int": int, "float": float, "str": str}[f.type]
-            p.add_argument(flag, type=kind, default=default, help=f"default: {default}")
+            shown = f" (default: {default})" if default != "" else ""
+            p.add_argument(flag, type=kind, default=default, choices=choices.get(f.name),
+                           help=f"{text}{shown}".strip())
 
 
 def train_main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    _tuned_malloc_or_reexec(argv, "train")
-    from training.config import TrainConfig
-    from training.train import train
+    from training.config import DET_LOSSES, LR_SCHEDULES, PHASE2_LOSSES, PRESETS, TrainConfig
 
-    p = argparse.ArgumentParser("facesr-train", description="Phase 1 (SR Encoder-Decoder + REN) "
+    argv = sys.argv[1:] if argv is None else argv
+    prog = "facesr-train"
+    p = argparse.ArgumentParser(prog, description="Phase 1 (SR Encoder-Decoder + REN) "
                                 "then phase 2 (ICAP). Resumes from OUT/checkpoint.pt if present.")
-    _add_dataclass_flags(p, TrainConfig)
+    _add_dataclass_flags(p, TrainConfig, TRAIN_HELP,
+                         {"scale": SCALES, "preset": tuple(sorted(PRESETS)),
+                          "lr_schedule": LR_SCHEDULES, "det_loss": DET_LOSSES,
+                          "phase2_loss": PHASE2_LOSSES})
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = vars(p.parse_args(argv))
     resume, progress = not a.pop("no_resume"), not a.pop("no_progress")
     if not a["data"]:
-        p.error("--data PACK.npz is required (make one with facesr-prepare)")
+        fail(prog, "--data PACK.npz is required (make one with facesr-prepare)")
+    require_file(prog, "--data", Path(a["data"]), " (make one with facesr-prepare)")
+    if a["init_from"]:
+        require_dir(prog, "--init-from", Path(a["init_from"]))
+    require_training_packages(prog)
+    _tuned_malloc_or_reexec(argv, "train")
+    from training.train import train
+
     summary = train(TrainConfig(**a), resume=resume, progress=progress)
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps(summary, indent=2))
@@ -87,29 +215,37 @@ def train_main(argv: list[str] | None = None) -> None:
 
 def eval_main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    _tuned_malloc_or_reexec(argv, "eval")  # 2x faster evaluation on this CPU, measured
-    from training.evaluate import evaluate, markdown_table, write_report
-    from training.weights import load_model
-
-    p = argparse.ArgumentParser("facesr-eval", description="PSNR/SSIM table (Tables 1-2) and "
+    prog = "facesr-eval"
+    p = argparse.ArgumentParser(prog, description="PSNR/SSIM table (Tables 1-2) and "
                                 "figures (Figs. 4, 7, 8) on a held-out split of a pack.")
     p.add_argument("--model", type=Path, required=True,
                    help="a training run folder (checkpoint.pt) or an exported model folder")
-    p.add_argument("--pack", type=Path, required=True)
-    p.add_argument("--scale", type=int, help="default: the model's")
-    p.add_argument("--split", default="test")
-    p.add_argument("--sources", nargs="+", default=["celeba", "utkface"],
+    p.add_argument("--pack", type=Path, required=True, help="a pack made by facesr-prepare")
+    p.add_argument("--scale", type=int, choices=SCALES, help="default: the model's")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"),
+                   help="which split of the pack (default: test)")
+    p.add_argument("--sources", nargs="+", default=list(EVAL_SOURCES), choices=EVAL_SOURCES,
                    help="evaluate each source separately (default: celeba utkface)")
-    p.add_argument("--best-of", type=int, nargs="*", default=[10, 100])
+    p.add_argument("--best-of", type=int, nargs="*", default=[10, 100],
+                   help="best-of-n rows: the sample nearest the HR among n (default: 10 100; "
+                        "none: no best-of rows)")
     p.add_argument("--limit", type=int, help="at most this many faces per source")
     p.add_argument("--best-of-limit", type=int,
                    help="best-of-n on the first N faces only (n decoder passes per face)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="scales sigma of the best-of-n samples (default 1, the paper's)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the best-of-n draws (default 0)")
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.json/.md, figures")
     a = p.parse_args(argv)
+    require_dir(prog, "--model", a.model)
+    require_file(prog, "--pack", a.pack, " (make one with facesr-prepare)")
+    require_pack_faces(prog, a.pack, a.split, a.sources)
+    require_training_packages(prog)
+    _tuned_malloc_or_reexec(argv, "eval")  # 2x faster evaluation on this CPU, measured
+    from training.evaluate import evaluate, markdown_table, write_report
+    from training.weights import load_model
+
     model, scale = load_model(a.model)
     scale = a.scale or scale
     results = [evaluate(model, a.pack, scale, a.split, (src,), tuple(a.best_of), a.limit,
@@ -121,20 +257,24 @@ def eval_main(argv: list[str] | None = None) -> None:
 
 
 def export_main(argv: list[str] | None = None) -> None:
-    from training.export import export_model
-    from training.weights import load_model, run_summary
-
-    p = argparse.ArgumentParser("facesr-export", description="ONNX graphs + manifest.json for the "
+    prog = "facesr-export"
+    p = argparse.ArgumentParser(prog, description="ONNX graphs + manifest.json for the "
                                 "service, each checked against PyTorch in ONNX Runtime.")
     p.add_argument("--model", type=Path, required=True, help="training run folder")
     p.add_argument("--out", type=Path, required=True, help="model folder, e.g. models/x8")
     p.add_argument("--metrics", type=Path, help="metrics.json from facesr-eval, for the manifest")
-    p.add_argument("--name")
-    p.add_argument("--version")
+    p.add_argument("--name", help="model name in the manifest (default: x<scale>)")
+    p.add_argument("--version", help="model version in the manifest (default: the UTC time)")
     p.add_argument("--sample-temperature", type=float, default=1.0,
                    help="default temperature of /samples and /traverse (calibrate it with "
                         "python -m training.diagnostics --calibrate; default 1, the paper's)")
     a = p.parse_args(argv)
+    require_dir(prog, "--model", a.model)
+    require_file(prog, "--metrics", a.metrics, " (facesr-eval writes metrics.json)")
+    require_training_packages(prog)
+    from training.export import export_model
+    from training.weights import load_model, run_summary
+
     model, scale = load_model(a.model)
     summary = run_summary(a.model)
     metrics = {}

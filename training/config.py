@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+# The choices of TrainConfig's string options (here, so that the CLI needs no torch).
+LR_SCHEDULES = ("constant", "cosine")
+DET_LOSSES = ("mse", "l1")
+PHASE2_LOSSES = ("kl", "nll")
+
 
 @dataclass(frozen=True)
 class ModelConfig:

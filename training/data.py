@@ -135,6 +135,8 @@ def write_pack(faces: list[Face], out: Path, quality: int = 90, progress: bool =
                      for s in SOURCES for sp in ("train", "val", "test")
                      if any(f.source == s and f.split == sp for f in kept)},
     }
+    if not kept:
+        raise ValueError(f"none of the {len(faces)} images could be read")
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, jpeg=np.frombuffer(b"".join(blobs), np.uint8), offsets=offsets,
              name=np.array([f.name for f in kept]), source=np.array([f.source for f in kept]),

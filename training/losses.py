@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from training.config import PHASE2_LOSSES
+
 
 def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:
     """KL(q || p) between diagonal Gaussians, summed over the latent, averaged over the batch."""
@@ -72,7 +74,6 @@ def gaussian_nll(mu_q: Tensor, logvar_q: Tensor, target: Tensor) -> Tensor:
     return nll.flatten(1).sum(1).mean()
 
 
-PHASE2_LOSSES = ("kl", "nll")
 
 
 def phase2_losses(sr, ren, mu_q: Tensor, logvar_q: Tensor, x: Tensor, y: Tensor,

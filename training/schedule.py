@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-SCHEDULES = ("constant", "cosine")
+from training.config import LR_SCHEDULES as SCHEDULES
 
 
 def lr_factor(schedule: str, progress: float, step: int, warmup_steps: int) -> float:
