@@ -84,7 +84,7 @@ def test_flags_start_a_real_server_with_two_workers(tiny_model_dir, tmp_path):
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
-        while len({p.stem.rsplit("_", 1)[-1] for p in prom.glob("gauge_max_*.db")}) < 2:
+        while len({p.stem.rsplit("_", 1)[-1] for p in prom.glob("gauge_*.db")}) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         while True:
