@@ -52,7 +52,8 @@ class Metrics:
                                  "Samples (/samples) or frames (/traverse) per request",
                                  ["endpoint"], buckets=SAMPLE_BUCKETS, registry=r)
         self.model_info = Gauge("facesr_model_info", "Loaded models (value 1)",
-                                ["name", "scale", "version", "provider"], registry=r,
+                                ["name", "scale", "version", "provider", "precision"],
+                                registry=r,
                                 multiprocess_mode="max")
         self.errors = Counter("facesr_errors_total", "Error responses by kind", ["kind"],
                               registry=r)
