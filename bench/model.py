@@ -8,12 +8,16 @@ Sections (`--sections`, default all):
   samples  n = 10: n naive passes vs one ICAP + one encoder pass + one batched decoder call
   options  int8 static quantization (ORT QDQ), fp16 (ORT), bf16 (PyTorch autocast; ORT has no
            bf16 CPU kernels): speed at batch 1 and 8
+  int8     the model folder's own fp32 and int8 graphs (manifest.json; what FACESR_PRECISION=fp32
+           and =int8 serve) with the service's session options: speed at batch 1 and 8, and
+           the PSNR loss the export recorded on each test split
   ortopts  ONNX Runtime fp32 session options: optimisation level, threads, spinning
   psnr     PSNR of each variant on real CelebA faces (opt-in data, read at run time only)
 
     python bench/model.py --model-dir models/x8 --sections flops peak engines --pause-training
     python bench/model.py --export-random /tmp/paper/x8   # a paper-size model, random weights
     python bench/model.py --model-dir models/x8 --provider cuda --sections flops engines samples
+    python bench/model.py --model-dir models/x8 --sections int8 --pause-training
 
 Speed does not depend on the weights; PSNR does, so `psnr` wants a trained model (models/x8).
 `--pause-training` SIGSTOPs a background training job while timing (see bench/common.py).
@@ -40,6 +44,8 @@ from common import (  # noqa: E402
     timeit,
     training_paused,
 )
+
+from training.quantize import OrtPipeline, calibration_feeds, quantize_graphs  # noqa: E402
 
 GRAPHS = ("icap", "encoder", "decoder")
 CALIB_OFFSET = 1000  # calibration faces come after the (at most 1000) PSNR faces
@@ -93,30 +99,6 @@ def ort_sessions(paths: dict[str, Path], threads: int = 0, level: str = "ALL",
                              f"{PROVIDERS[provider][0]} (available: "
                              f"{ort.get_available_providers()})")
     return sessions
-
-
-class OrtPipeline:
-    """ICAP + encoder + decoder(mu) in ONNX Runtime: the service's /superresolve."""
-
-    def __init__(self, sessions: dict):
-        self.s = sessions
-        self.dec_inputs = [i.name for i in sessions["decoder"].get_inputs()]
-
-    def encode(self, x: np.ndarray):
-        mu, logvar = self.s["icap"].run(None, {"x": x})
-        (features,) = self.s["encoder"].run(None, {"x": x})
-        return mu, logvar, features
-
-    def decode(self, features: np.ndarray, z: np.ndarray, x: np.ndarray) -> np.ndarray:
-        m = len(z)
-        rep = (lambda a: a if len(a) == m else np.repeat(a, m, axis=0))  # noqa: E731
-        feeds = {"features": rep(features), "z": z, "x": rep(x)}
-        (y,) = self.s["decoder"].run(None, {k: feeds[k] for k in self.dec_inputs})
-        return y
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        mu, _, features = self.encode(x)
-        return self.decode(features, mu, x)
 
 
 class TorchPipeline:
@@ -270,52 +252,6 @@ def samples_compare(pipe: OrtPipeline, n: int, budget_s: float) -> dict:
 
 # --- faster CPU variants ------------------------------------------------------------------
 
-def calibration_feeds(pipe: OrtPipeline, xs: np.ndarray) -> dict[str, list[dict]]:
-    feeds: dict[str, list[dict]] = {g: [] for g in GRAPHS}
-    for i in range(len(xs)):
-        x = xs[i:i + 1]
-        mu, _, feats = pipe.encode(x)
-        feeds["icap"].append({"x": x})
-        feeds["encoder"].append({"x": x})
-        dec = {"features": feats, "z": mu, "x": x}
-        feeds["decoder"].append({k: dec[k] for k in pipe.dec_inputs})
-    return feeds
-
-
-def quantize_int8(model_dir: Path, out: Path, feeds: dict[str, list[dict]],
-                  graphs: tuple[str, ...] = GRAPHS) -> dict[str, Path]:
-    """Static int8 (QDQ, per-channel weights, uint8 activations, MinMax calibration)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self, items: list[dict]):
-            self.it = iter(items)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for g in GRAPHS:
-        src = model_dir / f"{g}.onnx"
-        if g not in graphs:
-            paths[g] = src
-            continue
-        pre = out / f"{g}.pre.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(out / f"{g}.onnx"), Reader(feeds[g]),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        paths[g] = out / f"{g}.onnx"
-    return paths
-
-
 def convert_fp16(model_dir: Path, out: Path) -> dict[str, Path]:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -333,16 +269,16 @@ def convert_fp16(model_dir: Path, out: Path) -> dict[str, Path]:
 def build_variants(model_dir: Path, model, work: Path, calib: np.ndarray) -> dict:
     """name -> callable (x float32 NCHW -> y float32), or the error that stopped it."""
     variants: dict = {}
-    fp32 = OrtPipeline(ort_sessions({g: model_dir / f"{g}.onnx" for g in GRAPHS}))
+    fp32_paths = {g: model_dir / f"{g}.onnx" for g in GRAPHS}
+    fp32 = OrtPipeline(ort_sessions(fp32_paths))
     variants["ORT fp32 (service)"] = fp32
-    variants["ORT fp32, spinning off"] = OrtPipeline(ort_sessions(
-        {g: model_dir / f"{g}.onnx" for g in GRAPHS}, spinning=False))
+    variants["ORT fp32, spinning off"] = OrtPipeline(ort_sessions(fp32_paths, spinning=False))
     feeds = calibration_feeds(fp32, calib)
     for name, graphs in (("ORT int8 static (all graphs)", GRAPHS),
                          ("ORT int8 static (encoder only)", ("encoder",))):
         try:
             tag = "int8_" + "_".join(graphs)
-            paths = quantize_int8(model_dir, work / tag, feeds, graphs)
+            paths = quantize_graphs(fp32_paths, work / tag, feeds, graphs)
             variants[name] = OrtPipeline(ort_sessions(paths))
             if graphs == GRAPHS:
                 variants[f"{name}, spinning off"] = OrtPipeline(ort_sessions(paths,
@@ -376,6 +312,21 @@ def options_speed(variants: dict, batches: list[int], budget_s: float) -> list[d
                          "images_per_s": batch / med})
             print(f"  {name} batch {batch}: {med * 1e3 / batch:.1f} ms/image", flush=True)
     return rows
+
+
+def shipped_precisions(model_dir: Path, batches: list[int], budget_s: float) -> dict:
+    """Speed of the folder's fp32 and int8 graphs with the service's session options (spinning
+    off), and the int8 loss recorded in its manifest."""
+    from facesr_core.manifest import load_manifest
+
+    manifest = load_manifest(model_dir)
+    if manifest.int8 is None:
+        raise SystemExit(f"{model_dir}: no int8 graphs in the manifest (facesr-export --int8-only)")
+    pipes = {precision: OrtPipeline(ort_sessions(
+        {g: manifest.graph_path(model_dir, g, precision) for g in GRAPHS}, spinning=False))
+        for precision in manifest.precisions}
+    return {"speed": options_speed(pipes, batches, budget_s),
+            "loss": {k: v.model_dump() for k, v in manifest.int8.loss.items()}}
 
 
 def psnr_on_faces(variants: dict, scale: int, count: int, batch: int = 16) -> list[dict]:
@@ -465,7 +416,7 @@ def main() -> None:
     if flops_img is None:
         flops_img = count_flops(model)["superresolve"]
 
-    timed = [s for s in ("peak", "engines", "samples", "ortopts", "options")
+    timed = [s for s in ("peak", "engines", "samples", "ortopts", "options", "int8")
              if s in a.sections]
     work = tempfile.TemporaryDirectory()
     variants: dict = {}
@@ -510,6 +461,9 @@ def main() -> None:
                 save()
             if "options" in a.sections:
                 results["options"] = options_speed(variants, a.option_batches, a.budget_s)
+                save()
+            if "int8" in a.sections:
+                results["int8"] = shipped_precisions(a.model_dir, a.option_batches, a.budget_s)
                 save()
         results["runs"][-1]["training_paused"] = {k: v for k, v in paused.items()}
         save()

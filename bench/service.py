@@ -3,6 +3,7 @@ the bare pipeline, micro-batching on/off, /samples?n=10 vs one image, and a soak
 
     python bench/service.py load --model-dir /tmp/paper/x8 --pause-training
     python bench/service.py soak --model-dir /tmp/paper/x8 --concurrency 64 --duration 60
+    python bench/service.py precision --model-dir models/x8 --pause-training
 
 `load` starts two servers (`python -m service`): micro-batching on (FACESR_MAX_BATCH=16, the
 default) and off (FACESR_MAX_BATCH=1). Each client is an asyncio task on one shared
@@ -15,6 +16,11 @@ resize, the three ONNX graphs, PNG encode) is timed, once per image and once bat
 or 503s with Retry-After, no request over its client timeout (FACESR_REQUEST_TIMEOUT_S + 5 s),
 server RSS growth under 10%; then SIGTERM under load (`--sigterm`) and checks that every request
 the server had accepted got its response. Exit status 1 when a check fails.
+
+`precision` starts two servers on the same model folder, FACESR_PRECISION=fp32 and =int8 (the
+folder needs int8 graphs, see training/quantize.py), checks in /v1/models that each serves what
+it was asked to, and times one client on /superresolve and on /samples?n=10 against each, in
+turn, in the same run.
 
 Results are printed as markdown and written as JSON (--json).
 """
@@ -313,6 +319,38 @@ def cmd_load(a: argparse.Namespace) -> dict:
     return out
 
 
+def cmd_precision(a: argparse.Namespace) -> dict:
+    import httpx
+
+    files = {"image": ("lr.png", lr_face(), "image/png")}
+    servers = {p: Server(a.model_dir, {"FACESR_PRECISION": p}, a.logs / f"precision_{p}.log",
+                         a.ort_spin_wait) for p in ("fp32", "int8")}
+    out: dict = {"machine": machine(), "model_dir": str(a.model_dir), "argv": sys.argv[1:],
+                 "settings": BENCH_ENV, "rows": []}
+    try:
+        for precision, server in servers.items():
+            server.wait_ready()
+            models = httpx.get(f"{server.url}/v1/models").json()["models"]
+            serving = {m["precision"] for m in models}
+            if serving != {precision}:
+                raise RuntimeError(f"FACESR_PRECISION={precision} serves {serving}")
+        with training_paused(a.pause_training) as paused:
+            for path in ("/superresolve", "/samples?n=10&seed=1"):
+                for precision, server in servers.items():
+                    asyncio.run(drive(server.url, path, files, 1, a.warm_s, a.timeout))
+                    probe = CpuProbe()
+                    res = asyncio.run(drive(server.url, path, files, 1, a.duration,
+                                            a.timeout)).summary()
+                    res.update(precision=precision, path=path, foreign_cpu_pct=probe.pct())
+                    out["rows"].append(res)
+                    print(res, flush=True)
+        out["training_paused"] = paused
+    finally:
+        for s in servers.values():
+            s.stop()
+    return out
+
+
 def derived(out: dict) -> dict:
     bare = out["bare"]
     by = {(r["batching"], r["concurrency"]): r for r in out["load"]}
@@ -445,7 +483,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("load", "soak"):
+    for name in ("load", "soak", "precision"):
         s = sub.add_parser(name)
         s.add_argument("--model-dir", type=Path, default=Path("/tmp/paper/x8"))
         s.add_argument("--pause-training", action="store_true")
@@ -464,6 +502,9 @@ def main() -> None:
     load.add_argument("--duration", type=float, default=15.0)
     load.add_argument("--budget-s", type=float, default=4.0)
     load.add_argument("--timeout", type=float, default=60.0)
+    precision = sub.choices["precision"]
+    precision.add_argument("--duration", type=float, default=15.0)
+    precision.add_argument("--timeout", type=float, default=60.0)
     soak = sub.choices["soak"]
     soak.add_argument("--concurrency", type=int, default=64)
     soak.add_argument("--duration", type=float, default=60.0)
@@ -476,11 +517,16 @@ def main() -> None:
 
         print(f"exporting a paper-size model with random weights to {a.model_dir}")
         export_random(a.model_dir)
-    out = cmd_load(a) if a.cmd == "load" else cmd_soak(a)
+    out = {"load": cmd_load, "soak": cmd_soak, "precision": cmd_precision}[a.cmd](a)
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
-    print(json.dumps({k: v for k, v in out.items() if k not in ("load",)}, indent=2,
+    print(json.dumps({k: v for k, v in out.items() if k not in ("load", "rows")}, indent=2,
                      default=str))
+    if a.cmd == "precision":
+        print(md_table(["endpoint", "precision", "requests", "p50 ms", "p95 ms", "errors",
+                        "foreign CPU %"],
+                       [[r["path"], r["precision"], r["requests"], r["p50"], r["p95"],
+                         r["errors"], r["foreign_cpu_pct"]] for r in out["rows"]]))
     if a.cmd == "load":
         print(md_table(["batching", "clients", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
                         "statuses", "mean batch"],

@@ -5,6 +5,10 @@ A model directory holds three ONNX graphs and this manifest:
 - encoder.onnx  x -> features (N,C,64,64)
 - decoder.onnx  features, z (and x when the model has a global residual) -> y (N,3,128,128)
 x is the bicubic-upsampled LR face and y the SR face, both float32 in [-1, 1].
+
+Optionally (`int8`) the same three graphs statically quantized (icap.int8.onnx, ...: int8
+weights, uint8 activations, calibrated at export), with the quality they lose against the fp32
+graphs on each test split. A manifest without `int8` is as valid as before.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 GRAPHS = ("icap", "encoder", "decoder")
+PRECISIONS = ("fp32", "int8")
 
 Shape = list[int | str]
 
@@ -51,6 +56,40 @@ class ModelFile(BaseModel):
         return value
 
 
+class QuantizationLoss(BaseModel):
+    """PSNR (RGB uint8, the ICAP-mean output) of the fp32 and int8 graphs on one test split."""
+
+    count: int
+    psnr_fp32: float
+    psnr_int8: float
+    loss_db: float  # psnr_fp32 - psnr_int8: positive when int8 is worse
+
+
+class Int8Graphs(BaseModel):
+    """The three graphs statically quantized at export, and what that cost in quality."""
+
+    files: dict[str, ModelFile]
+    method: str
+    calibration: dict[str, Any] = Field(default_factory=dict)
+    loss: dict[str, QuantizationLoss] = Field(default_factory=dict)  # by test split
+
+    @field_validator("files")
+    @classmethod
+    def _has_graphs(cls, files: dict[str, ModelFile]) -> dict[str, ModelFile]:
+        return _all_graphs(files)
+
+    def loss_within(self, max_db: float) -> bool:
+        """True when a loss was measured on at least one test split and none exceeds max_db."""
+        return bool(self.loss) and all(v.loss_db <= max_db for v in self.loss.values())
+
+
+def _all_graphs(files: dict[str, ModelFile]) -> dict[str, ModelFile]:
+    missing = [g for g in GRAPHS if g not in files]
+    if missing:
+        raise ValueError(f"manifest lacks graphs {missing}")
+    return files
+
+
 class Manifest(BaseModel):
     format_version: int = FORMAT_VERSION
     name: str
@@ -71,23 +110,37 @@ class Manifest(BaseModel):
     # on the validation split (`python -m training.diagnostics --calibrate`). Manifests written
     # before it existed get 1.0: the paper's draws from the ICAP's Gaussian.
     sample_temperature: float = Field(1.0, ge=0.0)
+    int8: Int8Graphs | None = None
 
     @field_validator("files")
     @classmethod
     def _has_graphs(cls, files: dict[str, ModelFile]) -> dict[str, ModelFile]:
-        missing = [g for g in GRAPHS if g not in files]
-        if missing:
-            raise ValueError(f"manifest lacks graphs {missing}")
-        return files
+        return _all_graphs(files)
 
-    def graph_path(self, root: Path, graph: str) -> Path:
-        return root / self.files[graph].path
+    def graph_files(self, precision: str = "fp32") -> dict[str, ModelFile]:
+        """The three graphs of one precision (fp32 or int8); ManifestError if it has none."""
+        if precision == "fp32":
+            return self.files
+        if precision == "int8" and self.int8 is not None:
+            return self.int8.files
+        raise ManifestError(f"{self.name}: no {precision} graphs in {MANIFEST_NAME}")
 
-    def verify(self, root: Path, weights: bool = True) -> None:
-        """Raise ManifestError unless every listed file (the graphs, and the weights when
-        `weights`) exists with the recorded sha256."""
-        entries = [*self.files.items(), *(self.weights.items() if weights else ())]
-        for kind, entry in entries:
+    def graph_path(self, root: Path, graph: str, precision: str = "fp32") -> Path:
+        return root / self.graph_files(precision)[graph].path
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions this model has graphs for."""
+        return PRECISIONS if self.int8 is not None else ("fp32",)
+
+    def verify(self, root: Path, precisions: tuple[str, ...] | None = None,
+               weights: bool = True) -> None:
+        """Raise ManifestError unless the graphs of `precisions` (default: all the manifest
+        lists) and, when `weights`, the weights exist with the recorded sha256."""
+        graphs = [(g if p == "fp32" else f"{p} {g}", entry)
+                  for p in (self.precisions if precisions is None else precisions)
+                  for g, entry in self.graph_files(p).items()]
+        for kind, entry in [*graphs, *(self.weights.items() if weights else ())]:
             path = root / entry.path
             if not path.is_file():
                 raise ManifestError(f"{root.name}: {kind} file {entry.path} is missing")
@@ -115,7 +168,7 @@ def load_manifest(model_dir: Path | str, verify: bool = True, weights: bool = Tr
             f"{path}: format_version {manifest.format_version}, this code reads {FORMAT_VERSION}"
         )
     if verify:
-        manifest.verify(root, weights)
+        manifest.verify(root, weights=weights)
     return manifest
 
 
@@ -123,3 +176,9 @@ def validation_summary(exc: ValidationError) -> str:
     """A pydantic ValidationError on one line: 'field.path: message; ...'."""
     return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'manifest'}: {err['msg']}"
                      for err in exc.errors())
+
+
+def write_manifest(model_dir: Path | str, manifest: Manifest) -> Path:
+    path = Path(model_dir) / MANIFEST_NAME
+    path.write_text(manifest.model_dump_json(indent=2) + "\n")
+    return path

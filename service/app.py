@@ -120,7 +120,7 @@ def _start_models(state: ServiceState, runners: dict[int, Runner]) -> None:
     for scale, runner in runners.items():
         man = runner.manifest
         m.model_info.labels(name=man.name, scale=str(scale), version=man.version,
-                            provider=runner.provider).set(1)
+                            provider=runner.provider, precision=runner.precision).set(1)
         state.batchers[scale] = MicroBatcher(
             runner.superresolve, state.pool.lane(Lane.LIGHT), s.max_batch, s.max_wait_ms / 1000,
             on_batch=m.batch_size.labels(scale=str(scale)).observe, name=man.name,

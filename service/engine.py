@@ -38,6 +38,7 @@ CPU = "CPUExecutionProvider"
 RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml",
                          "onnxruntime-openvino", "onnxruntime-qnn")
 DECODER_INPUTS = ("features", "z", "x")
+INT8_MAX_LOSS_DB = 0.02  # FACESR_PRECISION=auto serves int8 only within this PSNR loss
 
 
 class EngineError(RuntimeError):
@@ -160,6 +161,7 @@ class Runner:
     decoder_buckets: list[int]
     pad: bool = True
     max_rows: int | None = None  # rows per graph call (the CPU chunk); None: no limit
+    precision: str = "fp32"
     warm_seconds: float | None = None
     calls: dict[str, set[int]] = field(default_factory=lambda: {"icap": set(), "encoder": set(),
                                                                 "decoder": set()})
@@ -262,11 +264,13 @@ class Runner:
             "preset": m.preset, "latent_shape": list(m.latent_shape),
             "global_residual": m.global_residual, "opset": m.opset,
             "sample_temperature": m.sample_temperature,
-            "provider": self.provider, "providers": self.providers,
+            "provider": self.provider, "providers": self.providers, "precision": self.precision,
             "requested_providers": self.requested,
             "files": {k: {"path": f.path, "sha256": f.sha256}
                       for k, f in {**m.files, **m.weights}.items()},
             "metrics": m.metrics,
+            "int8": m.int8.model_dump(include={"files", "method", "calibration", "loss"})
+            if m.int8 else None,
             "batch_buckets": {"icap": self.encoder_buckets, "encoder": self.encoder_buckets,
                               "decoder": self.decoder_buckets},
             "padded_to_buckets": self.pad,
@@ -314,9 +318,24 @@ def check_graphs(root: Path, manifest: Manifest, sessions: dict[str, ort.Inferen
         raise ModelError(f"{root}: hr_size {manifest.hr_size}, this service serves {HR_SIZE}")
 
 
+def serving_precision(manifest: Manifest, wanted: str, provider: str) -> str:
+    """fp32 or int8 for one model: FACESR_PRECISION, the provider asked for first, and the int8
+    PSNR loss its manifest records (auto: int8 only on the CPU, within INT8_MAX_LOSS_DB)."""
+    if wanted == "int8" and manifest.int8 is None:
+        raise ModelError(f"{manifest.name}: FACESR_PRECISION=int8 but its manifest lists no int8 "
+                         "graphs; add them with `facesr-export --int8-only --out DIR --pack "
+                         "PACK.npz`, or set FACESR_PRECISION=auto")
+    if wanted != "auto":
+        return wanted
+    fits = manifest.int8 is not None and manifest.int8.loss_within(INT8_MAX_LOSS_DB)
+    return "int8" if fits and provider == CPU else "fp32"
+
+
 def load_runner(root: Path, settings: Settings, requested: list[str]) -> Runner:
     try:
-        manifest = load_manifest(root, verify=True, weights=False)  # serving needs the graphs
+        manifest = load_manifest(root, verify=False)
+        precision = serving_precision(manifest, settings.precision, requested[0])
+        manifest.verify(root, (precision,), weights=False)  # serving reads no weights
     except ManifestError as exc:
         raise ModelError(str(exc)) from exc
     enc_buckets = batch_buckets(settings.max_batch)
@@ -327,14 +346,15 @@ def load_runner(root: Path, settings: Settings, requested: list[str]) -> Runner:
         top = dec_buckets[-1] if graph == "decoder" else enc_buckets[-1]
         inputs = manifest.files[graph].inputs
         providers = [(p, provider_options(p, inputs, top)) for p in requested]
-        path = manifest.graph_path(root, graph)
+        path = manifest.graph_path(root, graph, precision)
         try:
             sessions[graph] = ort.InferenceSession(str(path), session_options(settings),
                                                    providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises several pybind11 exception types
             raise ModelError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
     check_graphs(root, manifest, sessions)
-    return Runner(root, manifest, sessions, requested, enc_buckets, dec_buckets)
+    return Runner(root, manifest, sessions, requested, enc_buckets, dec_buckets,
+                  precision=precision)
 
 
 def check_provider(runner: Runner, settings: Settings) -> None:
@@ -348,8 +368,9 @@ def check_provider(runner: Runner, settings: Settings) -> None:
     if got != asked:
         log.warning("%s: asked for %s but ONNX Runtime runs it on %s (fallback)",
                     runner.manifest.name, asked, got)
-    log.info("model %s scale x%d version %s: provider %s (session providers %s)",
-             runner.manifest.name, runner.scale, runner.manifest.version, got, runner.providers)
+    log.info("model %s scale x%d version %s: provider %s (session providers %s), %s graphs",
+             runner.manifest.name, runner.scale, runner.manifest.version, got, runner.providers,
+             runner.precision)
 
 
 def load_models(settings: Settings) -> dict[int, Runner]:

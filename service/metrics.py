@@ -58,8 +58,8 @@ class Metrics:
                                  "Samples (/samples) or frames (/traverse) per request",
                                  ["endpoint"], buckets=SAMPLE_BUCKETS, registry=r)
         self.model_info = Gauge("facesr_model_info", "Loaded models (value 1)",
-                                ["name", "scale", "version", "provider"], registry=r,
-                                multiprocess_mode="livemax")
+                                ["name", "scale", "version", "provider", "precision"],
+                                registry=r, multiprocess_mode="livemax")
         self.errors = Counter("facesr_errors_total", "Error responses by kind", ["kind"],
                               registry=r)
         self.ready = Gauge("facesr_ready", "1 once the models are loaded and warmed up",

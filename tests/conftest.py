@@ -15,7 +15,8 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before any test imports o
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """models/x4, x8, x16: one tiny exported StochasticSR (random weights) per scale.
+    """models/x4, x8, x16: one tiny exported StochasticSR (random weights) per scale, with its
+    int8 graphs.
 
     The decoder's last conv is zero-initialised (global residual); it gets small random weights
     so that different latents give different images. x4 and x16 are copies of the x8 graphs
@@ -28,6 +29,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from training.config import ModelConfig
     from training.export import export_model
     from training.models import StochasticSR
+    from training.quantize import add_int8
 
     torch.manual_seed(0)
     model = StochasticSR(ModelConfig.preset("tiny"))
@@ -39,8 +41,10 @@ def tiny_model_dir(tmp_path_factory) -> Path:
             bn.running_mean.normal_(0.0, 0.05)
             bn.running_var.uniform_(0.8, 1.2)
     root = tmp_path_factory.mktemp("models")
-    manifest = export_model(model, root / "x8", scale=8, preset="tiny", version="test-1",
-                            metrics={"psnr": 20.0, "note": "random weights"})
+    export_model(model, root / "x8", scale=8, preset="tiny", version="test-1",
+                 metrics={"psnr": 20.0, "note": "random weights"})
+    # int8 graphs calibrated on the fallback photos: no pack, so no loss recorded (auto: fp32)
+    manifest = add_int8(root / "x8", count=16)
     for scale in (4, 16):
         shutil.copytree(root / "x8", root / f"x{scale}")
         copy = manifest.model_copy(update={"name": f"x{scale}", "scale": scale,

@@ -41,6 +41,7 @@ LIMITS = {  # small limits keep warm-up and the over-limit payloads cheap
 }
 BODY_LIMIT = 2 * 300000 + 64 * 1024
 CLEAN_EXIT = (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a graceful shutdown
+INT8_MIN_PSNR = 40.0  # dB, int8 against fp32 output of the tiny model on the astronaut (52 seen)
 
 
 def settings_for(model_dir: Path, env: dict[str, str] = LIMITS, **overrides) -> Settings:
@@ -393,6 +394,8 @@ def test_models(client, tiny_model_dir):
         manifest = load_manifest(tiny_model_dir / f"x{m['scale']}")
         assert m["version"] == manifest.version == "test-1"
         assert m["provider"] == "CPUExecutionProvider"
+        assert m["precision"] == "fp32"  # auto, and the int8 graphs have no measured loss
+        assert m["int8"]["loss"] == {} and m["int8"]["files"]["icap"]["path"] == "icap.int8.onnx"
         assert m["metrics"] == {"psnr": 20.0, "note": "random weights"}
         for name, f in {**manifest.files, **manifest.weights}.items():
             assert m["files"][name] == {"path": f.path, "sha256": f.sha256}
@@ -710,6 +713,64 @@ def test_a_corrupt_model_leaves_the_app_up_but_not_ready(tiny_model_dir, tmp_pat
         assert str(tmp_path) not in body["detail"] and "sha256" not in body["detail"], body
         models = client.get("/v1/models").json()  # the cause, behind the API key when set
         assert models["models"] == [] and "sha256" in models["detail"], models
+
+
+def model_copy_with_int8_loss(tiny_model_dir: Path, out: Path, loss_db: float | None) -> Path:
+    """A copy of the x8 model whose manifest records this int8 loss on two test splits (None:
+    no int8 graphs in the manifest, and none on disk)."""
+    import shutil
+
+    from facesr_core.manifest import QuantizationLoss, write_manifest
+
+    shutil.copytree(tiny_model_dir / "x8", out)
+    manifest = load_manifest(out)
+    if loss_db is None:
+        for f in manifest.int8.files.values():
+            (out / f.path).unlink()
+        int8 = None
+    else:
+        loss = QuantizationLoss(count=300, psnr_fp32=25.0, psnr_int8=25.0 - loss_db,
+                                loss_db=loss_db)
+        int8 = manifest.int8.model_copy(update={"loss": {"celeba_test": loss,
+                                                         "utkface_test": loss}})
+    write_manifest(out, manifest.model_copy(update={"int8": int8}))
+    return out
+
+
+@pytest.mark.parametrize("loss_db, want", [(0.01, "int8"), (0.03, "fp32")])
+def test_auto_serves_int8_on_the_cpu_only_within_the_loss(tiny_model_dir, tmp_path, loss_db,
+                                                         want):
+    model_dir = model_copy_with_int8_loss(tiny_model_dir, tmp_path / "x8", loss_db)
+    with TestClient(create_app(settings_for(model_dir, warmup=False))) as client:
+        wait_ready(client)
+        (info,) = client.get("/v1/models").json()["models"]
+        assert info["precision"] == want
+        assert metric(client.get("/metrics").text, "facesr_model_info", name="x8",
+                      precision=want) == 1
+
+
+def test_int8_is_served_and_close_to_fp32(tiny_model_dir, lr8):
+    outputs = {}
+    for precision in ("fp32", "int8"):
+        settings = settings_for(tiny_model_dir / "x8", warmup=False, precision=precision)
+        with TestClient(create_app(settings)) as client:
+            wait_ready(client)
+            (info,) = client.get("/v1/models").json()["models"]
+            assert info["precision"] == precision
+            r = client.post("/superresolve", files=upload(lr8))
+            assert r.status_code == 200, r.text
+            outputs[precision] = pixels(r.content)
+    assert not np.array_equal(outputs["fp32"], outputs["int8"])  # really another graph
+    assert peak_signal_noise_ratio(outputs["fp32"], outputs["int8"]) > INT8_MIN_PSNR
+
+
+def test_int8_asked_for_but_absent_leaves_the_app_not_ready(tiny_model_dir, tmp_path):
+    model_dir = model_copy_with_int8_loss(tiny_model_dir, tmp_path / "x8", None)
+    with TestClient(create_app(settings_for(model_dir, precision="int8"))) as client:
+        body = assert_error(client.get("/health/ready"), 503, "not_ready")
+        assert "FACESR_PRECISION=int8" in body["detail"], body
+    with TestClient(create_app(settings_for(model_dir, warmup=False))) as client:
+        wait_ready(client)  # auto: fp32, which needs no int8 file
 
 
 # --- real processes: python -m service, SIGTERM, several workers, REQUIRE_GPU ------------

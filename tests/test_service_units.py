@@ -141,6 +141,51 @@ def test_corrupt_model_refuses_to_load(tiny_model_dir, tmp_path):
         engine.load_models(Settings(model_dir=tmp_path))
 
 
+# --- precision: fp32 or int8 ---------------------------------------------------------------
+
+def with_int8_loss(manifest, losses: dict[str, float] | None):
+    """The manifest with these int8 PSNR losses by test split (None: no int8 graphs at all)."""
+    from facesr_core.manifest import QuantizationLoss
+
+    if losses is None:
+        return manifest.model_copy(update={"int8": None})
+    loss = {k: QuantizationLoss(count=300, psnr_fp32=25.0, psnr_int8=25.0 - v, loss_db=v)
+            for k, v in losses.items()}
+    return manifest.model_copy(update={"int8": manifest.int8.model_copy(update={"loss": loss})})
+
+
+BOTH_SMALL = {"celeba_test": 0.004, "utkface_test": 0.02}
+
+
+@pytest.mark.parametrize("wanted, provider, losses, want", [
+    ("auto", CPU, BOTH_SMALL, "int8"),
+    ("auto", CPU, {"celeba_test": -0.01, "utkface_test": 0.001}, "int8"),  # int8 a bit better
+    ("auto", CPU, {"celeba_test": 0.004, "utkface_test": 0.021}, "fp32"),  # one split above
+    ("auto", CPU, {}, "fp32"),  # int8 graphs, but no loss measured (no pack at export)
+    ("auto", CPU, None, "fp32"),  # no int8 graphs
+    ("auto", CUDA, BOTH_SMALL, "fp32"),  # GPU providers: always fp32 under auto
+    ("auto", TRT, BOTH_SMALL, "fp32"),
+    ("fp32", CPU, BOTH_SMALL, "fp32"),
+    ("int8", CPU, {"celeba_test": 0.5}, "int8"),  # asked for explicitly: served whatever the loss
+    ("int8", CUDA, {}, "int8"),
+])
+def test_serving_precision(tiny_model_dir, wanted, provider, losses, want):
+    manifest = with_int8_loss(engine.load_manifest(tiny_model_dir / "x8"), losses)
+    assert engine.serving_precision(manifest, wanted, provider) == want
+
+
+def test_int8_asked_for_but_absent_is_a_model_error(tiny_model_dir):
+    manifest = with_int8_loss(engine.load_manifest(tiny_model_dir / "x8"), None)
+    with pytest.raises(engine.ModelError, match="FACESR_PRECISION=int8 but .* no int8 graphs"):
+        engine.serving_precision(manifest, "int8", CPU)
+
+
+def test_precision_setting_is_checked():
+    assert Settings(precision="INT8").precision == "int8"
+    with pytest.raises(ValidationError):
+        Settings(precision="fp16")
+
+
 # --- buckets and the runner ---------------------------------------------------------------
 
 def test_batch_buckets():

@@ -144,6 +144,29 @@ def test_export_fails_loudly_when_onnx_differs(tmp_path, monkeypatch):
                             tolerance=export.TOLERANCE)
 
 
+def test_int8_export_quantizes_every_graph_and_records_the_loss(tmp_path, pack):
+    import onnx
+
+    from training.quantize import add_int8
+
+    model_dir = tmp_path / "x8"
+    fp32 = export_model(random_tiny(), model_dir, scale=8, preset="tiny")
+    manifest = add_int8(model_dir, pack, count=8)
+    assert load_manifest(model_dir) == manifest  # every sha256 checked, the int8 ones too
+    assert manifest.files == fp32.files and manifest.int8 is not None  # fp32 left as it was
+    for graph, entry in manifest.int8.files.items():
+        assert entry.path == f"{graph}.int8.onnx" and entry.inputs == fp32.files[graph].inputs
+        ops = {n.op_type for n in onnx.load(str(model_dir / entry.path)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert manifest.int8.calibration["faces"] == 8
+    (split, loss), = manifest.int8.loss.items()  # the pack's one source with a test split
+    assert split == "utkface_test" and loss.count == 4
+    assert loss.loss_db == pytest.approx(loss.psnr_fp32 - loss.psnr_int8)
+    assert 10 < loss.psnr_int8 < 60 and abs(loss.loss_db) < 3
+    export_model(random_tiny(), model_dir, scale=8, preset="tiny")  # a re-export drops them
+    assert load_manifest(model_dir).int8 is None and not list(model_dir.glob("*.int8.onnx"))
+
+
 def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
@@ -176,13 +199,22 @@ def test_cli_prepare_train_eval_export(tmp_path, pack):
         ("eval", "--model", str(run), "--pack", str(pack), "--sources", "utkface",
          "--best-of", "2", "--out", str(evald)),
         ("export", "--model", str(run), "--out", str(model_dir), "--metrics",
-         str(evald / "metrics.json")),
+         str(evald / "metrics.json"), "--calibration-faces", "4"),
     ]
     for step in steps:
         proc = run_cli("-m", "training.cli", *step)
         assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = load_manifest(model_dir)
     assert manifest.metrics["utkface_test"]["best_of_2"]["psnr"] > 0
+    # int8 came without asking, calibrated and measured on the run's own pack
+    assert manifest.int8.calibration["source"] == f"{pack.name}, train split"
+    assert set(manifest.int8.loss) == {"utkface_test"}
+    proc = run_cli("-m", "training.cli", "export", "--int8-only", "--out", str(model_dir),
+                   "--calibration-faces", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = load_manifest(model_dir)  # the run's pack again, from the manifest
+    assert again.files == manifest.files and again.int8.calibration["faces"] == 2
+    assert set(again.int8.loss) == {"utkface_test"}
     assert manifest.training["steps"] == {"phase1": 2, "phase2": 1, "phase3": 0}
     for fig in ("fig4_oracle.png", "fig7_samples.png", "fig8_traversal.png"):
         assert (evald / "figures_utkface" / fig).is_file()

@@ -257,10 +257,15 @@ def eval_main(argv: list[str] | None = None) -> None:
 
 
 def export_main(argv: list[str] | None = None) -> None:
+    from training.config import CALIBRATION_FACES
+
     prog = "facesr-export"
     p = argparse.ArgumentParser(prog, description="ONNX graphs + manifest.json for the "
-                                "service, each checked against PyTorch in ONNX Runtime.")
-    p.add_argument("--model", type=Path, required=True, help="training run folder")
+                                "service, each checked against PyTorch in ONNX Runtime; then "
+                                "their int8 copies for the CPU (training/quantize.py), calibrated "
+                                "on the pack's train split, with the PSNR they lose on its test "
+                                "splits recorded in the manifest.")
+    p.add_argument("--model", type=Path, help="training run folder (required unless --int8-only)")
     p.add_argument("--out", type=Path, required=True, help="model folder, e.g. models/x8")
     p.add_argument("--metrics", type=Path, help="metrics.json from facesr-eval, for the manifest")
     p.add_argument("--name", help="model name in the manifest (default: x<scale>)")
@@ -268,10 +273,36 @@ def export_main(argv: list[str] | None = None) -> None:
     p.add_argument("--sample-temperature", type=float, default=1.0,
                    help="default temperature of /samples and /traverse (calibrate it with "
                         "python -m training.diagnostics --calibrate; default 1, the paper's)")
+    p.add_argument("--pack", type=Path, help="face pack for int8: calibration on its train split, "
+                   "quality loss on its test splits (default: the pack the model was trained "
+                   "on, as its manifest records it, if that file exists; without one, "
+                   "calibration on scikit-image sample photos and no loss recorded, so "
+                   "FACESR_PRECISION=auto serves fp32)")
+    p.add_argument("--calibration-faces", type=int, default=CALIBRATION_FACES,
+                   help=f"train faces for int8 calibration (default {CALIBRATION_FACES})")
+    p.add_argument("--int8-eval-limit", type=int,
+                   help="at most this many faces per test split for the int8 loss (default all)")
+    p.add_argument("--no-int8", action="store_true", help="export the fp32 graphs only")
+    p.add_argument("--int8-only", action="store_true", help="quantize the fp32 graphs already in "
+                   "--out and add int8 to its manifest, leaving the fp32 files as they are")
     a = p.parse_args(argv)
-    require_dir(prog, "--model", a.model)
+    if a.int8_only and a.no_int8:
+        fail(prog, "--int8-only and --no-int8 exclude each other")
+    if not a.int8_only and a.model is None:
+        fail(prog, "--model RUN is required (or --int8-only for a folder already exported)")
+    require_dir(prog, "--out" if a.int8_only else "--model", a.out if a.int8_only else a.model)
     require_file(prog, "--metrics", a.metrics, " (facesr-eval writes metrics.json)")
+    require_file(prog, "--pack", a.pack)
     require_training_packages(prog)
+    run_pack = _run_pack_of(a.out) if a.int8_only else _export_fp32(a)
+    pack = a.pack or run_pack
+    if a.no_int8:
+        return
+    _export_int8(a.out, pack, a.calibration_faces, a.int8_eval_limit)
+
+
+def _export_fp32(a: argparse.Namespace) -> Path | None:
+    """Export the run in a.model to a.out; returns the run's pack, if that file exists."""
     from training.export import export_model
     from training.weights import load_model, run_summary
 
@@ -287,6 +318,30 @@ def export_main(argv: list[str] | None = None) -> None:
                             name=a.name, version=a.version, training=summary, metrics=metrics,
                             sample_temperature=a.sample_temperature)
     print(f"wrote {a.out}: " + ", ".join(f.path for f in manifest.files.values()))
+    return _run_pack_of(a.out)
+
+
+def _run_pack_of(model_dir: Path) -> Path | None:
+    """The pack the model was trained on (its manifest says), if that file is here."""
+    from facesr_core.manifest import load_manifest
+
+    pack = Path(load_manifest(model_dir, verify=False).training.get("data", {}).get("pack") or "")
+    return pack if pack.name and pack.is_file() else None
+
+
+def _export_int8(out: Path, pack: Path | None, faces: int, eval_limit: int | None) -> None:
+    from training.quantize import add_int8
+
+    if pack is not None and not pack.is_file():
+        raise SystemExit(f"facesr-export: pack {pack} not found (give --pack PACK.npz)")
+    if pack is None:
+        print("no pack: int8 calibrated on scikit-image sample photos, no loss measured "
+              "(FACESR_PRECISION=auto will serve fp32; give --pack to measure it)")
+    manifest = add_int8(out, pack, faces, eval_limit)
+    assert manifest.int8 is not None
+    losses = ", ".join(f"{k} {v.loss_db:+.4f} dB" for k, v in manifest.int8.loss.items())
+    print(f"wrote {out}: " + ", ".join(f.path for f in manifest.int8.files.values())
+          + (f" (int8 PSNR loss: {losses})" if losses else ""))
 
 
 COMMANDS = {"prepare": prepare_main, "train": train_main, "eval": eval_main,

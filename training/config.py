@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 LR_SCHEDULES = ("constant", "cosine")
 DET_LOSSES = ("mse", "l1")
 PHASE2_LOSSES = ("kl", "nll")
+CALIBRATION_FACES = 64  # int8 calibration faces (training/quantize.py)
 
 
 @dataclass(frozen=True)

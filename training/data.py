@@ -147,10 +147,12 @@ def write_pack(faces: list[Face], out: Path, quality: int = 90, progress: bool =
 
 
 class FacePack:
-    """A pack in memory: HR faces as a uint8 (N,128,128,3) array, filtered by split/source."""
+    """A pack in memory: HR faces as a uint8 (N,128,128,3) array, filtered by split/source;
+    `sample` keeps only that many of them, drawn at random (seeded) and decoded alone."""
 
     def __init__(self, path: Path | str, split: str | None = None,
-                 sources: Iterable[str] | None = None):
+                 sources: Iterable[str] | None = None, sample: int | None = None,
+                 seed: int = 0):
         with np.load(path, allow_pickle=False) as z:
             keep = np.ones(len(z["name"]), bool)
             if split:
@@ -159,6 +161,9 @@ class FacePack:
                 keep &= np.isin(z["source"], list(sources))
             blob, offsets = z["jpeg"], z["offsets"]
             self.index = np.flatnonzero(keep)
+            if sample is not None and sample < len(self.index):
+                rng = np.random.default_rng(seed)
+                self.index = np.sort(rng.choice(self.index, sample, replace=False))
             self.names = z["name"][self.index]
             self.sources = z["source"][self.index]
             self.identities = z["identity"][self.index]
@@ -171,6 +176,12 @@ class FacePack:
 
     def __len__(self) -> int:
         return len(self.hr)
+
+    @staticmethod
+    def split_counts(path: Path | str) -> dict[str, int]:
+        """'<source>/<split>' -> faces, from the pack's metadata (nothing decoded)."""
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["meta"]))["by_split"]
 
 
 def network_input(hr: np.ndarray, scale: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from facesr_core.degradation import lr_size
-from facesr_core.manifest import MANIFEST_NAME, Manifest, ModelFile, sha256_of
+from facesr_core.manifest import Manifest, ModelFile, sha256_of, write_manifest
 from training.models import StochasticSR
 
 OPSET = 17
@@ -124,5 +124,7 @@ def export_model(model: StochasticSR, out_dir: Path | str, *, scale: int, preset
         metrics=metrics or {},
         sample_temperature=sample_temperature,
     )
-    (out_dir / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n")
+    for stale in out_dir.glob("*.int8.onnx"):  # quantized from graphs that are now replaced
+        stale.unlink()
+    write_manifest(out_dir, manifest)
     return manifest

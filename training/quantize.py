@@ -1,0 +1,259 @@
+"""int8 graphs for the CPU: the three exported graphs statically quantized, calibrated at export,
+and the PSNR they lose against fp32 on each test split, all recorded in manifest.json.
+
+Method: ONNX Runtime's `quantize_static` in QDQ format, per-channel int8 weights, uint8
+activations, MinMax calibration (BENCHMARKS.md has its speed and quality on this CPU). The nodes
+that read the image input x stay fp32: x is the bicubic-upsampled face, finer than 8 bits, and
+rounding it to uint8 cost the trained x8 model 0.45 dB (CelebA) and 0.81 dB (UTKFace) through
+the encoder's first conv alone; kept in fp32, 0.002 and 0.004 dB (40 test faces each).
+
+Calibration inputs: `count` faces drawn (seeded) from the train split of a pack, degraded at the
+model's scale exactly as the service degrades an upload. The icap and encoder graphs see those
+inputs; the decoder sees the fp32 encoder's features with two latents per face, the ICAP mean
+and one sample mu + sigma * eps, so that the latents of /samples and /traverse fall inside the
+calibrated ranges too.
+
+Without a pack the fallback is random crops of scikit-image's sample photographs (the astronaut,
+a cat, a coffee cup, a rocket: public domain, bundled with scikit-image). No test split, so no
+loss is measured, and FACESR_PRECISION=auto keeps such a model on fp32.
+
+The loss: on every test split of the pack (one per source: celeba_test, utkface_test), the mean
+RGB PSNR (uint8, no border crop, the protocol of facesr-eval) of the ICAP-mean output of the
+fp32 graphs and of the int8 graphs against the HR faces; loss_db = fp32 - int8.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from skimage.metrics import peak_signal_noise_ratio
+
+from facesr_core.degradation import from_model_range
+from facesr_core.manifest import (
+    GRAPHS,
+    Int8Graphs,
+    Manifest,
+    ModelFile,
+    QuantizationLoss,
+    load_manifest,
+    sha256_of,
+    write_manifest,
+)
+from training.config import CALIBRATION_FACES
+from training.data import FacePack, make_pair
+
+METHOD = ("onnxruntime quantize_static: QDQ, per-channel int8 weights, uint8 activations, "
+          "MinMax calibration; the nodes that read the image input x kept in fp32")
+IMAGE_INPUT = "x"
+FALLBACK_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+BATCH = 16
+
+
+def int8_file_name(graph: str) -> str:
+    return f"{graph}.int8.onnx"
+
+
+class OrtPipeline:
+    """ICAP + encoder + decoder in ONNX Runtime: the service's /superresolve, without it."""
+
+    def __init__(self, sessions: dict[str, ort.InferenceSession]):
+        self.s = sessions
+        self.dec_inputs = [i.name for i in sessions["decoder"].get_inputs()]
+
+    @classmethod
+    def from_files(cls, paths: dict[str, Path]) -> OrtPipeline:
+        so = ort.SessionOptions()  # no spin-waiting, as the service: it halves the speed on
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # a few cores
+        return cls({g: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+                    for g, p in paths.items()})
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mu, logvar = self.s["icap"].run(None, {"x": x})
+        (features,) = self.s["encoder"].run(None, {"x": x})
+        return mu, logvar, features
+
+    def decoder_feeds(self, features: np.ndarray, z: np.ndarray,
+                      x: np.ndarray) -> dict[str, np.ndarray]:
+        m = len(z)
+        rep = (lambda a: a if len(a) == m else np.repeat(a, m, axis=0))  # noqa: E731
+        feeds = {"features": rep(features), "z": z, "x": rep(x)}
+        return {k: feeds[k] for k in self.dec_inputs}
+
+    def decode(self, features: np.ndarray, z: np.ndarray, x: np.ndarray) -> np.ndarray:
+        (y,) = self.s["decoder"].run(None, self.decoder_feeds(features, z, x))
+        return y
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The ICAP-mean output, float32 in [-1, 1]."""
+        mu, _, features = self.encode(x)
+        return self.decode(features, mu, x)
+
+
+# --- calibration inputs ------------------------------------------------------------------------
+
+def pack_faces(pack: Path | str, count: int, seed: int = 0) -> np.ndarray:
+    """`count` HR faces (uint8 N,128,128,3) drawn from the pack's train split."""
+    faces = FacePack(pack, split="train", sample=count, seed=seed)
+    if len(faces) == 0:
+        raise SystemExit(f"{pack}: no faces in its train split to calibrate int8 on")
+    return faces.hr
+
+
+def fallback_faces(count: int, seed: int = 0) -> np.ndarray:
+    """`count` random square crops (128 px, some flipped) of scikit-image's sample photos."""
+    from PIL import Image
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    photos = [getattr(data, name)() for name in FALLBACK_PHOTOS]
+    out = []
+    for k in range(count):
+        photo = photos[k % len(photos)]
+        h, w = photo.shape[:2]
+        side = int(rng.integers(128, min(h, w) + 1))
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = Image.fromarray(photo[top:top + side, left:left + side]).resize((128, 128),
+                                                                           Image.BICUBIC)
+        face = np.asarray(crop)
+        out.append(face[:, ::-1] if rng.random() < 0.5 else face)
+    return np.stack(out)
+
+
+def model_inputs(hr: np.ndarray, scale: int) -> np.ndarray:
+    """HR faces (uint8 N,128,128,3) to network inputs x (float32 N,3,128,128), as served."""
+    return np.stack([make_pair(face, scale)[0] for face in hr])
+
+
+def calibration_feeds(fp32: OrtPipeline, xs: np.ndarray, seed: int = 0,
+                      samples: bool = True) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Per graph, the input batches its calibration runs (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, list[dict]] = {g: [] for g in GRAPHS}
+    for start in range(0, len(xs), BATCH):
+        x = xs[start:start + BATCH]
+        mu, logvar, features = fp32.encode(x)
+        feeds["icap"].append({"x": x})
+        feeds["encoder"].append({"x": x})
+        feeds["decoder"].append(fp32.decoder_feeds(features, mu, x))
+        if samples:
+            z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, dtype=np.float32)
+            feeds["decoder"].append(fp32.decoder_feeds(features, z.astype(np.float32), x))
+    return feeds
+
+
+# --- quantization --------------------------------------------------------------------------
+
+def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+    """One graph, statically quantized (see METHOD), from src to dst."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, items: list[dict]):
+            self.items: Iterator[dict] = iter(items)
+
+        def get_next(self) -> dict | None:
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / src.name
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(dst), Reader(feeds), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=image_readers(pre))
+
+
+def image_readers(path: Path) -> list[str]:
+    """Names of the nodes that take the image input x (kept in fp32, see the docstring)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [n.name for n in graph.node if IMAGE_INPUT in n.input]
+
+
+def quantize_graphs(src: dict[str, Path], out: Path, feeds: dict[str, list[dict]],
+                    graphs: tuple[str, ...] = GRAPHS) -> dict[str, Path]:
+    """Quantize `graphs` of src into out/<graph>.int8.onnx; the others stay src's (fp32)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = dict(src)
+    for g in graphs:
+        paths[g] = out / int8_file_name(g)
+        quantize_graph(src[g], paths[g], feeds[g])
+    return paths
+
+
+# --- quality ------------------------------------------------------------------------------
+
+def mean_psnr(pipe: OrtPipeline, xs: np.ndarray, hr: np.ndarray) -> float:
+    """Mean RGB PSNR (uint8) of the ICAP-mean outputs against the HR faces."""
+    scores = []
+    for start in range(0, len(xs), BATCH):
+        out = from_model_range(pipe(xs[start:start + BATCH]))
+        scores += [peak_signal_noise_ratio(h, o, data_range=255)
+                   for h, o in zip(hr[start:start + BATCH], out, strict=True)]
+    return float(np.mean(scores))
+
+
+def held_out_splits(pack: Path | str, limit: int | None = None) -> dict[str, np.ndarray]:
+    """'<source>_test' -> HR faces, for every source with a test split in the pack."""
+    sources = sorted({key.split("/")[0] for key in FacePack.split_counts(pack)
+                      if key.endswith("/test")})
+    splits = {}
+    for src in sources:
+        hr = FacePack(pack, split="test", sources=(src,)).hr
+        splits[f"{src}_test"] = hr[:limit] if limit else hr
+    return splits
+
+
+def quantization_loss(fp32: OrtPipeline, int8: OrtPipeline, splits: dict[str, np.ndarray],
+                      scale: int) -> dict[str, QuantizationLoss]:
+    losses = {}
+    for name, hr in splits.items():
+        xs = model_inputs(hr, scale)
+        a, b = mean_psnr(fp32, xs, hr), mean_psnr(int8, xs, hr)
+        losses[name] = QuantizationLoss(count=len(hr), psnr_fp32=a, psnr_int8=b, loss_db=a - b)
+    return losses
+
+
+# --- the model folder ---------------------------------------------------------------------
+
+def add_int8(model_dir: Path | str, pack: Path | str | None = None,
+             count: int = CALIBRATION_FACES, eval_limit: int | None = None,
+             seed: int = 0) -> Manifest:
+    """Quantize the fp32 graphs of an exported model folder and record the int8 graphs (their
+    sha256, calibration and loss) in its manifest. The fp32 files are left as they are."""
+    root = Path(model_dir)
+    manifest = load_manifest(root, verify=False)
+    manifest.verify(root, ("fp32",))
+    fp32_paths = {g: manifest.graph_path(root, g) for g in GRAPHS}
+    fp32 = OrtPipeline.from_files(fp32_paths)
+    if pack is not None:
+        hr = pack_faces(pack, count, seed)
+        calibration = {"source": f"{Path(pack).name}, train split", "faces": len(hr),
+                       "seed": seed}
+    else:
+        hr = fallback_faces(count, seed)
+        calibration = {"source": "fallback: scikit-image sample photos " +
+                       ", ".join(FALLBACK_PHOTOS), "faces": len(hr), "seed": seed}
+    feeds = calibration_feeds(fp32, model_inputs(hr, manifest.scale), seed)
+    paths = quantize_graphs(fp32_paths, root, feeds)
+    loss = {}
+    if pack is not None:
+        loss = quantization_loss(fp32, OrtPipeline.from_files(paths),
+                                 held_out_splits(pack, eval_limit), manifest.scale)
+    manifest.int8 = Int8Graphs(
+        files={g: ModelFile(path=p.name, sha256=sha256_of(p),
+                            inputs=manifest.files[g].inputs, outputs=manifest.files[g].outputs)
+               for g, p in paths.items()},
+        method=METHOD, calibration=calibration, loss=loss)
+    write_manifest(root, manifest)
+    return manifest
