@@ -767,8 +767,9 @@ def test_int8_is_served_and_close_to_fp32(tiny_model_dir, lr8):
 def test_int8_asked_for_but_absent_leaves_the_app_not_ready(tiny_model_dir, tmp_path):
     model_dir = model_copy_with_int8_loss(tiny_model_dir, tmp_path / "x8", None)
     with TestClient(create_app(settings_for(model_dir, precision="int8"))) as client:
-        body = assert_error(client.get("/health/ready"), 503, "not_ready")
-        assert "FACESR_PRECISION=int8" in body["detail"], body
+        assert_error(client.get("/health/ready"), 503, "not_ready")
+        models = client.get("/v1/models").json()  # the cause: in the log and /v1/models
+        assert "FACESR_PRECISION=int8" in models["detail"], models
     with TestClient(create_app(settings_for(model_dir, warmup=False))) as client:
         wait_ready(client)  # auto: fp32, which needs no int8 file
 
