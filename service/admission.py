@@ -74,15 +74,21 @@ class Ticket:
     admitted_at: float
     _owner: Admission | None = field(default=None, repr=False)
     started_at: float | None = None  # clock seconds, once its call started in the pool
+    computed: bool = False  # its call in the pool has ended (the answer may still be encoding)
 
     @property
     def running(self) -> bool:
-        return self.started_at is not None
+        """Its call is running in the pool now."""
+        return self.started_at is not None and not self.computed
 
     def start(self) -> None:
         """Its call starts in the pool now."""
         if self._owner is not None:
             self.started_at = self._owner.clock()
+
+    def finish(self) -> None:
+        """Its call in the pool has ended: it no longer holds up anyone's call."""
+        self.computed = True
 
     def release(self) -> None:
         """The request has left: its work is done, and from its start to now (inference,
@@ -144,11 +150,12 @@ class Admission:
     def _seconds_until_done(self, cost: float, lane: Lane) -> float:
         """Estimated seconds until a new request of `cost` in `lane` would be done (lock held).
 
-        Ahead of it: every admitted request of its lane and of lighter lanes, and the heavier
-        calls that are already running (they are never interrupted)."""
+        Ahead of it: every admitted request of its lane and of lighter lanes whose call has not
+        ended, and the heavier calls that are already running (they are never interrupted). A
+        request whose call has ended (its answer is being encoded) holds up no call."""
         work = cost * self.seconds_per_decode[lane]
         for t in self._tickets:
-            if t.lane <= lane or t.running:
+            if not t.computed and (t.lane <= lane or t.running):
                 work += t.cost * self.seconds_per_decode[t.lane]
         return work / self.workers
 

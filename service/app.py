@@ -70,7 +70,10 @@ class ServiceState:
                 raise Refused(refusal)
             ticket.start()
             start = time.perf_counter()
-            return fn(*args), start, time.perf_counter()
+            try:
+                return fn(*args), start, time.perf_counter()
+            finally:
+                ticket.finish()
 
         loop = asyncio.get_running_loop()
         try:
