@@ -172,9 +172,9 @@ def load_manifest(model_dir: Path | str, verify: bool = True, weights: bool = Tr
     return manifest
 
 
-def validation_summary(exc: ValidationError) -> str:
+def validation_summary(exc: ValidationError, root: str = "manifest") -> str:
     """A pydantic ValidationError on one line: 'field.path: message; ...'."""
-    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'manifest'}: {err['msg']}"
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or root}: {err['msg']}"
                      for err in exc.errors())
 
 

@@ -14,6 +14,7 @@ import sys
 from pydantic import SecretStr, ValidationError
 from pydantic_settings import CliSettingsSource
 
+from facesr_core.manifest import validation_summary
 from service.settings import Settings, model_dir_candidates
 
 ENV_PREFIX = "FACESR_"
@@ -33,9 +34,7 @@ def parse_settings(argv: list[str]) -> Settings:
     try:
         return Settings(_cli_settings_source=source(args=argv))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
-                             for e in exc.errors())
-        parser.exit(2, f"facesr-serve: invalid setting: {problems}\n")
+        parser.exit(2, f"facesr-serve: invalid setting: {validation_summary(exc, 'settings')}\n")
 
 
 def env_value(value: object) -> str:

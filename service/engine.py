@@ -48,7 +48,7 @@ class EngineError(RuntimeError):
 
 class ModelError(EngineError):
     """A model directory or file is missing, corrupt or inconsistent: the service stays up but
-    not ready, and /health/ready says why (an orchestrator keeps it out of rotation)."""
+    not ready (an orchestrator keeps it out of rotation); the log and /v1/models say why."""
 
 
 def installed_runtimes() -> list[str]:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from facesr_core.degradation import SCALES
+
 # import name -> distribution, for the packages of the `train` extra
 TRAINING_PACKAGES = {"torch": "torch", "skimage": "scikit-image", "tqdm": "tqdm", "onnx": "onnx",
                      "onnxscript": "onnxscript", "safetensors": "safetensors",
@@ -26,7 +28,6 @@ TRAINING_PACKAGES = {"torch": "torch", "skimage": "scikit-image", "tqdm": "tqdm"
 INSTALL_HINT = ('pip install -e ".[train]" (it pulls torch: on Linux the default PyPI torch is a '
                 "CUDA build; for a CPU-only one run pip install torch --index-url "
                 "https://download.pytorch.org/whl/cpu first)")
-SCALES = (4, 8, 16)
 EVAL_SOURCES = ("celeba", "utkface")  # the sources with held-out val/test faces
 # Help for facesr-train's flags (the fields of TrainConfig); a field missing here gets only
 # its default, and tests/test_training_cli.py asks for one.
@@ -332,8 +333,6 @@ def _run_pack_of(model_dir: Path) -> Path | None:
 def _export_int8(out: Path, pack: Path | None, faces: int, eval_limit: int | None) -> None:
     from training.quantize import add_int8
 
-    if pack is not None and not pack.is_file():
-        raise SystemExit(f"facesr-export: pack {pack} not found (give --pack PACK.npz)")
     if pack is None:
         print("no pack: int8 calibrated on scikit-image sample photos, no loss measured "
               "(FACESR_PRECISION=auto will serve fp32; give --pack to measure it)")

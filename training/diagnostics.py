@@ -28,6 +28,7 @@ import torch
 
 from facesr_core.degradation import from_model_range
 from training.data import FacePack, make_pair
+from training.evaluate import psnr_batch
 
 BAND_FROM = 12  # cycles per 128 px
 ROWS = ("bicubic", "deterministic", "icap_mean", "sample")
@@ -57,15 +58,8 @@ def banding(outputs: dict[str, np.ndarray], hr: np.ndarray) -> dict[str, dict[st
         err = imgs.astype(np.float64).mean(-1) - hr.astype(np.float64).mean(-1)
         rows, cols = profile_spectra(err)
         result[name] = {"rows": band_rms(rows), "columns": band_rms(cols),
-                        "psnr": float(np.mean(psnr(hr, imgs)))}
+                        "psnr": float(np.mean(psnr_batch(hr, imgs)))}
     return result
-
-
-def psnr(hr: np.ndarray, imgs: np.ndarray) -> np.ndarray:
-    """RGB PSNR per image, uint8 (N,H,W,3) against (N,H,W,3) or one (H,W,3)."""
-    diff = imgs.astype(np.float64) - hr.astype(np.float64)
-    mse = (diff ** 2).reshape(len(imgs), -1).mean(1)
-    return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-12))
 
 
 def low_frequency_share(diff: np.ndarray, below: int = BAND_FROM) -> float:
@@ -112,13 +106,13 @@ def best_of_gain(model, hr: np.ndarray, scale: int, temperatures: list[float], n
     for face in hr:
         x = torch.from_numpy(make_pair(face, scale)[0])[None]
         feats, (mu, logvar) = model.sr.encoder(x), model.icap(x)
-        mean_psnr = psnr(face, from_model_range(model.sr.decoder(feats, mu, x).numpy()))[0]
+        mean_psnr = psnr_batch(face, from_model_range(model.sr.decoder(feats, mu, x).numpy()))[0]
         eps = torch.randn((n, *mu.shape[1:]), generator=gen)
         for t in temperatures:
             z = mu + t * torch.exp(0.5 * logvar) * eps
             imgs = from_model_range(model.sr.decoder(feats.expand(n, -1, -1, -1), z,
                                                      x.expand(n, -1, -1, -1)).numpy())
-            gains[t].append(float(psnr(face, imgs).max() - mean_psnr))
+            gains[t].append(float(psnr_batch(face, imgs).max() - mean_psnr))
     return {t: float(np.mean(g)) for t, g in gains.items()}
 
 

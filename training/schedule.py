@@ -40,12 +40,11 @@ class WeightEMA:
     """
 
     def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+        self.decay, self._d = decay, decay
         self.averaged = AveragedModel(model, avg_fn=self._average, use_buffers=True)
 
     def _average(self, avg: torch.Tensor, new: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        d = min(self.decay, (1.0 + float(n)) / (10.0 + float(n)))
-        return avg * d + new.detach() * (1.0 - d)
+        return avg * self._d + new.detach() * (1.0 - self._d)
 
     def restart(self, model: nn.Module) -> None:
         """Start averaging afresh from the model's current weights (at a phase start)."""
@@ -53,6 +52,8 @@ class WeightEMA:
         self.averaged.n_averaged.zero_()
 
     def update(self, model: nn.Module) -> None:
+        n = int(self.averaged.n_averaged)  # a CPU tensor: read once per step, not per tensor
+        self._d = min(self.decay, (1.0 + n) / (10.0 + n))
         self.averaged.update_parameters(model)
 
     def copy_to(self, model: nn.Module) -> None:

@@ -75,8 +75,9 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: tune convs once
-    bf16 = fast_bf16(device) if cfg.bf16 is None else cfg.bf16
-    if bf16 and not fast_bf16(device):
+    native_bf16 = fast_bf16(device)
+    bf16 = native_bf16 if cfg.bf16 is None else cfg.bf16
+    if bf16 and not native_bf16:
         print("warning: this CPU has no native bf16 (oneDNN falls back to a conv path ~10x "
               "slower than fp32); --no-bf16 is faster here")
     channels_last = True if cfg.channels_last is None else cfg.channels_last
@@ -128,7 +129,7 @@ class Trainer:
                                           drop_last=True)
         self._epoch_cache: tuple[int, list[int]] | None = None
         self.ema = WeightEMA(self.model, cfg.ema) if cfg.ema > 0 else None
-        self.phase_started = time.time()
+        self.phase_started = 0.0  # set when each phase starts (lr_factor, the time budget)
         self.started = time.time()
         self.wall_before = 0.0
 
@@ -320,12 +321,12 @@ class Trainer:
             bar = tqdm(total=total, initial=self.steps[key], desc=f"phase {phase}", unit="step",
                        disable=not (progress and self.rt.main), dynamic_ncols=True)
             step_fn = (self.step_phase1, self.step_phase2, self.step_phase3)[phase - 1]
-            tick = phase_start = self.phase_started = time.time()
+            tick = self.phase_started = time.time()
             if self.ema and self.steps[key] == 0:
                 self.ema.restart(self.model)
             budget = self.phase_budget_s(phase)
             for _ in range(todo):
-                if budget and time.time() - phase_start > budget:
+                if budget and time.time() - self.phase_started > budget:
                     if self.rt.main:
                         print(f"phase {phase}: time budget of {budget:.0f} s reached at step "
                               f"{self.steps[key]}")
