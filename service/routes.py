@@ -216,6 +216,7 @@ def build_router(state: "ServiceState") -> APIRouter:
         timings = Timings(state, "/superresolve")
         lr, x = await prepare(image, scale, timings)
         result = await state.batchers[lr.scale].submit(x, s.retry_after_s)
+        work.finish()  # its batch has run: encoding its answer holds up no one's call
         timings.add("queue", result.queue_s)
         timings.add("inference", result.inference_s)
         with timings.stage("encode"):

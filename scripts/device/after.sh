@@ -31,6 +31,7 @@ for s in $SCALES; do
   fi
   facesr-eval --model "$run" --pack "$PACK" --sources celeba utkface --best-of 10 \
     --best-of-limit 100 --out "$run/eval"
-  facesr-export --model "$run" --out "$run/export" --metrics "$run/eval/metrics.json"
+  facesr-export --model "$run" --out "$run/export" --metrics "$run/eval/metrics.json" \
+    --pack "$PACK"
   python3 scripts/device/compare.py "$run/export" "models/x$s" "${ship[@]}"
 done
