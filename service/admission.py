@@ -75,6 +75,7 @@ class Ticket:
     _owner: Admission | None = field(default=None, repr=False)
     started_at: float | None = None  # clock seconds, once its call started in the pool
     computed: bool = False  # its call in the pool has ended (the answer may still be encoding)
+    overtaken: bool = False  # a call admitted after it started while it waited
 
     @property
     def running(self) -> bool:
@@ -85,6 +86,7 @@ class Ticket:
         """Its call starts in the pool now."""
         if self._owner is not None:
             self.started_at = self._owner.clock()
+            self._owner._overtake(self)
 
     def finish(self) -> None:
         """Its call in the pool has ended: it no longer holds up anyone's call."""
@@ -147,6 +149,14 @@ class Admission:
             self._tickets.discard(ticket)
         self._changed()
 
+    def _overtake(self, starter: Ticket) -> None:
+        """`starter`'s call starts now: every ticket admitted before it that still waits has
+        been overtaken."""
+        with self._lock:
+            for t in self._tickets:
+                if t.started_at is None and t.admitted_at < starter.admitted_at:
+                    t.overtaken = True
+
     def _seconds_until_done(self, cost: float, lane: Lane) -> float:
         """Estimated seconds until a new request of `cost` in `lane` would be done (lock held).
 
@@ -183,7 +193,10 @@ class Admission:
 
     def too_late(self, ticket: Ticket) -> Refusal | None:
         """The Refusal for an admitted call that could have finished by its deadline when it
-        was admitted, but no longer can (lighter work overtook it)."""
+        was admitted, but no longer can because lighter work overtook it. A call that is late
+        for any other reason (a slow machine, its own decoding) is tried: its deadline answers."""
+        if not ticket.overtaken:
+            return None
         needed = ticket.cost * self.seconds_per_decode[ticket.lane] / self.workers
         left = ticket.deadline - self.clock()
         if needed <= left * self.headroom or needed > (

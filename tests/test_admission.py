@@ -125,9 +125,25 @@ def test_too_late_once_overtaken():
     adm, clock = admission(headroom=1.0)
     ticket = adm.admit(20, clock.now + 5)  # 2 s of work
     assert adm.too_late(ticket) is None
-    clock.now += 3.5  # lighter work ran meanwhile: 1.5 s left
+    clock.now += 0.01
+    light = adm.admit(1, clock.now + 5)
+    light.start()  # it overtakes the heavy ticket
+    clock.now += 3.5  # 1.5 s left
     refusal = adm.too_late(ticket)
+    assert ticket.overtaken and not light.overtaken
     assert isinstance(refusal, Refusal) and refusal.retry_after_s >= 1
+
+
+def test_late_but_not_overtaken_is_tried():
+    """Lateness with nobody overtaking (a slow machine) is left to the deadline: a 504."""
+    adm, clock = admission(headroom=1.0)
+    ticket = adm.admit(20, clock.now + 5)
+    clock.now += 3.5
+    assert adm.too_late(ticket) is None
+    ticket.start()
+    later = adm.admit(1, clock.now + 5)
+    later.start()  # admitted after the ticket started: no overtaking
+    assert not ticket.overtaken
 
 
 def test_pool_runs_light_before_waiting_heavy_and_fifo_within_a_lane():
