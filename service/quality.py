@@ -1,4 +1,4 @@
-"""PSNR and SSIM in numpy (no scikit-image in the serving image).
+"""PSNR (facesr_core.quality) and SSIM in numpy (no scikit-image in the serving image).
 
 SSIM is the Gaussian-window SSIM of Wang et al. as scikit-image computes it with
 `structural_similarity(a, b, channel_axis=-1, gaussian_weights=True, sigma=1.5,
@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-DATA_RANGE = 255.0
+from facesr_core.quality import DATA_RANGE, psnr
+
+__all__ = ["psnr", "ssim"]
+
 SIGMA = 1.5
 TRUNCATE = 3.5
 K1, K2 = 0.01, 0.03
-MIN_MSE = 1e-12  # identical images: a finite PSNR (~168 dB), as training's eval does
-
-
-def psnr(reference: np.ndarray, images: np.ndarray) -> np.ndarray:
-    """RGB PSNR (dB) of each uint8 image (N,H,W,C) against one reference (H,W,C)."""
-    diff = images.astype(np.float64) - reference.astype(np.float64)[None]
-    mse = (diff**2).reshape(len(images), -1).mean(axis=1)
-    return 10 * np.log10(DATA_RANGE**2 / np.maximum(mse, MIN_MSE))
 
 
 def gaussian_kernel(sigma: float = SIGMA, truncate: float = TRUNCATE) -> np.ndarray:

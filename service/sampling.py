@@ -2,7 +2,8 @@
 
 eps for a request is `np.random.default_rng(seed).standard_normal((k, *latent_shape))` in
 float32, so draw i of a seed is the same latent in /samples and /traverse.
-z = mu + temperature * sigma * eps with sigma = exp(logvar / 2) (the ICAP's Gaussian).
+z = mu + temperature * sigma * eps with sigma = exp(logvar / 2) (the ICAP's Gaussian), drawn by
+facesr_core.latent.sample_latent.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from facesr_core.latent import sample_latent
 from service.quality import psnr, ssim
 
 SEED_MAX = 2**63 - 1
@@ -27,13 +29,6 @@ def new_seed() -> int:
 def draw_eps(seed: int, count: int, shape: tuple[int, ...]) -> np.ndarray:
     """The first `count` standard-normal draws of `seed`, float32 (count, *shape)."""
     return np.random.default_rng(seed).standard_normal((count, *shape), dtype=np.float32)
-
-
-def latents(mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray,
-            temperature: float) -> np.ndarray:
-    """z = mu + T * sigma * eps for one input's mu, logvar (L,h,w) and eps (k,L,h,w)."""
-    sigma = np.exp(0.5 * logvar)
-    return (mu[None] + np.float32(temperature) * sigma[None] * eps).astype(np.float32)
 
 
 def log_density(z: np.ndarray, mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
@@ -66,7 +61,7 @@ def traversal_endpoints(mu: np.ndarray, logvar: np.ndarray, seed: int, seed_end:
         eps = draw_eps(seed, 2, mu.shape)
     else:
         eps = np.concatenate([draw_eps(seed, 1, mu.shape), draw_eps(seed_end, 1, mu.shape)])
-    z = latents(mu, logvar, eps, temperature)
+    z = sample_latent(mu, logvar, eps, temperature)
     return z[0], z[1]
 
 
@@ -82,7 +77,7 @@ def sample_set(runner: Any, x: np.ndarray, seed: int, n: int, temperature: float
     """One ICAP pass, one encoder pass, one decoder call for the mean and all n samples."""
     mu, logvar, features = runner.encode(x[None])
     eps = draw_eps(seed, n, mu.shape[1:])
-    z = np.concatenate([mu, latents(mu[0], logvar[0], eps, temperature)])
+    z = np.concatenate([mu, sample_latent(mu[0], logvar[0], eps, temperature)])
     return SampleSet(runner.decode(features, z, x[None]), log_density(z, mu[0], logvar[0]))
 
 

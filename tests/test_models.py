@@ -126,3 +126,26 @@ def test_balance_phases_is_a_projection_that_keeps_the_mean_phase():
     assert torch.allclose(phase_sums(b).mean(0), phase_sums(w).mean(0), atol=1e-5)
     assert torch.allclose(balance_phases(b), b, atol=1e-6)
     assert not torch.allclose(b, w)
+
+
+def test_balance_phases_equals_the_tap_by_tap_form():
+    """The reshape-sum form against the strided one it replaced: per tap, take off a quarter of
+    its phase's excess over the mean phase sum."""
+    w = torch.randn(3, 5, 4, 4)
+    sums = torch.stack([w[:, :, r::2, c::2].sum((2, 3)) for r in (0, 1) for c in (0, 1)], -1)
+    excess = (sums - sums.mean(-1, keepdim=True)) / 4
+    phase_of_tap = torch.tensor([[0, 1, 0, 1], [2, 3, 2, 3]] * 2)  # 2 * (row % 2) + col % 2
+    torch.testing.assert_close(balance_phases(w), w - excess[..., phase_of_tap])
+
+
+def test_reference_outputs_are_the_decoder_at_0_mu_pred_and_mu_res():
+    torch.manual_seed(0)
+    m = StochasticSR(ModelConfig.preset("tiny")).eval()
+    x, y = torch.rand(2, 3, 128, 128) * 2 - 1, torch.rand(2, 3, 128, 128) * 2 - 1
+    out = m.reference_outputs(x, y)
+    with torch.no_grad():
+        det = m.sr(x, None)
+        torch.testing.assert_close(out["deterministic"], det)
+        torch.testing.assert_close(out["icap_mean"], m.sr(x, m.icap(x)[0]))
+        torch.testing.assert_close(out["ren_oracle"], m.sr(x, m.ren(y - det)[0]))
+    assert set(m.reference_outputs(x)) == {"deterministic", "icap_mean"}  # no y, no oracle

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import random
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from facesr_core.degradation import bicubic_upsample, degrade, to_hr, to_model_r
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 SOURCES = ("celeba", "utkface", "celeba_wild", "folder")
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -110,6 +112,12 @@ def collect_faces(celeba: Path | None = None, identities: Path | None = None,
     return faces
 
 
+def count_by_split(sources: Iterable[str], splits: Iterable[str]) -> dict[str, int]:
+    """A pack's meta.by_split: '<source>/<split>' -> faces, for the pairs that have any."""
+    counts = Counter(zip(sources, splits, strict=True))
+    return {f"{s}/{sp}": counts[s, sp] for s in SOURCES for sp in SPLITS if counts[s, sp]}
+
+
 def encode_jpeg(img: Image.Image, quality: int) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality, subsampling=0)
@@ -129,12 +137,8 @@ def write_pack(faces: list[Face], out: Path, quality: int = 90, progress: bool =
         except (OSError, ValueError) as exc:  # unreadable image: skip it, but say so
             print(f"skipping {face.path}: {exc}")
     offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
-    summary = {
-        "count": len(kept), "quality": quality,
-        "by_split": {f"{s}/{sp}": sum(f.source == s and f.split == sp for f in kept)
-                     for s in SOURCES for sp in ("train", "val", "test")
-                     if any(f.source == s and f.split == sp for f in kept)},
-    }
+    summary = {"count": len(kept), "quality": quality,
+               "by_split": count_by_split([f.source for f in kept], [f.split for f in kept])}
     if not kept:
         raise ValueError(f"none of the {len(faces)} images could be read")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,12 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facesr_core.degradation import from_model_range
-from training.data import FacePack, make_pair
-from training.evaluate import psnr_batch
+from facesr_core.quality import psnr
+from training.data import FacePack
+from training.evaluate import evaluate_face
+from training.visuals import model_outputs
 
 BAND_FROM = 12  # cycles per 128 px
 ROWS = ("bicubic", "deterministic", "icap_mean", "sample")
+CPU = torch.device("cpu")
 
 
 def profile_spectra(err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,17 +51,23 @@ def band_rms(spectrum: np.ndarray, start: int = BAND_FROM) -> float:
     return float(np.sqrt(spectrum[start:n - start + 1].sum()))
 
 
-def banding(outputs: dict[str, np.ndarray], hr: np.ndarray) -> dict[str, dict[str, float]]:
-    """Row (horizontal bands) and column (vertical bands, seams) band RMS of each output's error.
+def grey_error(imgs: np.ndarray, hr: np.ndarray) -> np.ndarray:
+    """SR - HR in grey levels (RGB averaged), (N,H,W)."""
+    return imgs.astype(np.float64).mean(-1) - hr.astype(np.float64).mean(-1)
+
+
+def banding(outputs: dict[str, np.ndarray], hr: np.ndarray
+            ) -> tuple[dict[str, dict[str, float]], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Row (horizontal bands) and column (vertical bands, seams) band RMS of each output's error,
+    and the spectra they come from.
 
     outputs: name -> uint8 (N,H,W,3) images of the faces in hr (N,H,W,3)."""
-    result = {}
+    result, spectra = {}, {}
     for name, imgs in outputs.items():
-        err = imgs.astype(np.float64).mean(-1) - hr.astype(np.float64).mean(-1)
-        rows, cols = profile_spectra(err)
+        spectra[name] = rows, cols = profile_spectra(grey_error(imgs, hr))
         result[name] = {"rows": band_rms(rows), "columns": band_rms(cols),
-                        "psnr": float(np.mean(psnr_batch(hr, imgs)))}
-    return result
+                        "psnr": float(np.mean(psnr(hr, imgs)))}
+    return result, spectra
 
 
 def low_frequency_share(diff: np.ndarray, below: int = BAND_FROM) -> float:
@@ -71,49 +79,26 @@ def low_frequency_share(diff: np.ndarray, below: int = BAND_FROM) -> float:
     return float(power[:, low].sum() / max(power.sum(), 1e-12))
 
 
-@torch.no_grad()
-def model_outputs(model, hr: np.ndarray, scale: int, n_samples: int = 1,
-                  temperature: float = 1.0, seed: int = 0,
-                  batch: int = 8) -> dict[str, np.ndarray]:
-    """uint8 outputs for faces hr (N,H,W,3): bicubic, deterministic, icap_mean, and n samples
-    per face ('sample': (N*n,H,W,3), grouped by face)."""
-    gen = torch.Generator().manual_seed(seed)
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ROWS}
-    for start in range(0, len(hr), batch):
-        pairs = [make_pair(h, scale) for h in hr[start:start + batch]]
-        x = torch.from_numpy(np.stack([p[0] for p in pairs]))
-        feats = model.sr.encoder(x)
-        mu, logvar = model.icap(x)
-        eps = torch.randn((len(x) * n_samples, *mu.shape[1:]), generator=gen)
-        z = (mu.repeat_interleave(n_samples, 0)
-             + temperature * torch.exp(0.5 * logvar).repeat_interleave(n_samples, 0) * eps)
-        rows = {"bicubic": x, "deterministic": model.sr.decoder(feats, None, x),
-                "icap_mean": model.sr.decoder(feats, mu, x),
-                "sample": model.sr.decoder(feats.repeat_interleave(n_samples, 0), z,
-                                           x.repeat_interleave(n_samples, 0))}
-        for k, v in rows.items():
-            out[k].append(from_model_range(v.numpy()))
-    return {k: np.concatenate(v) for k, v in out.items()}
+def diagnosed_outputs(model, hr: np.ndarray, scale: int,
+                      temperature: float = 1.0) -> dict[str, np.ndarray]:
+    """uint8 outputs for faces hr (N,H,W,3): bicubic, deterministic, icap_mean, and one sample
+    per face at `temperature`."""
+    o = model_outputs(model, hr, scale, temperature=temperature, n_samples=1, oracle=False)
+    return {**{k: o[k] for k in ROWS[:3]}, "sample": o["samples"][:, 0]}
 
 
-@torch.no_grad()
 def best_of_gain(model, hr: np.ndarray, scale: int, temperatures: list[float], n: int = 10,
                  seed: int = 0) -> dict[float, float]:
     """Mean over faces of best-of-n PSNR minus the ICAP mean's PSNR (dB), per temperature; the
-    same draws eps at every temperature. The calibrated temperature is the argmax."""
-    gen = torch.Generator().manual_seed(seed)
-    gains: dict[float, list[float]] = {t: [] for t in temperatures}
-    for face in hr:
-        x = torch.from_numpy(make_pair(face, scale)[0])[None]
-        feats, (mu, logvar) = model.sr.encoder(x), model.icap(x)
-        mean_psnr = psnr_batch(face, from_model_range(model.sr.decoder(feats, mu, x).numpy()))[0]
-        eps = torch.randn((n, *mu.shape[1:]), generator=gen)
-        for t in temperatures:
-            z = mu + t * torch.exp(0.5 * logvar) * eps
-            imgs = from_model_range(model.sr.decoder(feats.expand(n, -1, -1, -1), z,
-                                                     x.expand(n, -1, -1, -1)).numpy())
-            gains[t].append(float(psnr_batch(face, imgs).max() - mean_psnr))
-    return {t: float(np.mean(g)) for t, g in gains.items()}
+    same draws eps at every temperature (one generator per temperature, seeded alike). The
+    calibrated temperature is the argmax."""
+    gains = {}
+    for t in temperatures:
+        gen = torch.Generator().manual_seed(seed)
+        faces = [evaluate_face(model, face, scale, CPU, (n,), gen, t) for face in hr]
+        gains[t] = float(np.mean([f[f"best_of_{n}"]["psnr"] - f["icap_mean"]["psnr"]
+                                  for f in faces]))
+    return gains
 
 
 def spectra_figure(spectra: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
@@ -170,11 +155,9 @@ def main(argv: list[str] | None = None) -> None:
     report, spectra = {}, {}
     for folder in a.model:
         model, scale = load_model(folder)
-        outputs = model_outputs(model.float().eval(), hr, scale, temperature=a.temperature)
-        report[str(folder)] = {**banding(outputs, hr), "faces": len(hr), "scale": scale}
-        spectra[f"{folder} (x{scale}, {len(hr)} {a.split} faces)"] = {
-            k: profile_spectra(v.astype(np.float64).mean(-1) - hr.astype(np.float64).mean(-1))
-            for k, v in outputs.items()}
+        outputs = diagnosed_outputs(model.float().eval(), hr, scale, a.temperature)
+        bands, spectra[f"{folder} (x{scale}, {len(hr)} {a.split} faces)"] = banding(outputs, hr)
+        report[str(folder)] = {**bands, "faces": len(hr), "scale": scale}
     print(json.dumps(report, indent=2))
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,9 @@ from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from facesr_core.degradation import from_model_range
+from facesr_core.quality import psnr
 from training.data import FacePack, make_pair
+from training.latent import standard_normal
 from training.visuals import figure4, figure7, figure8
 
 ROWS = ("bicubic", "deterministic", "icap_mean", "ren_oracle")
@@ -33,36 +35,22 @@ def psnr_ssim(hr: np.ndarray, sr: np.ndarray) -> dict[str, float]:
     }
 
 
-def psnr_batch(hr: np.ndarray, sr: np.ndarray) -> np.ndarray:
-    """RGB PSNR of each uint8 image in sr (N,H,W,3) against one hr (H,W,3): best-of-n picks."""
-    mse = ((sr.astype(np.float64) - hr.astype(np.float64)) ** 2).reshape(len(sr), -1).mean(1)
-    return 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12))
-
-
 @torch.no_grad()
 def evaluate_face(model, hr: np.ndarray, scale: int, device: torch.device,
                   best_of: tuple[int, ...], gen: torch.Generator,
                   temperature: float = 1.0) -> dict[str, dict[str, float]]:
+    """PSNR/SSIM of every row for one HR face; best-of-n picks by PSNR among the first n of
+    max(best_of) draws from gen."""
     x_np, y_np = make_pair(hr, scale)
     x, y = torch.from_numpy(x_np)[None].to(device), torch.from_numpy(y_np)[None].to(device)
-    feats = model.sr.encoder(x)
-    det = model.sr.decoder(feats, None, x)
-    mu, logvar = model.icap(x)
-    mu_r, _ = model.ren(y - det)
-    outs = {"bicubic": x, "deterministic": det, "icap_mean": model.sr.decoder(feats, mu, x),
-            "ren_oracle": model.sr.decoder(feats, mu_r, x)}
+    enc = model.encode(x)
+    outs = {"bicubic": x, **model.reference_outputs(x, y, enc)}
     result = {k: psnr_ssim(hr, from_model_range(v[0].cpu().numpy())) for k, v in outs.items()}
     if best_of:
-        n_max = max(best_of)
-        eps = torch.randn((n_max, *mu.shape[1:]), generator=gen).to(mu)
-        samples = []
-        for chunk in eps.split(32):
-            z = mu + temperature * torch.exp(0.5 * logvar) * chunk
-            k = len(chunk)
-            samples.append(model.sr.decoder(feats.expand(k, -1, -1, -1), z,
-                                            x.expand(k, -1, -1, -1)))
-        imgs = from_model_range(torch.cat(samples).cpu().numpy())
-        scores = psnr_batch(hr, imgs)
+        eps = standard_normal((max(best_of), *enc.mu.shape[1:]), enc.mu, gen)
+        imgs = from_model_range(model.decode_draws(x, enc, eps, temperature, chunk=32)
+                                .cpu().numpy())
+        scores = psnr(hr, imgs)
         for n in best_of:
             result[f"best_of_{n}"] = psnr_ssim(hr, imgs[int(np.argmax(scores[:n]))])
     return result

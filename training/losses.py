@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.config import PHASE2_LOSSES
+from training.latent import sample_latent, standard_normal
 
 
 def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:
@@ -17,13 +18,13 @@ def gaussian_kl(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) 
 
 
 def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    eps = torch.randn(mu.shape, generator=generator, dtype=torch.float32).to(mu)
-    return mu + torch.exp(0.5 * logvar) * eps
+    return sample_latent(mu, logvar, standard_normal(mu.shape, mu, generator))
 
 
-class Phase1Objective(nn.Module):
-    """theta and phi together, so that one DistributedDataParallel wrapper syncs both. With an
-    ICAP (phase 3, ours), its mean path is trained too and phi should be frozen by the caller."""
+class ReconstructionObjective(nn.Module):
+    """The decoder's reconstruction losses (reconstruction_losses): phase 1 trains theta and phi
+    with it; phase 3 (ours) passes the ICAP, so its mean path is trained too, and the caller
+    freezes phi. One module, so that one DistributedDataParallel wrapper syncs what it trains."""
 
     def __init__(self, sr: nn.Module, ren: nn.Module, lambda_s: float,
                  icap: nn.Module | None = None, lambda_m: float = 1.0, det_loss: str = "mse"):
@@ -37,16 +38,17 @@ class Phase1Objective(nn.Module):
         if self.icap is not None:
             with torch.no_grad():
                 z_mean = self.icap(x)[0]
-        return phase1_losses(self.sr, self.ren, x, y, self.lambda_s, generator, z_mean,
-                             self.lambda_m, self.det_loss)
+        return reconstruction_losses(self.sr, self.ren, x, y, self.lambda_s, generator,
+                                     z_mean, self.lambda_m, self.det_loss)
 
 
 DETERMINISTIC_LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 
 
-def phase1_losses(sr, ren, x: Tensor, y: Tensor, lambda_s: float,
-                  generator: torch.Generator | None = None, z_mean: Tensor | None = None,
-                  lambda_m: float = 1.0, det_loss: str = "mse") -> dict[str, Tensor]:
+def reconstruction_losses(sr, ren, x: Tensor, y: Tensor, lambda_s: float,
+                          generator: torch.Generator | None = None, z_mean: Tensor | None = None,
+                          lambda_m: float = 1.0,
+                          det_loss: str = "mse") -> dict[str, Tensor]:
     """L_d = MSE(y, f(x, 0)) + lambda * L1(y, f(x, z_res)); the encoder runs once for both.
     `det_loss="l1"` (ours, an option) makes the deterministic term an L1 loss.
 
@@ -72,8 +74,6 @@ def gaussian_nll(mu_q: Tensor, logvar_q: Tensor, target: Tensor) -> Tensor:
     """-log N(target; mu_q, exp(logvar_q)) up to a constant, summed over the latent, batch mean."""
     nll = 0.5 * (logvar_q + (target - mu_q) ** 2 / logvar_q.exp())
     return nll.flatten(1).sum(1).mean()
-
-
 
 
 def phase2_losses(sr, ren, mu_q: Tensor, logvar_q: Tensor, x: Tensor, y: Tensor,

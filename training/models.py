@@ -7,11 +7,14 @@ input gives an 8x8 latent, a 64x64 training patch a 4x4 one.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.config import ModelConfig
+from training.latent import sample_latent, standard_normal
 
 
 class ConvBlock(nn.Sequential):
@@ -23,9 +26,6 @@ class ConvBlock(nn.Sequential):
         )
 
 
-PHASE_OF_TAP = torch.tensor([[0, 1, 0, 1], [2, 3, 2, 3]] * 2)  # 2 * (row % 2) + column % 2
-
-
 def balance_phases(weight: Tensor) -> Tensor:
     """Project a (cin, cout, 4, 4) stride-2 transposed-conv kernel onto equal sub-pixel phases.
 
@@ -34,9 +34,10 @@ def balance_phases(weight: Tensor) -> Tensor:
     period-2 pattern (the checkerboard of transposed convs); with equal sums, a constant input
     gives a constant output. Each phase's deviation from the mean sum is taken off its 4 taps.
     """
-    sums = torch.stack([weight[:, :, r::2, c::2].sum((2, 3)) for r in (0, 1) for c in (0, 1)], -1)
-    excess = (sums - sums.mean(-1, keepdim=True)) / 4  # (cin, cout, 4 phases)
-    return weight - excess[..., PHASE_OF_TAP]
+    taps = weight.unflatten(3, (2, 2)).unflatten(2, (2, 2))  # [..., i, r, j, c]: row 2i+r
+    sums = taps.sum((2, 4), keepdim=True)  # one per phase (r, c)
+    excess = (sums - sums.mean((3, 5), keepdim=True)) / 4
+    return (taps - excess).flatten(4, 5).flatten(2, 3)
 
 
 class BalancedConvTranspose2d(nn.ConvTranspose2d):
@@ -216,6 +217,15 @@ class ICAP(nn.Module):
         return mu, logvar
 
 
+class Encoding(NamedTuple):
+    """What one input needs before any decoder pass: the encoder features and the ICAP's
+    Gaussian."""
+
+    features: Tensor
+    mu: Tensor
+    logvar: Tensor
+
+
 class StochasticSR(nn.Module):
     """The three networks together: f_theta (sr), g_phi (ren), q_omega (icap)."""
 
@@ -227,12 +237,39 @@ class StochasticSR(nn.Module):
         self.icap = ICAP(cfg)
 
     @torch.no_grad()
+    def encode(self, x: Tensor) -> Encoding:
+        mu, logvar = self.icap(x)
+        return Encoding(self.sr.encoder(x), mu, logvar)
+
+    @torch.no_grad()
+    def reference_outputs(self, x: Tensor, y: Tensor | None = None,
+                          enc: Encoding | None = None) -> dict[str, Tensor]:
+        """The fixed rows of Tables 1-2 for inputs x: f(x, 0) (deterministic), f(x, mu_pred)
+        (ICAP mean) and, given the HR faces y, f(x, mu_res) (REN oracle, r = y - f(x, 0))."""
+        enc = self.encode(x) if enc is None else enc
+        det = self.sr.decoder(enc.features, None, x)
+        out = {"deterministic": det, "icap_mean": self.sr.decoder(enc.features, enc.mu, x)}
+        if y is not None:
+            out["ren_oracle"] = self.sr.decoder(enc.features, self.ren(y - det)[0], x)
+        return out
+
+    @torch.no_grad()
+    def decode_draws(self, x: Tensor, enc: Encoding, eps: Tensor, temperature: float = 1.0,
+                     chunk: int | None = None) -> Tensor:
+        """f(x, mu + T sigma eps) for draws eps (N*n, ...) grouped by input (n per input); the
+        decoder runs `chunk` rows at a time (None: all at once)."""
+        n = len(eps) // len(x)
+        outs = []
+        for rows in torch.arange(len(eps), device=eps.device).split(chunk or len(eps)):
+            src = rows // n
+            z = sample_latent(enc.mu[src], enc.logvar[src], eps[rows], temperature)
+            outs.append(self.sr.decoder(enc.features[src], z, x[src]))
+        return torch.cat(outs)
+
+    @torch.no_grad()
     def predict(self, x: Tensor, temperature: float = 0.0, n: int = 1,
                 generator: torch.Generator | None = None) -> Tensor:
         """ICAP mean (temperature 0) or n samples per input: (N*n, 3, H, W) grouped by input."""
-        mu, logvar = self.icap(x)
-        feats = self.sr.encoder(x)
-        mu, logvar = mu.repeat_interleave(n, 0), logvar.repeat_interleave(n, 0)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        z = mu + temperature * torch.exp(0.5 * logvar) * eps
-        return self.sr.decoder(feats.repeat_interleave(n, 0), z, x.repeat_interleave(n, 0))
+        enc = self.encode(x)
+        eps = standard_normal((len(x) * n, *enc.mu.shape[1:]), enc.mu, generator)
+        return self.decode_draws(x, enc, eps, temperature)

@@ -33,6 +33,7 @@ import onnxruntime as ort
 from skimage.metrics import peak_signal_noise_ratio
 
 from facesr_core.degradation import from_model_range
+from facesr_core.latent import sample_latent
 from facesr_core.manifest import (
     GRAPHS,
     Int8Graphs,
@@ -140,8 +141,8 @@ def calibration_feeds(fp32: OrtPipeline, xs: np.ndarray, seed: int = 0,
         feeds["encoder"].append({"x": x})
         feeds["decoder"].append(fp32.decoder_feeds(features, mu, x))
         if samples:
-            z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, dtype=np.float32)
-            feeds["decoder"].append(fp32.decoder_feeds(features, z.astype(np.float32), x))
+            z = sample_latent(mu, logvar, rng.standard_normal(mu.shape, dtype=np.float32))
+            feeds["decoder"].append(fp32.decoder_feeds(features, z, x))
     return feeds
 
 
@@ -204,12 +205,11 @@ def mean_psnr(pipe: OrtPipeline, xs: np.ndarray, hr: np.ndarray) -> float:
 
 
 def held_out_splits(pack: Path | str, limit: int | None = None) -> dict[str, np.ndarray]:
-    """'<source>_test' -> HR faces, for every source with a test split in the pack."""
-    sources = sorted({key.split("/")[0] for key in FacePack.split_counts(pack)
-                      if key.endswith("/test")})
+    """'<source>_test' -> HR faces, for every source with a test split in the pack (read once)."""
+    test = FacePack(pack, split="test")
     splits = {}
-    for src in sources:
-        hr = FacePack(pack, split="test", sources=(src,)).hr
+    for src in sorted(set(test.sources.tolist())):
+        hr = test.hr[test.sources == src]
         splits[f"{src}_test"] = hr[:limit] if limit else hr
     return splits
 

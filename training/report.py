@@ -5,9 +5,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+from facesr_core.manifest import MANIFEST_NAME, load_manifest
 
 # Table 1 of the paper (PSNR / SSIM), bicubic and ours; their protocol is not stated.
 PAPER = {
@@ -27,10 +28,10 @@ def table(model_root: Path) -> str:
             "best-of-10 (faces; dB over the mean on them) | mean − bicubic (dB) | "
             "paper: bicubic → ours (gain) |\n" + "|---" * 9 + "|\n")
     lines = []
-    for manifest_path in sorted(model_root.glob("*/manifest.json")):
-        manifest = json.loads(manifest_path.read_text())
-        scale = manifest["scale"]
-        for key, rows in sorted(manifest.get("metrics", {}).items()):
+    for manifest_path in sorted(model_root.glob(f"*/{MANIFEST_NAME}")):
+        manifest = load_manifest(manifest_path.parent, verify=False)
+        scale = manifest.scale
+        for key, rows in sorted(manifest.metrics.items()):
             data = key.removesuffix("_test")
             gain = rows["icap_mean"]["psnr"] - rows["bicubic"]["psnr"]
             best, same = rows.get("best_of_10"), rows.get("icap_mean_best_of_faces",

@@ -24,13 +24,17 @@ from torch.utils.data.distributed import DistributedSampler
 
 from training.config import ModelConfig, TrainConfig
 from training.data import FacePack, pair_source, random_patches
-from training.losses import Phase1Objective, phase2_losses
+from training.losses import ReconstructionObjective, phase2_losses
 from training.models import StochasticSR
 from training.schedule import WeightEMA, lr_factor, set_lr
 from training.visuals import sample_grid, save_loss_curve
-from training.weights import MODEL_WEIGHTS, load_model, save_model_weights
-
-CHECKPOINT = "checkpoint.pt"
+from training.weights import (
+    CHECKPOINT,
+    MODEL_WEIGHTS,
+    load_checkpoint,
+    load_model,
+    save_model_weights,
+)
 
 
 @dataclass
@@ -84,10 +88,6 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     return Runtime(device, rank, world, bf16, channels_last)
 
 
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)  # no arbitrary pickle
-
-
 def build_model(cfg: TrainConfig) -> StochasticSR:
     return StochasticSR(ModelConfig.preset(cfg.preset, global_residual=cfg.global_residual,
                                            balanced_deconv=cfg.balanced_deconv,
@@ -114,11 +114,11 @@ class Trainer:
                                 cfg.pair_cache)
         val = FacePack(cfg.data, split="val")
         self.preview_hr = (val.hr if len(val) else self.train_pack.hr)[:4]
-        self.objective1 = Phase1Objective(self.model.sr, self.model.ren, cfg.lambda_s,
+        self.objective1 = ReconstructionObjective(self.model.sr, self.model.ren, cfg.lambda_s,
                                           det_loss=cfg.det_loss)
         self.wrapped1: nn.Module = self.objective1
         self.wrapped_icap: nn.Module = self.model.icap
-        self.objective3 = Phase1Objective(self.model.sr, self.model.ren, cfg.lambda_s,
+        self.objective3 = ReconstructionObjective(self.model.sr, self.model.ren, cfg.lambda_s,
                                           self.model.icap, cfg.lambda_m, cfg.det_loss)
         self.wrapped3: nn.Module | None = None  # built when phase 3 starts (phi, omega frozen)
         if rt.world > 1:

@@ -11,6 +11,9 @@ from PIL import Image
 
 from facesr_core.degradation import degrade, from_model_range
 from training.data import make_pair
+from training.latent import sample_latent, standard_normal
+
+CPU = torch.device("cpu")
 
 
 def tile(rows: list[list[np.ndarray]], pad: int = 2) -> Image.Image:
@@ -36,30 +39,36 @@ def diff_image(a: np.ndarray, b: np.ndarray, gain: float = 4.0) -> np.ndarray:
 
 
 @torch.no_grad()
-def model_outputs(model, hr: np.ndarray, scale: int, device: torch.device, n_samples: int = 3,
-                  seed: int = 0) -> dict[str, np.ndarray]:
-    """uint8 NHWC outputs for a batch of HR faces: bicubic, deterministic, mean, oracle, samples."""
+def model_outputs(model, hr: np.ndarray, scale: int, device: torch.device = CPU,
+                  n_samples: int = 3, temperature: float = 1.0, seed: int = 0, batch: int = 8,
+                  oracle: bool = True) -> dict[str, np.ndarray]:
+    """uint8 outputs for HR faces hr (N,H,W,3), `batch` faces at a time: bicubic,
+    deterministic, icap_mean, ren_oracle (when `oracle`) and n samples per face at
+    `temperature` ('samples': (N,n,H,W,3))."""
     was_training = model.training
     model.eval()
-    pairs = [make_pair(h, scale) for h in hr]
-    x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device)
-    y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device)
-    det = model.sr(x, None)
-    mu_r, _ = model.ren(y - det)
     gen = torch.Generator().manual_seed(seed)
-    samples = model.predict(x, temperature=1.0, n=n_samples, generator=gen)
-    out = {
-        "bicubic": x, "deterministic": det, "mean": model.predict(x), "oracle": model.sr(x, mu_r),
-        "samples": samples.reshape(len(hr), n_samples, *samples.shape[1:]),
-    }
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(hr), batch):
+        pairs = [make_pair(h, scale) for h in hr[start:start + batch]]
+        x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(device)
+        y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device) if oracle else None
+        enc = model.encode(x)
+        eps = standard_normal((len(x) * n_samples, *enc.mu.shape[1:]), enc.mu, gen)
+        rows = {"bicubic": x, **model.reference_outputs(x, y, enc),
+                "samples": model.decode_draws(x, enc, eps, temperature)}
+        for k, v in rows.items():
+            parts.setdefault(k, []).append(from_model_range(v.float().cpu().numpy()))
     model.train(was_training)
-    return {k: from_model_range(v.float().cpu().numpy()) for k, v in out.items()}
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    out["samples"] = out["samples"].reshape(len(hr), n_samples, *out["samples"].shape[1:])
+    return out
 
 
 def sample_grid(model, hr: np.ndarray, scale: int, device: torch.device) -> Image.Image:
     """Per face: LR | bicubic | deterministic | ICAP mean | 3 samples | HR."""
     o = model_outputs(model, hr, scale, device)
-    return tile([[nearest_lr(h, scale), o["bicubic"][i], o["deterministic"][i], o["mean"][i],
+    return tile([[nearest_lr(h, scale), o["bicubic"][i], o["deterministic"][i], o["icap_mean"][i],
                   *o["samples"][i], h] for i, h in enumerate(hr)])
 
 
@@ -67,13 +76,13 @@ def figure4(model, hr: np.ndarray, scale: int, device: torch.device) -> Image.Im
     """Fig. 4: T, bicubic, D, |T-D|, S (REN oracle), |T-S|."""
     o = model_outputs(model, hr, scale, device)
     return tile([[h, o["bicubic"][i], o["deterministic"][i], diff_image(h, o["deterministic"][i]),
-                  o["oracle"][i], diff_image(h, o["oracle"][i])] for i, h in enumerate(hr)])
+                  o["ren_oracle"][i], diff_image(h, o["ren_oracle"][i])] for i, h in enumerate(hr)])
 
 
 def figure7(model, hr: np.ndarray, scale: int, device: torch.device, n: int = 5) -> Image.Image:
     """Fig. 7: bicubic input, ICAP mean, n samples, ground truth."""
     o = model_outputs(model, hr, scale, device, n_samples=n)
-    return tile([[o["bicubic"][i], o["mean"][i], *o["samples"][i], h]
+    return tile([[o["bicubic"][i], o["icap_mean"][i], *o["samples"][i], h]
                  for i, h in enumerate(hr)])
 
 
@@ -86,14 +95,13 @@ def figure8(model, hr: np.ndarray, scale: int, device: torch.device, steps: int 
     gen = torch.Generator().manual_seed(seed)
     for h in hr:
         x = torch.from_numpy(make_pair(h, scale)[0])[None].to(device)
-        mu, logvar = model.icap(x)
-        sigma = torch.exp(0.5 * logvar)
-        z0 = mu + sigma * torch.randn(mu.shape, generator=gen).to(mu)
-        z1 = mu + sigma * torch.randn(mu.shape, generator=gen).to(mu)
-        alphas = torch.linspace(0, 1, steps).to(mu).view(-1, 1, 1, 1)
+        enc = model.encode(x)
+        z0, z1 = (sample_latent(enc.mu, enc.logvar, standard_normal(enc.mu.shape, enc.mu, gen))
+                  for _ in range(2))
+        alphas = torch.linspace(0, 1, steps).to(enc.mu).view(-1, 1, 1, 1)
         z = z0 + alphas * (z1 - z0)
-        feats = model.sr.encoder(x).expand(steps, -1, -1, -1)
-        frames = model.sr.decoder(feats, z, x.expand(steps, -1, -1, -1))
+        frames = model.sr.decoder(enc.features.expand(steps, -1, -1, -1), z,
+                                  x.expand(steps, -1, -1, -1))
         rows.append(list(from_model_range(frames.float().cpu().numpy())))
     return tile(rows)
 

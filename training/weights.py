@@ -9,13 +9,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from facesr_core.manifest import MANIFEST_NAME, load_manifest
 from training.config import ModelConfig
 from training.models import StochasticSR
 
+CHECKPOINT = "checkpoint.pt"
 MODEL_WEIGHTS = "model.safetensors"
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)  # no arbitrary pickle
 
 
 def save_model_weights(model: StochasticSR, path: Path, scale: int) -> None:
@@ -36,10 +43,8 @@ def _from_safetensors(files: list[Path], config: dict) -> StochasticSR:
 def load_model(path: Path) -> tuple[StochasticSR, int]:
     """(model in eval mode, its scale) from a run folder or a models/<name> folder."""
     path = Path(path)
-    if (path / "checkpoint.pt").exists():
-        from training.train import load_checkpoint
-
-        ckpt = load_checkpoint(path / "checkpoint.pt")
+    if (path / CHECKPOINT).exists():
+        ckpt = load_checkpoint(path / CHECKPOINT)
         model = StochasticSR(ModelConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
         return model.eval(), int(ckpt["config"]["scale"])
@@ -48,12 +53,20 @@ def load_model(path: Path) -> tuple[StochasticSR, int]:
             meta = fh.metadata()
         model = _from_safetensors([path / MODEL_WEIGHTS], json.loads(meta["config"]))
         return model, int(meta["scale"])
-    if (path / "manifest.json").exists():
-        manifest = json.loads((path / "manifest.json").read_text())
-        files = [path / "phase1.safetensors", path / "phase2.safetensors"]
-        return _from_safetensors(files, manifest["training"]["model_config"]), int(
-            manifest["scale"])
-    raise SystemExit(f"{path}: no checkpoint.pt, {MODEL_WEIGHTS} or manifest.json")
+    if (path / MANIFEST_NAME).exists():
+        return _from_manifest(path)
+    raise SystemExit(f"{path}: no {CHECKPOINT}, {MODEL_WEIGHTS} or {MANIFEST_NAME}")
+
+
+def _from_manifest(path: Path) -> tuple[StochasticSR, int]:
+    """The weights an exported model folder lists in its manifest (sha256 checked)."""
+    manifest = load_manifest(path, verify=False)
+    if not manifest.weights:
+        raise SystemExit(f"{path}: its {MANIFEST_NAME} lists no weights (exported without them); "
+                         "load the training run folder instead")
+    manifest.verify(path, precisions=(), weights=True)
+    files = [path / entry.path for entry in manifest.weights.values()]
+    return _from_safetensors(files, manifest.training["model_config"]), manifest.scale
 
 
 def run_summary(path: Path) -> dict:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.data import count_by_split
+
 FIELDS = ("name", "source", "split", "identity")
 
 
@@ -38,9 +40,8 @@ def subset(pack: Path, budget_bytes: int, val: int = 4, seed: int = 0) -> dict[s
     chosen = np.sort(np.asarray(chosen, np.int64))
     blobs = [arrays["jpeg"][offsets[i]:offsets[i + 1]] for i in chosen]
     meta = json.loads(str(arrays["meta"]))
-    kept_split = split[chosen]
     summary = {"count": len(chosen), "quality": meta.get("quality"),
-               "by_split": {s: int((kept_split == s).sum()) for s in ("train", "val")},
+               "by_split": count_by_split(arrays["source"][chosen], split[chosen]),
                "subset_of": {"pack": pack.name, "count": meta.get("count"), "seed": seed}}
     return {"jpeg": np.concatenate(blobs) if blobs else np.zeros(0, np.uint8),
             "offsets": np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64),
