@@ -1,5 +1,5 @@
-"""Helpers shared by bench/model.py and bench/service.py: machine facts, timing statistics,
-real faces for PSNR, and pausing a background training job while timing.
+"""Helpers shared by the benchmarks: machine facts, timing statistics, test faces (real ones
+for PSNR, the astronaut as an upload), and pausing a background training job while timing.
 
 Pausing: on a shared 2-core machine a training run (`python -m training.cli`, `facesr-train`,
 `facesr-eval`, ...) takes both cores, and any timing taken beside it is meaningless. With
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import os
 import platform
 import signal
@@ -26,8 +27,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 TRAINING_PATTERN = r"[t]raining\.cli|bin/[f]acesr-(train|eval|export|prepare)"
 CELEBA = ROOT.parent / "shared" / "data" / "celeba" / "img_align_celeba"
@@ -200,6 +199,19 @@ def celeba_faces(count: int, offset: int = 0, folder: Path = CELEBA) -> list:
         with Image.open(f) as img:
             faces.append(to_hr(img, crop=CELEBA_CROP))
     return faces
+
+
+def lr_face(scale: int = 8) -> bytes:
+    """The scikit-image astronaut's face, degraded to the LR size of `scale`, as PNG."""
+    from PIL import Image
+    from skimage import data
+
+    from facesr_core.degradation import degrade, to_hr
+
+    hr = to_hr(Image.fromarray(data.astronaut()[25:205, 150:330]))
+    buf = io.BytesIO()
+    degrade(hr, scale).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def md_table(headers: list[str], rows: list[list]) -> str:

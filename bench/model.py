@@ -14,10 +14,10 @@ Sections (`--sections`, default all):
   ortopts  ONNX Runtime fp32 session options: optimisation level, threads, spinning
   psnr     PSNR of each variant on real CelebA faces (opt-in data, read at run time only)
 
-    python bench/model.py --model-dir models/x8 --sections flops peak engines --pause-training
-    python bench/model.py --export-random /tmp/paper/x8   # a paper-size model, random weights
-    python bench/model.py --model-dir models/x8 --provider cuda --sections flops engines samples
-    python bench/model.py --model-dir models/x8 --sections int8 --pause-training
+    python -m bench.model --model-dir models/x8 --sections flops peak engines --pause-training
+    python -m bench.model --export-random /tmp/paper/x8   # a paper-size model, random weights
+    python -m bench.model --model-dir models/x8 --provider cuda --sections flops engines samples
+    python -m bench.model --model-dir models/x8 --sections int8 --pause-training
 
 Speed does not depend on the weights; PSNR does, so `psnr` wants a trained model (models/x8).
 `--pause-training` SIGSTOPs a background training job while timing (see bench/common.py).
@@ -36,18 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    celeba_faces,
-    machine,
-    md_table,
-    timeit,
-    training_paused,
-)
+from bench.common import celeba_faces, machine, md_table, timeit, training_paused
+from facesr_core.degradation import from_model_range
+from facesr_core.latent import sample_latent
+from facesr_core.manifest import GRAPHS
 
-from training.quantize import OrtPipeline, calibration_feeds, quantize_graphs  # noqa: E402
-
-GRAPHS = ("icap", "encoder", "decoder")
 CALIB_OFFSET = 1000  # calibration faces come after the (at most 1000) PSNR faces
 
 
@@ -77,20 +70,26 @@ PROVIDERS = {"cpu": ["CPUExecutionProvider"],
              "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
-def ort_sessions(paths: dict[str, Path], threads: int = 0, level: str = "ALL",
-                 spinning: bool = True, provider: str = "cpu") -> dict:
-    """The three graphs with the service's session options (service/engine.py) by default, on
-    `provider` (cpu or cuda); a session that ONNX Runtime moved to another provider is an error."""
+MAX_ROWS = 1024  # rows one call of a benchmarked pipeline may have
+
+
+def ort_runner(model_dir: Path, paths: dict[str, Path] | None = None, threads: int = 0,
+               level: str = "ALL", spinning: bool = True, provider: str = "cpu"):
+    """The service's Runner (service/engine.py) on the graphs `paths` (default: the folder's
+    fp32 graphs), with the service's session options for these settings plus the optimisation
+    `level`, on `provider`; whole calls, no padding. A session that ONNX Runtime moved to
+    another provider is an error."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
+    from facesr_core.manifest import load_manifest
+    from service.engine import Runner, batch_buckets, session_options
+    from service.settings import Settings
+
+    manifest = load_manifest(model_dir, verify=False)
+    paths = paths or {g: manifest.graph_path(model_dir, g) for g in GRAPHS}
+    so = session_options(Settings(model_dir=model_dir, intra_op_threads=threads,
+                                  ort_spin_wait=spinning))
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.inter_op_num_threads = 1
-    if threads:
-        so.intra_op_num_threads = threads
-    if not spinning:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sessions = {g: ort.InferenceSession(str(p), so, providers=PROVIDERS[provider])
                 for g, p in paths.items()}
     for g, sess in sessions.items():
@@ -98,11 +97,13 @@ def ort_sessions(paths: dict[str, Path], threads: int = 0, level: str = "ALL",
             raise SystemExit(f"{g}: ONNX Runtime runs it on {sess.get_providers()[0]}, not "
                              f"{PROVIDERS[provider][0]} (available: "
                              f"{ort.get_available_providers()})")
-    return sessions
+    buckets = batch_buckets(MAX_ROWS)
+    return Runner(model_dir, manifest, sessions, PROVIDERS[provider], buckets, buckets, pad=False)
 
 
 class TorchPipeline:
-    """The same three steps in PyTorch eager (fp32, or bf16 autocast + channels_last)."""
+    """The same three steps in PyTorch eager (fp32, or bf16 autocast + channels_last), with the
+    same uint8 output as Runner.superresolve."""
 
     def __init__(self, model, bf16: bool = False):
         import torch
@@ -119,7 +120,7 @@ class TorchPipeline:
             mu, _ = self.model.icap(xt)
             feats = self.model.sr.encoder(xt)
             y = self.model.sr.decoder(feats, mu, xt)
-        return y.float().numpy()
+        return from_model_range(y.float().numpy())
 
 
 # --- FLOPs and peak -----------------------------------------------------------------------
@@ -222,24 +223,23 @@ def engines(pipes: dict, batches: list[int], flops_img: float, peak: float | Non
     return rows
 
 
-def samples_compare(pipe: OrtPipeline, n: int, budget_s: float) -> dict:
+def samples_compare(runner, n: int, budget_s: float) -> dict:
     x1 = np.random.default_rng(0).uniform(-1, 1, (1, 3, 128, 128)).astype(np.float32)
-    mu, logvar, feats = pipe.encode(x1)
+    mu, _, _ = runner.encode(x1)
     eps = np.random.default_rng(1).standard_normal((n, *mu.shape[1:])).astype(np.float32)
 
     def one() -> None:
-        pipe(x1)
+        runner.superresolve(x1)
 
     def naive() -> None:  # ICAP once, then a full Encoder-Decoder pass per sample
-        m, lv, _ = pipe.encode(x1)
+        m, lv, _ = runner.encode(x1)
         for i in range(n):
-            (f,) = pipe.s["encoder"].run(None, {"x": x1})
-            pipe.decode(f, (m + np.exp(0.5 * lv) * eps[i])[:1], x1)
+            (f,) = runner.sessions["encoder"].run(None, {"x": x1})
+            runner.decode(f, sample_latent(m, lv, eps[i:i + 1]), x1)
 
     def batched() -> None:  # the service: one ICAP, one encoder, one decoder call (mean + n)
-        m, lv, f = pipe.encode(x1)
-        z = np.concatenate([m, m + np.exp(0.5 * lv) * eps]).astype(np.float32)
-        pipe.decode(f, z, x1)
+        m, lv, f = runner.encode(x1)
+        runner.decode(f, np.concatenate([m, sample_latent(m, lv, eps)]), x1)
 
     out = {}
     for name, fn in (("one image", one), ("naive", naive), ("batched decoder", batched)):
@@ -268,25 +268,27 @@ def convert_fp16(model_dir: Path, out: Path) -> dict[str, Path]:
 
 def build_variants(model_dir: Path, model, work: Path, calib: np.ndarray) -> dict:
     """name -> callable (x float32 NCHW -> y float32), or the error that stopped it."""
+    from training.quantize import OrtPipeline, calibration_feeds, quantize_graphs
+
     variants: dict = {}
     fp32_paths = {g: model_dir / f"{g}.onnx" for g in GRAPHS}
-    fp32 = OrtPipeline(ort_sessions(fp32_paths))
-    variants["ORT fp32 (service)"] = fp32
-    variants["ORT fp32, spinning off"] = OrtPipeline(ort_sessions(fp32_paths, spinning=False))
-    feeds = calibration_feeds(fp32, calib)
+    variants["ORT fp32 (service)"] = ort_runner(model_dir).superresolve
+    variants["ORT fp32, spinning off"] = ort_runner(model_dir, spinning=False).superresolve
+    feeds = calibration_feeds(OrtPipeline.from_files(fp32_paths), calib)
     for name, graphs in (("ORT int8 static (all graphs)", GRAPHS),
                          ("ORT int8 static (encoder only)", ("encoder",))):
         try:
             tag = "int8_" + "_".join(graphs)
             paths = quantize_graphs(fp32_paths, work / tag, feeds, graphs)
-            variants[name] = OrtPipeline(ort_sessions(paths))
+            variants[name] = ort_runner(model_dir, paths).superresolve
             if graphs == GRAPHS:
-                variants[f"{name}, spinning off"] = OrtPipeline(ort_sessions(paths,
-                                                                             spinning=False))
+                variants[f"{name}, spinning off"] = ort_runner(model_dir, paths,
+                                                               spinning=False).superresolve
         except Exception as exc:  # noqa: BLE001 - reported as a result
             variants[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
     try:
-        variants["ORT fp16"] = OrtPipeline(ort_sessions(convert_fp16(model_dir, work / "fp16")))
+        variants["ORT fp16"] = ort_runner(model_dir,
+                                          convert_fp16(model_dir, work / "fp16")).superresolve
     except Exception as exc:  # noqa: BLE001
         variants["ORT fp16"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     variants["ORT bf16"] = ("not run: ONNX Runtime's CPU provider has no bf16 Conv or "
@@ -322,21 +324,16 @@ def shipped_precisions(model_dir: Path, batches: list[int], budget_s: float) -> 
     manifest = load_manifest(model_dir)
     if manifest.int8 is None:
         raise SystemExit(f"{model_dir}: no int8 graphs in the manifest (facesr-export --int8-only)")
-    pipes = {precision: OrtPipeline(ort_sessions(
-        {g: manifest.graph_path(model_dir, g, precision) for g in GRAPHS}, spinning=False))
-        for precision in manifest.precisions}
+    pipes = {precision: ort_runner(
+        model_dir, {g: manifest.graph_path(model_dir, g, precision) for g in GRAPHS},
+        spinning=False).superresolve for precision in manifest.precisions}
     return {"speed": options_speed(pipes, batches, budget_s),
             "loss": {k: v.model_dump() for k, v in manifest.int8.loss.items()}}
 
 
 def psnr_on_faces(variants: dict, scale: int, count: int, batch: int = 16) -> list[dict]:
-    from facesr_core.degradation import (
-        bicubic_upsample,
-        degrade,
-        from_model_range,
-        to_model_range,
-    )
-    from service.quality import psnr
+    from facesr_core.degradation import bicubic_upsample, degrade, to_model_range
+    from facesr_core.quality import psnr
 
     faces = celeba_faces(count)
     hr = np.stack([np.asarray(f) for f in faces])
@@ -346,8 +343,7 @@ def psnr_on_faces(variants: dict, scale: int, count: int, batch: int = 16) -> li
     for name, fn in variants.items():
         if isinstance(fn, str):
             continue
-        ys = [fn(x[i:i + batch]) for i in range(0, len(x), batch)]
-        outputs[name] = from_model_range(np.concatenate(ys))
+        outputs[name] = np.concatenate([fn(x[i:i + batch]) for i in range(0, len(x), batch)])
 
     def mean_psnr(images: np.ndarray, refs: np.ndarray) -> float:
         return float(np.mean([psnr(r, im[None])[0] for r, im in zip(refs, images,
@@ -438,23 +434,20 @@ def main() -> None:
             if "engines" in a.sections:
                 import torch
 
-                sessions = ort_sessions({g: a.model_dir / f"{g}.onnx" for g in GRAPHS},
-                                        provider=a.provider)
-                pipes = {f"ONNX Runtime {a.provider.upper()} fp32": OrtPipeline(sessions)}
+                runner = ort_runner(a.model_dir, provider=a.provider)
+                pipes = {f"ONNX Runtime {a.provider.upper()} fp32": runner.superresolve}
                 if a.provider == "cpu":
                     pipes = {"PyTorch eager fp32": TorchPipeline(model), **pipes}
                 print(f"torch threads {torch.get_num_threads()}")
                 results["engines"] = engines(pipes, a.batches, flops_img, peak, a.budget_s)
                 save()
             if "samples" in a.sections:
-                sessions = ort_sessions({g: a.model_dir / f"{g}.onnx" for g in GRAPHS},
-                                        provider=a.provider)
-                results["samples"] = samples_compare(OrtPipeline(sessions), a.n, a.budget_s)
+                results["samples"] = samples_compare(ort_runner(a.model_dir, provider=a.provider),
+                                                     a.n, a.budget_s)
                 save()
             if "ortopts" in a.sections:
-                paths = {g: a.model_dir / f"{g}.onnx" for g in GRAPHS}
-                pipes = {f"level {lv}, {th or 'default'} threads, spinning {sp}": OrtPipeline(
-                    ort_sessions(paths, th, lv, sp)) for lv, th, sp in (
+                pipes = {f"level {lv}, {th or 'default'} threads, spinning {sp}": ort_runner(
+                    a.model_dir, None, th, lv, sp).superresolve for lv, th, sp in (
                     ("ALL", 0, True), ("EXTENDED", 0, True), ("BASIC", 0, True),
                     ("ALL", 1, True), ("ALL", 0, False))}
                 results["ortopts"] = options_speed(pipes, a.option_batches, a.budget_s)

@@ -2,58 +2,57 @@
 32 uploads stalled after their part header, and beside 16 clients sending a 4000x4000 16-bit
 RGBA PNG (status codes, median latency, server RSS growth).
 
-    python bench/overload.py CHECKOUT MODEL_DIR     # e.g. . models/x8, or an older checkout
+    python -m bench.overload CHECKOUT MODEL_DIR     # e.g. . models/x8, or an older checkout
 
 CHECKOUT is the repository root whose .venv and service/ run, so a before/after needs no change
-to the old code; the hostile clients come from tests/test_overload.py.
+to the old code. tests/test_overload.py uses the same hostile clients (png_of_zeros,
+stalled_upload) for its pass/fail checks.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import io
-import os
-import signal
+import socket
 import statistics
-import subprocess
-import sys
+import struct
 import time
+import zlib
 from pathlib import Path
 
 import httpx
-from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from servers import free_port  # noqa: E402
-from test_overload import png_of_zeros, stalled_upload  # noqa: E402
+from bench.common import lr_face
+from bench.server import PeakRss, ServiceProcess
 
 SMALL = {"FACESR_MAX_SAMPLES": "4", "FACESR_MAX_STEPS": "4", "FACESR_MAX_BATCH": "4",
          "FACESR_LOG_LEVEL": "warning"}
+MiB = 2**20
 
 
-def start(root: str, models: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, **SMALL, "FACESR_MODEL_DIR": models, "FACESR_HOST": "127.0.0.1",
-           "FACESR_PORT": str(port), "PYTHONPATH": root}
-    proc = subprocess.Popen([f"{root}/.venv/bin/python", "-m", "service"], cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
+def png_of_zeros(width: int, height: int, bit_depth: int, color_type: int,
+                 channels: int) -> bytes:
+    """A valid PNG of all-zero pixels, compressed as it is built."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+    row = b"\0" * (1 + width * channels * bit_depth // 8)
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))
 
 
-def rss_mb(pid: int) -> float:
-    return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
-
-
-def lr_png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), (90, 120, 150)).save(buf, "PNG")
-    return buf.getvalue()
+def stalled_upload(url: str) -> socket.socket:
+    """A connection that sends a request head and one multipart part header, then nothing."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    part = (b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"f.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n")
+    sock.sendall(b"POST /superresolve HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                 b"boundary=b\r\nContent-Length: 100000\r\n\r\n" + part)
+    return sock
 
 
 def timed_posts(url: str, image: bytes, times: int) -> tuple[list[int], float]:
@@ -67,19 +66,14 @@ def timed_posts(url: str, image: bytes, times: int) -> tuple[list[int], float]:
     return codes, 1000 * statistics.median(took)
 
 
-async def huge_pngs(url: str, pid: int, image: bytes) -> tuple[list[int], list[int], float, float]:
+async def huge_pngs(server: ServiceProcess,
+                    image: bytes) -> tuple[list[int], list[int], float, float]:
     """16 clients sending a 4000x4000 PNG beside 5 real requests: (codes of the huge ones, codes
     of the real ones, median ms of the real ones, peak RSS growth in MB)."""
     big = png_of_zeros(4000, 4000, 16, 6, 4)
-    before, peak = rss_mb(pid), 0.0
+    before = server.rss()
 
-    async def watch() -> None:
-        nonlocal peak
-        while True:
-            peak = max(peak, rss_mb(pid) - before)
-            await asyncio.sleep(0.05)
-
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+    async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
         async def huge() -> int:
             r = await client.post("/superresolve?scale=8", files={"image": ("b.png", big)})
             return r.status_code
@@ -92,16 +86,18 @@ async def huge_pngs(url: str, pid: int, image: bytes) -> tuple[list[int], list[i
                 out.append((r.status_code, time.perf_counter() - start_s))
             return out
 
-        watcher = asyncio.create_task(watch())
-        *refused, served = await asyncio.gather(*[huge() for _ in range(16)], real())
-        watcher.cancel()
+        with PeakRss(server.pid, every=0.05) as peak:
+            *refused, served = await asyncio.gather(*[huge() for _ in range(16)], real())
     median_ms = 1000 * statistics.median(t for _, t in served)
-    return refused, [c for c, _ in served], median_ms, peak
+    return refused, [c for c, _ in served], median_ms, max(0, peak.peak - before) / MiB
 
 
-def main(root: str, models: str) -> None:
-    proc, url = start(root, models)
-    image = lr_png()
+def main(root: str, models: str, log: Path = Path("/tmp/facesr-bench/overload.log")) -> None:
+    source = Path(root).resolve()
+    server = ServiceProcess.start(Path(models), SMALL, log, source,
+                                  python=str(source / ".venv" / "bin" / "python"))
+    server.wait_ready(timeout=300)
+    url, image = server.url, lr_face(8)
     try:
         codes, ms = timed_posts(url, image, 7)
         print(f"alone: {codes}, median {ms:.0f} ms")
@@ -112,13 +108,18 @@ def main(root: str, models: str) -> None:
         for sock in sockets:
             sock.close()
         time.sleep(1)
-        refused, served, ms, peak = asyncio.run(huge_pngs(url, proc.pid, image))
+        refused, served, ms, peak = asyncio.run(huge_pngs(server, image))
         print(f"16 x 4000x4000 PNG: codes {sorted(set(refused))}, RSS peak +{peak:.0f} MB; "
               f"real requests {served}, median {ms:.0f} ms")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        server.stop()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkout", help="repository root whose .venv and service/ run")
+    p.add_argument("model_dir", help="FACESR_MODEL_DIR, relative to the checkout or absolute")
+    p.add_argument("--log", type=Path, default=Path("/tmp/facesr-bench/overload.log"))
+    a = p.parse_args()
+    main(a.checkout, a.model_dir, a.log)

@@ -1,19 +1,17 @@
-"""Markdown tables for BENCHMARKS.md from the JSON that bench/model.py and bench/service.py
-write (bench/results/*.json), so the document quotes the measured numbers exactly.
+"""Markdown tables for BENCHMARKS.md from the JSON that bench.model and bench.service write
+(bench/results/*.json), so the document quotes the measured numbers exactly.
 
-    python bench/report.py                  # every table it has results for
-    python bench/report.py --results DIR
+    python -m bench.report                  # every table it has results for
+    python -m bench.report --results DIR
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import md_table  # noqa: E402
+from bench.common import md_table
 
 
 def load(path: Path) -> dict | None:
@@ -36,7 +34,7 @@ def model_tables(m: dict) -> list[str]:
             latest[sec] = run
     for run in {id(r): r for r in latest.values()}.values():
         pause = run.get("training_paused", {})
-        out.append(f"Run: `python bench/model.py {' '.join(run['argv'])}` on "
+        out.append(f"Run: `python -m bench.model {' '.join(run['argv'])}` on "
                    f"{run['machine']['date']}; training paused: {pause.get('paused', '–')}, "
                    f"other processes {f1(pause.get('foreign_cpu_pct'))}% CPU.")
     if "flops" in m:
@@ -93,7 +91,7 @@ def model_tables(m: dict) -> list[str]:
 
 
 def load_tables(d: dict) -> list[str]:
-    out = [f"Run: `python bench/service.py {' '.join(d['argv'])}` on {d['machine']['date']}; "
+    out = [f"Run: `python -m bench.service {' '.join(d['argv'])}` on {d['machine']['date']}; "
            f"training paused: {d['training_paused'].get('paused')}, other processes "
            f"{f1(d['training_paused'].get('foreign_cpu_pct'))}% CPU."]
     b = d["bare"]
@@ -133,7 +131,7 @@ def load_tables(d: dict) -> list[str]:
 
 def soak_tables(d: dict) -> list[str]:
     s, r = d["soak"], d["rss"]
-    out = [f"Run: `python bench/service.py {' '.join(d['argv'])}` on {d['machine']['date']}; "
+    out = [f"Run: `python -m bench.service {' '.join(d['argv'])}` on {d['machine']['date']}; "
            f"training paused: {d['training_paused'].get('paused')}, other processes "
            f"{f1(d['training_paused'].get('foreign_cpu_pct'))}% CPU."]
     out.append(md_table(

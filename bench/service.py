@@ -1,9 +1,9 @@
 """The service under load on 127.0.0.1: throughput, latency percentiles, errors, overhead over
 the bare pipeline, micro-batching on/off, /samples?n=10 vs one image, and a soak/overload run.
 
-    python bench/service.py load --model-dir /tmp/paper/x8 --pause-training
-    python bench/service.py soak --model-dir /tmp/paper/x8 --concurrency 64 --duration 60
-    python bench/service.py precision --model-dir models/x8 --pause-training
+    python -m bench.service load --model-dir /tmp/paper/x8 --pause-training
+    python -m bench.service soak --model-dir /tmp/paper/x8 --concurrency 64 --duration 60
+    python -m bench.service precision --model-dir models/x8 --pause-training
 
 `load` starts two servers (`python -m service`): micro-batching on (FACESR_MAX_BATCH=16, the
 default) and off (FACESR_MAX_BATCH=1). Each client is an asyncio task on one shared
@@ -29,13 +29,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
-import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,83 +39,36 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from bench.common import (
     ROOT,
     CpuProbe,
+    lr_face,
     machine,
     md_table,
     percentiles,
     timeit,
     training_paused,
 )
+from bench.server import ServiceProcess
 
 BENCH_ENV = {"FACESR_MAX_SAMPLES": "10", "FACESR_MAX_STEPS": "8", "FACESR_LOG_LEVEL": "warning"}
 
 # --- the server ---------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def start_server(model_dir: Path, env: dict[str, str], log: Path,
+                 spin: bool = False) -> ServiceProcess:
+    """`python -m service` of this checkout with BENCH_ENV, `env` and FACESR_ORT_SPIN_WAIT."""
+    settings = {**BENCH_ENV, **env, "FACESR_ORT_SPIN_WAIT": str(spin).lower()}
+    return ServiceProcess.start(model_dir, settings, log, ROOT)
 
 
-class Server:
-    """`python -m service` on 127.0.0.1 with FACESR_* overrides; its log goes to a file."""
+def served_models(server: ServiceProcess) -> list[dict]:
+    """Scale, version and the provider each model really runs on, from /v1/models."""
+    import httpx
 
-    def __init__(self, model_dir: Path, env: dict[str, str], log: Path, spin: bool = False,
-                 defaults: dict[str, str] = BENCH_ENV, source: Path = ROOT):
-        """`source`: the checkout whose `service` runs (another one gives before/after)."""
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        path = os.pathsep.join(p for p in (str(source), os.environ.get("PYTHONPATH")) if p)
-        full = {**os.environ, **defaults, **env, "FACESR_MODEL_DIR": str(model_dir),
-                "FACESR_HOST": "127.0.0.1", "FACESR_PORT": str(self.port),
-                "PYTHONPATH": path, "FACESR_ORT_SPIN_WAIT": str(spin).lower()}
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.started = time.monotonic()
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "service"], env=full,
-                                         cwd=source, stdout=out, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 300) -> float:
-        import httpx
-
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}:\n"
-                                   f"{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
-                    return time.monotonic() - start
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"not ready after {timeout} s")
-
-    def models(self) -> list[dict]:
-        """Scale, version and the provider each model really runs on, from /v1/models."""
-        import httpx
-
-        info = httpx.get(f"{self.url}/v1/models", timeout=10).json()
-        return [{k: m[k] for k in ("scale", "version", "provider", "providers")}
-                for m in info["models"]]
-
-    def rss(self) -> int:
-        import psutil
-
-        return psutil.Process(self.proc.pid).memory_info().rss
-
-    def stop(self, timeout: float = 60) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return None
+    info = httpx.get(f"{server.url}/v1/models", timeout=10).json()
+    return [{k: m[k] for k in ("scale", "version", "provider", "providers")}
+            for m in info["models"]]
 
 
 # --- the load generator ---------------------------------------------------------------------
@@ -199,19 +148,6 @@ async def drive(url: str, path: str, files: dict, concurrency: int, duration: fl
     return result
 
 
-def lr_face(scale: int = 8) -> bytes:
-    """The scikit-image astronaut's face, degraded to the LR size of `scale`, as PNG."""
-    from PIL import Image
-    from skimage import data
-
-    from facesr_core.degradation import degrade, to_hr
-
-    hr = to_hr(Image.fromarray(data.astronaut()[25:205, 150:330]))
-    buf = io.BytesIO()
-    degrade(hr, scale).save(buf, "PNG")
-    return buf.getvalue()
-
-
 # --- the bare pipeline --------------------------------------------------------------------
 
 def provider_env(provider: str | None) -> dict[str, str]:
@@ -269,15 +205,15 @@ def cmd_load(a: argparse.Namespace) -> dict:
     data = lr_face()
     files = {"image": ("lr.png", data, "image/png")}
     env = provider_env(a.provider)
-    servers = {"on": Server(a.model_dir, env, a.logs / "batching_on.log", a.ort_spin_wait),
-               "off": Server(a.model_dir, {**env, "FACESR_MAX_BATCH": "1"},
-                             a.logs / "batching_off.log", a.ort_spin_wait)}
+    servers = {"on": start_server(a.model_dir, env, a.logs / "batching_on.log", a.ort_spin_wait),
+               "off": start_server(a.model_dir, {**env, "FACESR_MAX_BATCH": "1"},
+                                   a.logs / "batching_off.log", a.ort_spin_wait)}
     out: dict = {"machine": machine(), "model_dir": str(a.model_dir), "argv": sys.argv[1:],
                  "settings": {**BENCH_ENV, **env}, "ort_spin_wait": a.ort_spin_wait}
     try:
         for s in servers.values():
-            s.wait_ready()
-        out["models"] = servers["on"].models()
+            s.wait_ready(timeout=300)
+        out["models"] = served_models(servers["on"])
         print(f"models: {out['models']}", flush=True)
         with training_paused(a.pause_training) as paused:
             probe = CpuProbe()
@@ -323,13 +259,14 @@ def cmd_precision(a: argparse.Namespace) -> dict:
     import httpx
 
     files = {"image": ("lr.png", lr_face(), "image/png")}
-    servers = {p: Server(a.model_dir, {"FACESR_PRECISION": p}, a.logs / f"precision_{p}.log",
-                         a.ort_spin_wait) for p in ("fp32", "int8")}
+    servers = {p: start_server(a.model_dir, {"FACESR_PRECISION": p},
+                               a.logs / f"precision_{p}.log", a.ort_spin_wait)
+               for p in ("fp32", "int8")}
     out: dict = {"machine": machine(), "model_dir": str(a.model_dir), "argv": sys.argv[1:],
                  "settings": BENCH_ENV, "rows": []}
     try:
         for precision, server in servers.items():
-            server.wait_ready()
+            server.wait_ready(timeout=300)
             models = httpx.get(f"{server.url}/v1/models").json()["models"]
             serving = {m["precision"] for m in models}
             if serving != {precision}:
@@ -373,12 +310,12 @@ def cmd_soak(a: argparse.Namespace) -> dict:
     data = lr_face()
     files = {"image": ("lr.png", data, "image/png")}
     env = {"FACESR_REQUEST_TIMEOUT_S": str(a.request_timeout), **provider_env(a.provider)}
-    server = Server(a.model_dir, env, a.logs / "soak.log", a.ort_spin_wait)
+    server = start_server(a.model_dir, env, a.logs / "soak.log", a.ort_spin_wait)
     client_timeout = a.request_timeout + 5
     out: dict = {"machine": machine(), "model_dir": str(a.model_dir), "argv": sys.argv[1:],
                  "settings": {**BENCH_ENV, **env}, "client_timeout_s": client_timeout}
     try:
-        server.wait_ready()
+        server.wait_ready(timeout=300)
         with training_paused(a.pause_training) as paused:
             asyncio.run(drive(server.url, "/superresolve", files, a.concurrency, a.warm_s,
                               client_timeout))
@@ -429,7 +366,7 @@ def cmd_soak(a: argparse.Namespace) -> dict:
     return out
 
 
-async def sigterm_under_load(server: Server, files: dict, concurrency: int,
+async def sigterm_under_load(server: ServiceProcess, files: dict, concurrency: int,
                              timeout: float) -> dict:
     """SIGTERM while `concurrency` clients (one new connection per request) keep sending.
 
@@ -494,8 +431,7 @@ def main() -> None:
                        help="FACESR_PROVIDERS for the servers and the bare pipeline (cuda also "
                             "sets FACESR_REQUIRE_GPU=true); default: the service's own (auto)")
         s.add_argument("--ort-spin-wait", action="store_true",
-                       help="FACESR_ORT_SPIN_WAIT=true: ONNX Runtime's spin-waiting on (the "
-                            "service's default before stop 8)")
+                       help="FACESR_ORT_SPIN_WAIT=true: ONNX Runtime's spin-waiting on")
     load = sub.choices["load"]
     load.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     load.add_argument("--batching-off-concurrency", type=int, nargs="+", default=[16])
@@ -512,8 +448,7 @@ def main() -> None:
     soak.add_argument("--sigterm", action="store_true", help="end with SIGTERM under load")
     a = p.parse_args()
     if not ((a.model_dir / "manifest.json").exists() or any(a.model_dir.glob("*/manifest.json"))):
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from model import export_random
+        from bench.model import export_random
 
         print(f"exporting a paper-size model with random weights to {a.model_dir}")
         export_random(a.model_dir)

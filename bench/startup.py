@@ -1,8 +1,8 @@
 """The default service as a new user starts it: time to /health/ready, memory (RSS), latency,
 and how fast SIGTERM stops it at each stage.
 
-    python bench/startup.py --pause-training
-    python bench/startup.py --pause-training --source /path/to/other/checkout   # before/after
+    python -m bench.startup --pause-training
+    python -m bench.startup --pause-training --source /path/to/other/checkout   # before/after
 
 It runs `python -m service` with no FACESR_* setting but the bind address (so: the shipped
 models/ x4, x8 and x16, MAX_SAMPLES=64, warm-up on) and measures:
@@ -13,59 +13,31 @@ models/ x4, x8 and x16, MAX_SAMPLES=64, warm-up on) and measures:
 - p50 latency of /superresolve (20 requests) and /samples?n=10 (5 requests), one client;
 - seconds from SIGTERM to exit: while the models load, during warm-up, and idle once ready;
 - `engine`: in this process, the service's Runner on models/x8 with the CPU memory arena on or
-  off and whole or chunked calls, interleaved rounds: ms for one image, n = 10 and n = 64.
+  off and whole or chunked calls, interleaved rounds: ms for one image, n = 10 and n = 64, on
+  the fp32 graphs unless `--precision` says otherwise.
 Results are printed and written as JSON (--json).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import re
 import signal
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, CpuProbe, machine, training_paused  # noqa: E402
-
-# bench/service.py's server and face, loaded by path: `import service` is the package
-_spec = importlib.util.spec_from_file_location("bench_service", Path(__file__).with_name(
-    "service.py"))
-bench_service = sys.modules["bench_service"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_service)
-sys.path.insert(0, str(ROOT))  # it put bench/ first; `service` must stay the package
-Server, lr_face = bench_service.Server, bench_service.lr_face
+from bench.common import ROOT, CpuProbe, lr_face, machine, training_paused
+from bench.server import PeakRss, ServiceProcess
 
 MiB = 2**20
 
 
-class PeakRss:
-    """The highest RSS of a process while the block runs, sampled every `every` s."""
-
-    def __init__(self, pid: int, every: float = 0.02) -> None:
-        import psutil
-
-        self.proc, self.every, self.peak = psutil.Process(pid), every, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(self.every)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+def start_default(source: Path, log: Path) -> ServiceProcess:
+    """The service of checkout `source` with no FACESR_* setting but the bind address."""
+    return ServiceProcess.start(source / "models", {}, log, source)
 
 
 def post(url: str, path: str, files: dict) -> float:
@@ -81,7 +53,7 @@ def files_for(scale: int) -> dict:
     return {"image": ("lr.png", lr_face(scale), "image/png")}
 
 
-def time_to_exit(server: Server, timeout: float = 120) -> float:
+def time_to_exit(server: ServiceProcess, timeout: float = 120) -> float:
     start = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     code = server.stop(timeout)
@@ -90,24 +62,24 @@ def time_to_exit(server: Server, timeout: float = 120) -> float:
     return time.monotonic() - start
 
 
-def wait_for_log(server: Server, pattern: str, timeout: float) -> bool:
+def wait_for_log(server: ServiceProcess, pattern: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if re.search(pattern, server.log.read_text(errors="replace")):
+        if re.search(pattern, server.log_text()):
             return True
         time.sleep(0.02)
     return False
 
 
 def serve_and_measure(source: Path, logs: Path) -> dict:
-    server = Server(source / "models", {}, logs / "default.log", defaults={}, source=source)
+    server = start_default(source, logs / "default.log")
     out: dict = {}
     try:
         probe = CpuProbe()
         ready_s = server.wait_ready(timeout=900)
         out["ready_s"] = ready_s
         out["foreign_cpu_pct_startup"] = probe.pct()
-        log = server.log.read_text(errors="replace")
+        log = server.log_text()
         out["warmup_log_lines"] = [line.split("facesr: ", 1)[-1] for line in log.splitlines()
                                    if "warming up" in line or "warmed up" in line]
         time.sleep(1.0)
@@ -119,11 +91,11 @@ def serve_and_measure(source: Path, logs: Path) -> dict:
         out["samples10_p50_ms"] = 1e3 * statistics.median(ten)
         out["foreign_cpu_pct_latency"] = probe.pct()
         out["rss_after_latency_mib"] = server.rss() / MiB
-        with PeakRss(server.proc.pid) as peak:
+        with PeakRss(server.pid) as peak:
             out["samples64_x8_s"] = post(server.url, "/samples?n=64&seed=1", files_for(8))
         out["rss_after_n64_x8_mib"] = server.rss() / MiB
         out["peak_n64_x8_mib"] = peak.peak / MiB
-        with PeakRss(server.proc.pid) as peak:
+        with PeakRss(server.pid) as peak:
             for scale in (4, 16):
                 post(server.url, "/samples?n=64&seed=1", files_for(scale))
         out["rss_after_n64_all_scales_mib"] = server.rss() / MiB
@@ -137,8 +109,7 @@ def serve_and_measure(source: Path, logs: Path) -> dict:
 def sigterm_during(source: Path, logs: Path, stage: str) -> dict:
     """SIGTERM while the models load (0.5 s after the app starts) or during warm-up (0.2 s
     after the first 'warming up' line)."""
-    server = Server(source / "models", {}, logs / f"sigterm_{stage}.log", defaults={},
-                    source=source)
+    server = start_default(source, logs / f"sigterm_{stage}.log")
     try:
         if stage == "loading":
             found = wait_for_log(server, r"Waiting for application startup", 120)
@@ -161,7 +132,7 @@ ENGINE_VARIANTS = {  # (CPU memory arena, rows per call): the service's choice i
 }
 
 
-def engine_variant(model_dir: Path, arena: bool, chunk: int | None):
+def engine_variant(model_dir: Path, arena: bool, chunk: int | None, precision: str):
     """The service's Runner for one model with the arena and chunking of a variant."""
     from service import engine
     from service.settings import Settings
@@ -175,7 +146,8 @@ def engine_variant(model_dir: Path, arena: bool, chunk: int | None):
 
     engine.session_options = options
     try:
-        runner = next(iter(engine.load_models(Settings(model_dir=model_dir)).values()))
+        settings = Settings(model_dir=model_dir, precision=precision)
+        runner = next(iter(engine.load_models(settings).values()))
     finally:
         engine.session_options = original
     runner.max_rows = chunk
@@ -183,7 +155,7 @@ def engine_variant(model_dir: Path, arena: bool, chunk: int | None):
     return runner
 
 
-def engine_ab(model_dir: Path, rounds: int) -> dict:
+def engine_ab(model_dir: Path, rounds: int, precision: str = "fp32") -> dict:
     """ms per call of each variant, rounds interleaved (so load on the machine hits all alike):
     one image (ICAP + encoder + decoder), /samples' work for n = 10 and for n = 64."""
     from service.engine import model_input
@@ -192,7 +164,8 @@ def engine_ab(model_dir: Path, rounds: int) -> dict:
 
     lr = prepare_lr(lr_face(8), None, (8,), 10**6)
     x = model_input(lr.image)
-    runners = {name: engine_variant(model_dir, *v) for name, v in ENGINE_VARIANTS.items()}
+    runners = {name: engine_variant(model_dir, *v, precision)
+               for name, v in ENGINE_VARIANTS.items()}
     times: dict[str, dict[str, list[float]]] = {n: {"one": [], "n10": [], "n64": []}
                                                 for n in runners}
     for _ in range(rounds):
@@ -217,6 +190,9 @@ def main() -> None:
     p.add_argument("--sections", nargs="+", default=["serve", "sigterm", "engine"],
                    choices=("serve", "sigterm", "engine"))
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of `engine`")
+    p.add_argument("--precision", choices=("fp32", "int8", "auto"), default="fp32",
+                   help="FACESR_PRECISION of the `engine` Runners (default fp32: auto would pick "
+                        "x8's int8 graphs)")
     p.add_argument("--pause-training", action="store_true")
     p.add_argument("--logs", type=Path, default=Path("/tmp/facesr-bench/startup"))
     p.add_argument("--json", type=Path, default=Path("bench/results/startup.json"))
@@ -231,7 +207,8 @@ def main() -> None:
             print(json.dumps(out["sigterm"], indent=2), flush=True)
         if "engine" in a.sections:
             probe = CpuProbe()
-            out["engine_ms"] = engine_ab(a.source / "models" / "x8", a.rounds)
+            out["engine_ms"] = engine_ab(a.source / "models" / "x8", a.rounds, a.precision)
+            out["engine_precision"] = a.precision
             out["foreign_cpu_pct_engine"] = probe.pct()
             print(json.dumps(out["engine_ms"], indent=2), flush=True)
     out["training_paused"] = paused

@@ -5,7 +5,7 @@ optimised: the encoder run once for both paths, channels_last, bf16 autocast
 The malloc settings of `facesr-train` (docs/method.md) are a property of the process: run this
 script with and without them (`--malloc default`) to see their share; the figure is printed with it.
 
-    python bench/training.py --presets tiny paper --batch 16 --steps 5 [--pause-training]
+    python -m bench.training --presets tiny paper --batch 16 --steps 5 [--pause-training]
 """
 
 from __future__ import annotations
@@ -16,17 +16,15 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import training_paused  # noqa: E402
-from training.cli import MALLOC_ENV  # noqa: E402
-from training.config import ModelConfig  # noqa: E402
-from training.losses import phase1_losses, reparameterize  # noqa: E402
-from training.models import StochasticSR  # noqa: E402
+from bench.common import training_paused
+from training.cli import MALLOC_ENV
+from training.config import ModelConfig
+from training.losses import reconstruction_losses, reparameterize
+from training.models import StochasticSR
 
 
 def naive_phase1(model: StochasticSR, x, y, gen):
@@ -56,7 +54,7 @@ def time_steps(preset: str, optimised: bool, batch: int, steps: int, device: tor
             torch.cuda.synchronize()
         start = time.perf_counter()
         with cast:
-            loss = (phase1_losses(model.sr, model.ren, x, y, 1.0, gen)["loss"] if optimised
+            loss = (reconstruction_losses(model.sr, model.ren, x, y, 1.0, gen)["loss"] if optimised
                     else naive_phase1(model, x, y, gen))
         opt.zero_grad()
         loss.backward()

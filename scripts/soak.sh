@@ -21,4 +21,4 @@ if [ -n "${PAUSE_TRAINING:-}" ]; then
   trap 'pkill -CONT -f "[t]raining\.cli|bin/[f]acesr-(train|eval|export|prepare)" || true' EXIT
   args+=(--pause-training)
 fi
-python bench/service.py "${args[@]}"
+python -m bench.service "${args[@]}"

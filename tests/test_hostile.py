@@ -111,8 +111,8 @@ HOSTILE = ["decompression bomb", "0 bytes", "truncated JPEG", "10000x10000 PNG",
 def server(tiny_model_dir, tmp_path_factory):
     """`python -m service` on 127.0.0.1 with the tiny models; yields its base URL."""
     log = tmp_path_factory.mktemp("hostile") / "server.log"
-    with running_service(tiny_model_dir, ENV, log) as url:
-        yield url
+    with running_service(tiny_model_dir, ENV, log) as server:
+        yield server.url
 
 
 def assert_still_serving(url: str, lr: Image.Image) -> None:

@@ -20,10 +20,8 @@ import os
 import signal
 import socket
 import statistics
-import struct
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import httpx
@@ -31,6 +29,7 @@ import pytest
 from PIL import Image
 from servers import ROOT, running_service
 
+from bench.overload import png_of_zeros, stalled_upload
 from facesr_core.degradation import degrade
 
 SHIPPED_X8 = ROOT / "models" / "x8"
@@ -42,31 +41,6 @@ def lr_png(astronaut_hr) -> bytes:
     buf = io.BytesIO()
     degrade(Image.fromarray(astronaut_hr), 8).save(buf, "PNG")
     return buf.getvalue()
-
-
-def png_of_zeros(width: int, height: int, bit_depth: int, color_type: int,
-                 channels: int) -> bytes:
-    """A valid PNG of all-zero pixels, compressed as it is built."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data))
-    row = b"\0" * (1 + width * channels * bit_depth // 8)
-    comp = zlib.compressobj(9)
-    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
-            + chunk(b"IEND", b""))
-
-
-def stalled_upload(url: str) -> socket.socket:
-    """A connection that sends a request head and one multipart part header, then nothing."""
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)))
-    part = (b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"f.png\"\r\n"
-            b"Content-Type: image/png\r\n\r\n")
-    sock.sendall(b"POST /superresolve HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
-                 b"boundary=b\r\nContent-Length: 100000\r\n\r\n" + part)
-    return sock
 
 
 def closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
@@ -96,8 +70,8 @@ def median_latency(client: httpx.Client, image: bytes, times: int = 5) -> float:
 def server(tiny_model_dir, tmp_path_factory):
     env = {**SMALL, "FACESR_BODY_TIMEOUT_S": "3", "FACESR_HEADER_TIMEOUT_S": "2"}
     log = tmp_path_factory.mktemp("overload") / "server.log"
-    with running_service(tiny_model_dir / "x8", env, log) as url:
-        yield url
+    with running_service(tiny_model_dir / "x8", env, log) as server:
+        yield server.url
 
 
 def test_stalled_uploads_hold_no_inference_slot(server, astronaut_hr):
@@ -222,7 +196,8 @@ def test_heavy_requests_do_not_starve_light_ones(tiny_model_dir, tmp_path, astro
     env = {"FACESR_MAX_SAMPLES": "256", "FACESR_WARMUP": "false", "FACESR_LOG_LEVEL": "warning",
            "FACESR_REQUEST_TIMEOUT_S": f"{timeout:.2f}"}
     image = lr_png(astronaut_hr)
-    with running_service(tiny_model_dir / "x8", env, tmp_path / "server.log") as url:
+    with running_service(tiny_model_dir / "x8", env, tmp_path / "server.log") as server:
+        url = server.url
         results = asyncio.run(mixed_load(url, image, "/samples?n=256", seconds=12))
     light = [r for path, r in results if path == "/superresolve"]
     heavy = [r for path, r in results if path != "/superresolve"]
@@ -267,7 +242,8 @@ def test_a_killed_worker_leaves_the_in_flight_gauge(tmp_path, astronaut_hr):
     env = {"FACESR_MAX_SAMPLES": "64", "FACESR_WARMUP": "false", "FACESR_WORKERS": "2",
            "FACESR_LOG_LEVEL": "warning", "PROMETHEUS_MULTIPROC_DIR": str(prom)}
     image = lr_png(astronaut_hr)
-    with running_service(SHIPPED_X8, env, tmp_path / "server.log") as url:
+    with running_service(SHIPPED_X8, env, tmp_path / "server.log") as server:
+        url = server.url
         thread = threading.Thread(target=lambda: swallow(httpx.post, f"{url}/samples?n=64",
                                                          files={"image": ("f.png", image)},
                                                          timeout=60))

@@ -43,7 +43,8 @@ def test_readme_examples_run_against_a_live_service(tiny_model_dir, tmp_path):
     workdir.mkdir()
     (workdir / "examples").symlink_to(ROOT / "examples")
     with running_service(tiny_model_dir, {"FACESR_MAX_SAMPLES": "16"},
-                         tmp_path / "server.log") as url:
+                         tmp_path / "server.log") as server:
+        url = server.url
         port = url.rsplit(":", 1)[1]
         env = {k: v for k, v in os.environ.items() if k != "FACESR_API_KEY"}
         for line in readme_examples():

@@ -33,8 +33,8 @@ MIN_CASES = 500  # the long run (scripts/schemathesis_long.sh) needs >= 1000
 def server(tiny_model_dir, tmp_path_factory):
     """`python -m service` on 127.0.0.1 with the tiny models; yields its base URL."""
     log = tmp_path_factory.mktemp("schema") / "server.log"
-    with running_service(tiny_model_dir, ENV, log) as url:
-        yield url
+    with running_service(tiny_model_dir, ENV, log) as server:
+        yield server.url
 
 
 def server_errors(url: str) -> int:

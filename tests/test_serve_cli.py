@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from servers import free_port
+from servers import ServiceProcess, free_port
 
 from service import cli, settings
 from service.settings import Settings
@@ -78,26 +75,13 @@ def test_flags_start_a_real_server_with_two_workers(tiny_model_dir, tmp_path):
     env.update({"PYTHONPATH": str(ROOT), "PROMETHEUS_MULTIPROC_DIR": str(prom)})
     args = ["--host", "127.0.0.1", "--port", str(port), "--model-dir", str(tiny_model_dir / "x8"),
             "--workers", "2", "--max-samples", "4", "--max-steps", "4", "--max-batch", "2"]
-    log = tmp_path / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service", *args], env=env, cwd=tmp_path,
-                                stdout=out, stderr=subprocess.STDOUT)
+    server = ServiceProcess(env, port, tmp_path / "server.log", tuple(args), cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while len({p.stem.rsplit("_", 1)[-1] for p in prom.glob("gauge_*.db")}) < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5)
-                if r.json()["ready"]:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        server.wait_until(lambda: len({p.stem.rsplit("_", 1)[-1]
+                                       for p in prom.glob("gauge_*.db")}) >= 2)
+        server.wait_until(lambda: httpx.get(f"{server.url}/v1/models", timeout=5).json()["ready"])
+        r = httpx.get(f"{server.url}/v1/models", timeout=5)
         assert r.json()["scales_supported"] == [8]
         assert [m["name"] for m in r.json()["models"]] == ["x8"]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) in (0, -signal.SIGTERM), log.read_text()
+        assert server.stop() in (0, -signal.SIGTERM), server.log_text()

@@ -129,13 +129,13 @@ bench() {
   ort_env
   limit=$(bench_limit)
   if [ "$limit" -gt 30 ]; then
-    timeout "$limit" "$PY" bench/model.py --model-dir "$models/x8" --provider cuda \
+    timeout "$limit" "$PY" -m bench.model --model-dir "$models/x8" --provider cuda \
       --sections flops engines samples --json "$WORK/bench/model_cuda.json" || say "bench/model.py failed"
     tar -czf "$out/bench.tar.gz" -C "$WORK" bench   # what is done so far comes back anyway
   fi
   limit=$(bench_limit)
   if [ "$limit" -gt 30 ]; then
-    timeout "$limit" "$PY" bench/service.py load --model-dir "$models" --provider cuda \
+    timeout "$limit" "$PY" -m bench.service load --model-dir "$models" --provider cuda \
       --concurrency 1 16 64 --batching-off-concurrency 16 --duration 6 --warm-s 2 --budget-s 3 \
       --logs "$WORK/bench/logs" --json "$WORK/bench/service_cuda.json" || say "bench/service.py failed"
   fi
