@@ -54,6 +54,22 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def pack(tmp_path_factory) -> Path:
+    """A pack of 24 synthetic faces (training/data.py format), 4 test and 4 val."""
+    from synthetic import blob_face
+
+    from training.data import collect_faces, write_pack
+
+    root = tmp_path_factory.mktemp("faces")
+    (root / "imgs").mkdir()
+    for k in range(24):
+        blob_face(k).save(root / "imgs" / f"{k:03d}.png")
+    faces = collect_faces(utkface=root / "imgs", n_test=4, n_val=4)
+    write_pack(faces, root / "pack.npz", progress=False)
+    return root / "pack.npz"
+
+
+@pytest.fixture(scope="session")
 def astronaut_hr() -> np.ndarray:
     """A real 128x128 face: the astronaut (Eileen Collins) from scikit-image, uint8 RGB."""
     from PIL import Image

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_training import pack  # noqa: F401 - the training tests' pack fixture
 from training.data import FacePack
 from training.weights import load_model
 
@@ -120,7 +119,7 @@ def test_models_out_runs_a_command_and_always_puts_models_back(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def carried(pack, tmp_path_factory) -> Path:  # noqa: F811 - the imported fixture
+def carried(pack, tmp_path_factory) -> Path:
     """A .device/ as prepare.sh makes it, from the training tests' synthetic faces: the pack cut
     to half its size."""
     root = tmp_path_factory.mktemp("device")

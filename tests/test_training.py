@@ -1,4 +1,5 @@
-"""Training, resume, export and DDP on tiny generated faces (CPU, seconds)."""
+"""Training runs on tiny generated faces (CPU, seconds): both phases, resume, phase 3, DDP, the
+command line end to end, EMA, schedules and loss options."""
 
 import json
 import os
@@ -6,43 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
-from PIL import Image
 
 from facesr_core.manifest import load_manifest
-from training.config import ModelConfig, TrainConfig
-from training.data import collect_faces, write_pack
-from training.export import ExportError, export_model
-from training.models import StochasticSR
+from training.config import TrainConfig
 from training.train import CHECKPOINT, train
 from training.weights import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def blob_face(seed: int) -> Image.Image:
-    """A smooth random 'face': a few coloured Gaussian blobs on a gradient, 150x150."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:150, 0:150] / 150.0
-    img = np.stack([xx, yy, 1 - xx], -1) * 120
-    for _ in range(6):
-        cy, cx, r = rng.uniform(0.2, 0.8, 2).tolist() + [rng.uniform(0.05, 0.2)]
-        img += rng.uniform(0, 120, 3) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r**2)[..., None]
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("faces")
-    (root / "imgs").mkdir()
-    for k in range(24):
-        blob_face(k).save(root / "imgs" / f"{k:03d}.png")
-    faces = collect_faces(utkface=root / "imgs", n_test=4, n_val=4)
-    write_pack(faces, root / "pack.npz", progress=False)
-    return root / "pack.npz"
 
 
 def tiny_cfg(pack: Path, out: Path, **kw) -> TrainConfig:
@@ -103,68 +76,6 @@ def test_phase3_trains_theta_on_the_icap_mean_only(pack, tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in theta)
     phase3 = [r for r in logged(after) if r["phase"] == 3]
     assert [r["step"] for r in phase3] == [1, 2] and all(r["loss_m"] > 0 for r in phase3)
-
-
-def random_tiny(global_residual: bool = True) -> StochasticSR:
-    torch.manual_seed(0)
-    model = StochasticSR(ModelConfig.preset("tiny", global_residual=global_residual))
-    with torch.no_grad():  # zero-initialised last conv would make the decoder check trivial
-        model.sr.decoder.ConvBlock3.weight.normal_(0, 0.05)
-    return model.eval()
-
-
-@pytest.mark.parametrize("global_residual", [True, False])
-def test_onnx_parity_and_manifest(tmp_path, global_residual):
-    model = random_tiny(global_residual)
-    manifest = export_model(model, tmp_path / "x8", scale=8, preset="tiny")
-    loaded = load_manifest(tmp_path / "x8")  # sha256 of every file checked
-    assert loaded == manifest and manifest.lr_size == 16 and manifest.opset >= 17
-    assert set(manifest.files["decoder"].inputs) == (
-        {"features", "z", "x"} if global_residual else {"features", "z"})
-    sess = {g: ort.InferenceSession(str(tmp_path / "x8" / f"{g}.onnx")) for g in manifest.files}
-    x = torch.rand(5, 3, 128, 128) * 2 - 1  # a batch size the export never saw
-    mu, logvar = sess["icap"].run(None, {"x": x.numpy()})
-    feats = sess["encoder"].run(None, {"x": x.numpy()})[0]
-    feeds = {"features": feats, "z": mu, "x": x.numpy()}
-    y = sess["decoder"].run(None, {i.name: feeds[i.name] for i in sess["decoder"].get_inputs()})[0]
-    with torch.no_grad():
-        want = model.predict(x)
-        want_mu, want_lv = model.icap(x)
-    assert np.abs(y - want.numpy()).max() <= 1e-4
-    assert np.abs(mu - want_mu.numpy()).max() <= 1e-4
-    assert np.abs(logvar - want_lv.numpy()).max() <= 1e-4
-
-
-def test_export_fails_loudly_when_onnx_differs(tmp_path, monkeypatch):
-    import training.export as export
-
-    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # nothing can meet a negative tolerance
-    with pytest.raises(ExportError, match="differs from PyTorch"):
-        export.export_model(random_tiny(), tmp_path / "x8", scale=8, preset="tiny",
-                            tolerance=export.TOLERANCE)
-
-
-def test_int8_export_quantizes_every_graph_and_records_the_loss(tmp_path, pack):
-    import onnx
-
-    from training.quantize import add_int8
-
-    model_dir = tmp_path / "x8"
-    fp32 = export_model(random_tiny(), model_dir, scale=8, preset="tiny")
-    manifest = add_int8(model_dir, pack, count=8)
-    assert load_manifest(model_dir) == manifest  # every sha256 checked, the int8 ones too
-    assert manifest.files == fp32.files and manifest.int8 is not None  # fp32 left as it was
-    for graph, entry in manifest.int8.files.items():
-        assert entry.path == f"{graph}.int8.onnx" and entry.inputs == fp32.files[graph].inputs
-        ops = {n.op_type for n in onnx.load(str(model_dir / entry.path)).graph.node}
-        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    assert manifest.int8.calibration["faces"] == 8
-    (split, loss), = manifest.int8.loss.items()  # the pack's one source with a test split
-    assert split == "utkface_test" and loss.count == 4
-    assert loss.loss_db == pytest.approx(loss.psnr_fp32 - loss.psnr_int8)
-    assert 10 < loss.psnr_int8 < 60 and abs(loss.loss_db) < 3
-    export_model(random_tiny(), model_dir, scale=8, preset="tiny")  # a re-export drops them
-    assert load_manifest(model_dir).int8 is None and not list(model_dir.glob("*.int8.onnx"))
 
 
 def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -234,31 +145,6 @@ def test_time_budget_and_weights_only_run_folder(pack, tmp_path):
     x = torch.rand(2, 3, 128, 128) * 2 - 1
     assert scale_a == scale_b == 8
     assert torch.equal(model_a.predict(x), model_b.predict(x))
-
-
-def test_best_of_at_temperature_zero_is_the_icap_mean():
-    from training.evaluate import evaluate_face
-
-    hr = np.asarray(blob_face(0).resize((128, 128)))
-    gen = torch.Generator().manual_seed(0)
-    model = random_tiny()
-    cold = evaluate_face(model, hr, 8, torch.device("cpu"), (4,), gen, temperature=0.0)
-    warm = evaluate_face(model, hr, 8, torch.device("cpu"), (4,), gen, temperature=1.0)
-    assert cold["best_of_4"] == cold["icap_mean"]
-    assert warm["best_of_4"] != warm["icap_mean"]
-
-
-def test_lr_schedule_warms_up_then_decays_to_zero():
-    from training.schedule import lr_factor
-
-    assert lr_factor("constant", 0.9, 50, 0) == 1.0
-    assert lr_factor("constant", 0.0, 0, 10) == pytest.approx(0.1)
-    warm = [lr_factor("cosine", s / 100, s, 10) for s in range(100)]
-    assert warm[0] == pytest.approx(0.1) and max(warm) <= 1.0
-    assert all(a >= b for a, b in zip(warm[10:], warm[11:], strict=False))  # monotone
-    assert lr_factor("cosine", 1.0, 100, 10) == pytest.approx(0.0)
-    with pytest.raises(ValueError):
-        lr_factor("step", 0.5, 1, 0)
 
 
 def test_cosine_schedule_is_logged_and_ends_near_zero(pack, tmp_path):

@@ -1,0 +1,31 @@
+"""int8 graphs: every graph quantized (QDQ), calibrated on a pack, its loss measured per test
+split and recorded in the manifest; a re-export drops them."""
+
+import pytest
+from synthetic import random_tiny
+
+from facesr_core.manifest import load_manifest
+from training.export import export_model
+
+
+def test_int8_export_quantizes_every_graph_and_records_the_loss(tmp_path, pack):
+    import onnx
+
+    from training.quantize import add_int8
+
+    model_dir = tmp_path / "x8"
+    fp32 = export_model(random_tiny(), model_dir, scale=8, preset="tiny")
+    manifest = add_int8(model_dir, pack, count=8)
+    assert load_manifest(model_dir) == manifest  # every sha256 checked, the int8 ones too
+    assert manifest.files == fp32.files and manifest.int8 is not None  # fp32 left as it was
+    for graph, entry in manifest.int8.files.items():
+        assert entry.path == f"{graph}.int8.onnx" and entry.inputs == fp32.files[graph].inputs
+        ops = {n.op_type for n in onnx.load(str(model_dir / entry.path)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert manifest.int8.calibration["faces"] == 8
+    (split, loss), = manifest.int8.loss.items()  # the pack's one source with a test split
+    assert split == "utkface_test" and loss.count == 4
+    assert loss.loss_db == pytest.approx(loss.psnr_fp32 - loss.psnr_int8)
+    assert 10 < loss.psnr_int8 < 60 and abs(loss.loss_db) < 3
+    export_model(random_tiny(), model_dir, scale=8, preset="tiny")  # a re-export drops them
+    assert load_manifest(model_dir).int8 is None and not list(model_dir.glob("*.int8.onnx"))
