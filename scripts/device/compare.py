@@ -13,18 +13,19 @@ SSIM and the other rows are printed beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
+
+from facesr_core.manifest import load_manifest
 
 SERVED = "icap_mean"
 ROWS = ("bicubic", "deterministic", "icap_mean", "best_of_10")
 
 
 def test_metrics(model_dir: Path) -> dict[str, dict]:
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    return {k: v for k, v in manifest.get("metrics", {}).items() if k.endswith("_test")}
+    manifest = load_manifest(model_dir, verify=False)
+    return {k: v for k, v in manifest.metrics.items() if k.endswith("_test")}
 
 
 def verdict(new: dict[str, dict], old: dict[str, dict]) -> tuple[bool, list[str]]:
