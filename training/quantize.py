@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from skimage.metrics import peak_signal_noise_ratio
 
 from facesr_core.degradation import from_model_range
 from facesr_core.latent import sample_latent
@@ -44,6 +43,7 @@ from facesr_core.manifest import (
     sha256_of,
     write_manifest,
 )
+from facesr_core.quality import psnr
 from training.config import CALIBRATION_FACES
 from training.data import FacePack, make_pair
 
@@ -199,8 +199,7 @@ def mean_psnr(pipe: OrtPipeline, xs: np.ndarray, hr: np.ndarray) -> float:
     scores = []
     for start in range(0, len(xs), BATCH):
         out = from_model_range(pipe(xs[start:start + BATCH]))
-        scores += [peak_signal_noise_ratio(h, o, data_range=255)
-                   for h, o in zip(hr[start:start + BATCH], out, strict=True)]
+        scores += [psnr(h, o[None])[0] for h, o in zip(hr[start:start + BATCH], out, strict=True)]
     return float(np.mean(scores))
 
 
