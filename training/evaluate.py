@@ -21,8 +21,6 @@ from training.data import FacePack, make_pair
 from training.latent import standard_normal
 from training.visuals import figure4, figure7, figure8
 
-ROWS = ("bicubic", "deterministic", "icap_mean", "ren_oracle")
-
 
 def psnr_ssim(hr: np.ndarray, sr: np.ndarray) -> dict[str, float]:
     """RGB and Y-channel PSNR/SSIM of one uint8 HWC pair."""
