@@ -15,47 +15,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import io
 import os
 import signal
 import socket
 import statistics
-import struct
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
+from helpers import lr_png
+from images import png_of_zeros
 from servers import ROOT, running_service
-
-from facesr_core.degradation import degrade
 
 SHIPPED_X8 = ROOT / "models" / "x8"
 SMALL = {"FACESR_MAX_SAMPLES": "4", "FACESR_MAX_STEPS": "4", "FACESR_MAX_BATCH": "4",
          "FACESR_LOG_LEVEL": "warning"}
-
-
-def lr_png(astronaut_hr) -> bytes:
-    buf = io.BytesIO()
-    degrade(Image.fromarray(astronaut_hr), 8).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def png_of_zeros(width: int, height: int, bit_depth: int, color_type: int,
-                 channels: int) -> bytes:
-    """A valid PNG of all-zero pixels, compressed as it is built."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data))
-    row = b"\0" * (1 + width * channels * bit_depth // 8)
-    comp = zlib.compressobj(9)
-    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
-            + chunk(b"IEND", b""))
 
 
 def stalled_upload(url: str) -> socket.socket:

@@ -257,5 +257,6 @@ def render_traverse(runner: Runner, lr: LRInput, alphas: np.ndarray, frames: np.
         model=runner.manifest.name, version=runner.manifest.version, scale=lr.scale, seed=seed,
         seed_end=seed_end, temperature=temperature, steps=len(frames),
         adjustments=lr.adjustments,
-        frames=[Frame(alpha=float(a), image=b64png(f)) for a, f in zip(alphas, frames, strict=True)])
+        frames=[Frame(alpha=float(a), image=b64png(f))
+                for a, f in zip(alphas, frames, strict=True)])
     return body.model_dump_json().encode(), "application/json"

@@ -39,6 +39,7 @@ from service.api.security import Authorized
 from service.errors import InvalidParameter, RequestTimeout, Unavailable
 from service.state import ServiceState, StateDep
 
+
 def one_decode() -> int:
     """The cost of a request that decodes one image."""
     return 1
@@ -87,8 +88,8 @@ class InferenceRoute(APIRoute):
         super().__init__(path, endpoint, **kwargs)
         if not any(getattr(d.call, "admits", False) for d in self.dependant.dependencies):
             raise TypeError(f"inference route {path} ({endpoint.__name__}) does not take the "
-                            "admission dependency: add a parameter "
-                            "`work: Annotated[Ticket, admit(cost)]` (service/api/inference_route.py)")
+                            "admission dependency: add a parameter `work: Annotated[Ticket, "
+                            "admit(cost)]` (service/api/inference_route.py)")
 
 
 async def one_value_per_field(request: Request) -> None:
