@@ -2,9 +2,10 @@
 
 Work is counted in decodes (one 128x128 output of the decoder): /superresolve costs 1,
 /samples?n costs n + 1 (the mean and n samples), /traverse?steps costs steps. The seconds one
-decode takes in the pool are measured as the service runs (a moving average per lane, from the
-start to the end of each pool call: a /samples or /traverse call, or a micro-batch of
-/superresolve), so the queued work is also known in seconds.
+decode takes are measured as the service runs (a moving average per lane, from the start of a
+request's call in the pool to its release, so encoding its answer, which competes for the same
+cores, counts too; a /superresolve request shares its call with its micro-batch), so the queued
+work is also known in seconds.
 
 Two lanes share the inference pool: light requests (cost <= LIGHT_MAX_COST, e.g. every
 /superresolve) always run before heavy ones waiting; each lane is FIFO. A running call is never
@@ -16,9 +17,8 @@ flight. A request with nothing ahead of it is always tried (the estimate may be 
 Refusal's `retry_after_s` is the time until enough of the queue should have run. A ticket is
 released once its request leaves (`release`, idempotent). When a heavy call is about to start
 and can no longer finish before its deadline (light work overtook it), the pool refuses it then
-(`Refused`), before spending any time on it. The queue counts pool calls only: a request whose
-call has ended (its answer is being encoded) holds up no one, and the headroom (20% of the time
-left) covers a request's own decoding and encoding.
+(`Refused`), before spending any time on it. A request whose call has ended (its answer is
+being encoded) holds up no one's call.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ class Ticket:
     computed: bool = False  # its call in the pool has ended (the answer may still be encoding)
     overtaken: bool = False  # a call admitted after it started while it waited
     released: bool = False  # its request has left
+    call_decodes: float = 0.0  # the decodes of its call: its own, or its micro-batch's
 
     @property
     def running(self) -> bool:
@@ -88,19 +89,21 @@ class Ticket:
     def start(self) -> None:
         """Its call starts in the pool now."""
         if self._owner is not None:
-            self.started_at = self._owner.clock()
+            self.started_at, self.call_decodes = self._owner.clock(), self.cost
             self._owner._overtake(self)
 
     def finish(self) -> None:
-        """Its call in the pool has ended: it no longer holds up anyone's call, and the call's
-        duration is measured into the estimate (a call that ran in a micro-batch is measured
-        by the batcher, per batch)."""
+        """Its call in the pool has ended: it no longer holds up anyone's call."""
         self.computed = True
-        if self._owner is not None and self.started_at is not None:
-            self._owner.observe(self.lane, self.cost, self._owner.clock() - self.started_at)
+
+    def ran_in_batch(self, started_at: float, decodes: int) -> None:
+        """Its work ran in a micro-batch of `decodes` that started at `started_at` (clock
+        seconds), and has ended."""
+        self.started_at, self.call_decodes, self.computed = started_at, decodes, True
 
     def release(self) -> None:
-        """The request has left: its work no longer counts (idempotent)."""
+        """The request has left: its work no longer counts (idempotent), and from the start of
+        its call to now (inference, then encoding its answer) is measured into the estimate."""
         if self._owner is not None and not self.released:
             self.released = True
             self._owner._release(self)
@@ -155,6 +158,8 @@ class Admission:
     def _release(self, ticket: Ticket) -> None:
         with self._lock:
             self._tickets.discard(ticket)
+            if ticket.started_at is not None:
+                self._learn(ticket.lane, ticket.call_decodes, self.clock() - ticket.started_at)
         self._changed()
 
     def _overtake(self, starter: Ticket) -> None:
@@ -181,12 +186,15 @@ class Admission:
 
     def observe(self, lane: Lane, decodes: float, seconds: float) -> None:
         """A finished call: `decodes` of work took `seconds` (updates the estimate)."""
-        if decodes <= 0 or seconds <= 0:
-            return
         with self._lock:
+            self._learn(lane, decodes, seconds)
+        self._changed()
+
+    def _learn(self, lane: Lane, decodes: float, seconds: float) -> None:
+        """Update the moving average (lock held)."""
+        if decodes > 0 and seconds > 0:
             old = self.seconds_per_decode[lane]
             self.seconds_per_decode[lane] = old + SMOOTHING * (seconds / decodes - old)
-        self._changed()
 
     def queued(self) -> tuple[float, float]:
         """The admitted work: (decodes, estimated seconds)."""

@@ -70,8 +70,7 @@ def _start_models(state: ServiceState, runners: dict[int, Runner]) -> None:
                             provider=runner.provider, precision=runner.precision).set(1)
         state.batchers[scale] = MicroBatcher(
             runner.superresolve, state.pool.lane(Lane.LIGHT), s.max_batch, s.max_wait_ms / 1000,
-            on_batch=m.batch_size.labels(scale=str(scale)).observe, name=man.name,
-            on_done=lambda size, seconds: state.admission.observe(Lane.LIGHT, size, seconds))
+            on_batch=m.batch_size.labels(scale=str(scale)).observe, name=man.name)
         state.batchers[scale].start()
 
 

@@ -112,18 +112,28 @@ def test_the_estimate_follows_measurements_and_reports_changes():
     assert seen[-1] == (0, 0, 0) and len(seen) == changes + 1  # one report per change
 
 
-def test_the_estimate_learns_the_pool_call_only():
-    """From the start to the end of the call in the pool (what holds up the queue): the time
-    its answer then takes to encode, before the request leaves, is not counted."""
+def test_release_measures_from_the_start_of_its_call():
     adm, clock = admission()
     ticket = adm.admit(10, clock.now + 30)
     ticket.start()
-    clock.now += 3.0  # the call: 0.3 s per decode
+    clock.now += 2.0  # the call
     ticket.finish()
-    clock.now += 5.0  # encoding the answer
+    clock.now += 1.0  # encoding the answer: 0.3 s per decode in all
     ticket.release()
     assert adm.seconds_per_decode[Lane.HEAVY] == pytest.approx(0.1 + 0.3 * (0.3 - 0.1))
     assert adm.seconds_per_decode[Lane.LIGHT] == 0.1
+
+
+def test_a_micro_batch_is_measured_per_decode_of_the_batch():
+    """A /superresolve request shares its call with its batch: 4 decodes in 0.8 s, then its
+    own answer, measure 0.2 s per decode (not 0.8 s for its one decode)."""
+    adm, clock = admission()
+    ticket = adm.admit(1, clock.now + 30)
+    ticket.ran_in_batch(clock.now, 4)
+    assert ticket.computed and not ticket.running
+    clock.now += 0.8
+    ticket.release()
+    assert adm.seconds_per_decode[Lane.LIGHT] == pytest.approx(0.1 + 0.3 * (0.2 - 0.1))
 
 
 def test_a_refusal_retries_after_at_least_the_setting():

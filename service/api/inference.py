@@ -132,7 +132,7 @@ async def superresolve(
     timings = Timings(request, state)
     lr, x = await prepare(state, image, scale, timings)
     result = await state.batchers[lr.scale].submit(x, state.settings.retry_after_s)
-    work.finish()  # its batch has run: encoding its answer holds up no one's call
+    work.ran_in_batch(result.started_at, result.batch_size)  # encoding holds up no one's call
     timings.add("queue", result.queue_s)
     timings.add("inference", result.inference_s)
     with timings.stage("encode"):
