@@ -126,8 +126,8 @@ def test_multipart_body_without_the_field(server, lr):
     text field instead of a file: each a 422 naming the missing field `image`."""
     boundary = "hostileboundary"
     text_only = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n"
-                 f"hello\r\n--{boundary}--\r\n").png()
-    empty = f"--{boundary}--\r\n".png()
+                 f"hello\r\n--{boundary}--\r\n").encode()
+    empty = f"--{boundary}--\r\n".encode()
     multipart = {"content-type": f"multipart/form-data; boundary={boundary}"}
     with httpx.Client(base_url=server, timeout=30) as c:
         answers = [
