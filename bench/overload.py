@@ -30,18 +30,19 @@ SMALL = {"FACESR_MAX_SAMPLES": "4", "FACESR_MAX_STEPS": "4", "FACESR_MAX_BATCH":
 MiB = 2**20
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def png_of_zeros(width: int, height: int, bit_depth: int, color_type: int,
                  channels: int) -> bytes:
-    """A valid PNG of all-zero pixels, compressed as it is built."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data))
-    row = b"\0" * (1 + width * channels * bit_depth // 8)
+    """A valid PNG of all-zero pixels, compressed as it is built (never held raw in memory)."""
+    row = b"\0" * (1 + (width * channels * bit_depth + 7) // 8)  # filter byte + pixels
     comp = zlib.compressobj(9)
     idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
-            + chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat)
+            + png_chunk(b"IEND", b""))
 
 
 def stalled_upload(url: str) -> socket.socket:

@@ -160,9 +160,9 @@ def provider_env(provider: str | None) -> dict[str, str]:
 def bare_pipeline(model_dir: Path, data: bytes, batch: int, n: int, budget_s: float,
                   spin: bool = False, provider: str | None = None) -> dict:
     """The service's own functions without HTTP, asyncio or queues, in this process."""
+    from service.api.inference import decode_input, render_samples
     from service.engine import load_models
     from service.imaging import encode
-    from service.routes import decode_input, render_samples
     from service.sampling import sample_set
     from service.settings import Settings
 

@@ -2,8 +2,10 @@
 
 Work is counted in decodes (one 128x128 output of the decoder): /superresolve costs 1,
 /samples?n costs n + 1 (the mean and n samples), /traverse?steps costs steps. The seconds one
-decode takes (with its share of the encoding) are measured as the service runs (a moving
-average per lane), so the queued work is also known in seconds.
+decode takes are measured as the service runs (a moving average per lane, from the start of a
+request's call in the pool to its release, so encoding its answer, which competes for the same
+cores, counts too; a /superresolve request shares its call with its micro-batch), so the queued
+work is also known in seconds.
 
 Two lanes share the inference pool: light requests (cost <= LIGHT_MAX_COST, e.g. every
 /superresolve) always run before heavy ones waiting; each lane is FIFO. A running call is never
@@ -13,10 +15,10 @@ interrupted, so a light request waits at most for the heavy calls already runnin
 (and the request itself) cannot finish before its deadline, or when too many requests are in
 flight. A request with nothing ahead of it is always tried (the estimate may be stale). The
 Refusal's `retry_after_s` is the time until enough of the queue should have run. A ticket is
-released once its request leaves (`release`, idempotent); the time from the start of its call
-to then (inference and encoding) is what the estimate learns from. When a heavy call is about
-to start and can no longer finish before its deadline (light work overtook it), the pool
-refuses it then (`Refused`), before spending any time on it.
+released once its request leaves (`release`, idempotent). When a heavy call is about to start
+and can no longer finish before its deadline (light work overtook it), the pool refuses it then
+(`Refused`), before spending any time on it. A request whose call has ended (its answer is
+being encoded) holds up no one's call.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class Ticket:
     started_at: float | None = None  # clock seconds, once its call started in the pool
     computed: bool = False  # its call in the pool has ended (the answer may still be encoding)
     overtaken: bool = False  # a call admitted after it started while it waited
+    released: bool = False  # its request has left
+    call_decodes: float = 0.0  # the decodes of its call: its own, or its micro-batch's
 
     @property
     def running(self) -> bool:
@@ -85,21 +89,24 @@ class Ticket:
     def start(self) -> None:
         """Its call starts in the pool now."""
         if self._owner is not None:
-            self.started_at = self._owner.clock()
+            self.started_at, self.call_decodes = self._owner.clock(), self.cost
             self._owner._overtake(self)
 
     def finish(self) -> None:
         """Its call in the pool has ended: it no longer holds up anyone's call."""
         self.computed = True
 
+    def ran_in_batch(self, started_at: float, decodes: int) -> None:
+        """Its work ran in a micro-batch of `decodes` that started at `started_at` (clock
+        seconds), and has ended."""
+        self.started_at, self.call_decodes, self.computed = started_at, decodes, True
+
     def release(self) -> None:
-        """The request has left: its work is done, and from its start to now (inference,
-        then encoding the answer) is measured into the estimate."""
-        owner, self._owner = self._owner, None
-        if owner is not None:
-            owner._release(self)
-            if self.started_at is not None:
-                owner.observe(self.lane, self.cost, owner.clock() - self.started_at)
+        """The request has left: its work no longer counts (idempotent), and from the start of
+        its call to now (inference, then encoding its answer) is measured into the estimate."""
+        if self._owner is not None and not self.released:
+            self.released = True
+            self._owner._release(self)
 
 
 class Admission:
@@ -108,13 +115,17 @@ class Admission:
     `workers` is the number of calls the pool runs at once; `max_requests` caps the admitted
     requests whatever their cost; `headroom` is the share of the time left to the deadline that
     the queued work may fill (the rest covers decoding, encoding and the estimate's error).
-    `on_change(decodes, seconds)` is called with the admitted work after every change (metrics).
+    `min_retry_s` is the least Retry-After of a refusal (FACESR_RETRY_AFTER_S).
+    `on_change(requests, decodes, seconds)` is called with the admitted work after every change
+    (the metrics).
     """
 
     def __init__(self, workers: int = 1, max_requests: int = 32, headroom: float = 0.8,
-                 on_change: Callable[[float, float], None] | None = None,
+                 min_retry_s: int = 1,
+                 on_change: Callable[[int, float, float], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.workers, self.max_requests, self.headroom = workers, max_requests, headroom
+        self.min_retry_s = min_retry_s
         self.on_change, self.clock = on_change, clock
         self.seconds_per_decode = {lane: DEFAULT_SECONDS_PER_DECODE for lane in Lane}
         self._tickets: set[Ticket] = set()
@@ -122,10 +133,10 @@ class Admission:
 
     # --- the door -------------------------------------------------------------------------
 
-    def admit(self, cost: float, deadline: float, min_retry_s: int = 1) -> Ticket | Refusal:
+    def admit(self, cost: float, deadline: float) -> Ticket | Refusal:
         """A Ticket for `cost` decodes that must be done by `deadline` (clock seconds), or the
         Refusal that says why not and when to retry."""
-        lane = lane_for(cost)
+        lane, min_retry_s = lane_for(cost), self.min_retry_s
         with self._lock:
             if len(self._tickets) >= self.max_requests:
                 return Refusal(f"overloaded: {len(self._tickets)} requests in flight (limit "
@@ -147,6 +158,8 @@ class Admission:
     def _release(self, ticket: Ticket) -> None:
         with self._lock:
             self._tickets.discard(ticket)
+            if ticket.started_at is not None:
+                self._learn(ticket.lane, ticket.call_decodes, self.clock() - ticket.started_at)
         self._changed()
 
     def _overtake(self, starter: Ticket) -> None:
@@ -173,19 +186,26 @@ class Admission:
 
     def observe(self, lane: Lane, decodes: float, seconds: float) -> None:
         """A finished call: `decodes` of work took `seconds` (updates the estimate)."""
-        if decodes <= 0 or seconds <= 0:
-            return
         with self._lock:
+            self._learn(lane, decodes, seconds)
+        self._changed()
+
+    def _learn(self, lane: Lane, decodes: float, seconds: float) -> None:
+        """Update the moving average (lock held)."""
+        if decodes > 0 and seconds > 0:
             old = self.seconds_per_decode[lane]
             self.seconds_per_decode[lane] = old + SMOOTHING * (seconds / decodes - old)
-        self._changed()
 
     def queued(self) -> tuple[float, float]:
         """The admitted work: (decodes, estimated seconds)."""
+        return self._admitted()[1:]
+
+    def _admitted(self) -> tuple[int, float, float]:
+        """(requests, decodes, estimated seconds) admitted and not yet released."""
         with self._lock:
             decodes = sum(t.cost for t in self._tickets)
             seconds = sum(t.cost * self.seconds_per_decode[t.lane] for t in self._tickets)
-        return decodes, seconds
+            return len(self._tickets), decodes, seconds
 
     @property
     def in_flight(self) -> int:
@@ -204,11 +224,11 @@ class Admission:
             return None
         return Refusal(f"overloaded: this request waited while lighter ones ran, and its "
                        f"{needed:.1f} s of work can no longer finish in the {left:.1f} s left; "
-                       "retry later", max(1, math.ceil(needed)))
+                       "retry later", max(self.min_retry_s, math.ceil(needed)))
 
     def _changed(self) -> None:
         if self.on_change is not None:
-            self.on_change(*self.queued())
+            self.on_change(*self._admitted())
 
 
 class PriorityPool:

@@ -14,80 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 from fastapi import FastAPI
 
 from service import __version__
-from service.admission import Admission, Lane, PriorityPool, Refused, Ticket
+from service.admission import Admission, Lane, PriorityPool
+from service.api import health, inference, models
 from service.batching import MicroBatcher
 from service.docs import app_with_local_docs
 from service.engine import EngineError, ModelError, Runner, load_models
-from service.errors import InferenceFailed, ServiceError, Unavailable, install_error_handlers
+from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import Gate
 from service.settings import Settings
+from service.state import ServiceState
 
 log = logging.getLogger("facesr")
-T = TypeVar("T")
-
-
-@dataclass
-class ServiceState:
-    settings: Settings
-    metrics: Metrics
-    runners: dict[int, Runner] = field(default_factory=dict)
-    batchers: dict[int, MicroBatcher] = field(default_factory=dict)
-    pool: PriorityPool | None = None
-    admission: Admission = field(default_factory=Admission)
-    ready: bool = False
-    status: str = "starting"  # public: what /health/ready says
-    detail: str = ""  # the cause behind a not-ready status: the log and /v1/models only
-    closing: bool = False
-
-    @property
-    def scales(self) -> tuple[int, ...]:
-        return tuple(sorted(self.runners))
-
-    @property
-    def in_flight(self) -> int:
-        return self.admission.in_flight
-
-    async def infer(self, ticket: Ticket, fn: Callable[..., T],
-                    *args: Any) -> tuple[T, float, float]:
-        """Run fn in the inference pool, in the ticket's lane: (result, queue seconds,
-        inference seconds). 503 when, by the time it would start, it can no longer finish."""
-        submitted = time.perf_counter()
-        admission = self.admission
-
-        def timed() -> tuple[T, float, float]:
-            refusal = admission.too_late(ticket)
-            if refusal is not None:
-                raise Refused(refusal)
-            ticket.start()
-            start = time.perf_counter()
-            try:
-                return fn(*args), start, time.perf_counter()
-            finally:
-                ticket.finish()
-
-        loop = asyncio.get_running_loop()
-        try:
-            out, start, end = await asyncio.wrap_future(
-                self.pool.submit(ticket.lane, timed), loop=loop)
-        except Refused as exc:
-            retry = max(exc.refusal.retry_after_s, self.settings.retry_after_s)
-            raise Unavailable(exc.refusal.detail, retry, "overloaded") from None
-        except ServiceError:
-            raise
-        except Exception as exc:
-            log.exception("inference failed")
-            raise InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}") from exc
-        return out, start - submitted, end - start
 
 
 async def _warm_up(state: ServiceState) -> None:
@@ -126,8 +70,7 @@ def _start_models(state: ServiceState, runners: dict[int, Runner]) -> None:
                             provider=runner.provider, precision=runner.precision).set(1)
         state.batchers[scale] = MicroBatcher(
             runner.superresolve, state.pool.lane(Lane.LIGHT), s.max_batch, s.max_wait_ms / 1000,
-            on_batch=m.batch_size.labels(scale=str(scale)).observe, name=man.name,
-            on_done=lambda size, seconds: state.admission.observe(Lane.LIGHT, size, seconds))
+            on_batch=m.batch_size.labels(scale=str(scale)).observe, name=man.name)
         state.batchers[scale].start()
 
 
@@ -190,13 +133,11 @@ def configure_logging(level: str) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The FastAPI app; settings default to the FACESR_* environment."""
-    from service.routes import build_router
-
     settings = settings or Settings()
     configure_logging(settings.log_level)
     metrics = Metrics()
     admission = Admission(settings.run_concurrency, settings.max_in_flight,
-                          on_change=metrics.set_queued_work)
+                          min_retry_s=settings.retry_after_s, on_change=metrics.set_admitted)
     state = ServiceState(settings, metrics, admission=admission)
     app = app_with_local_docs(
         title="FaceSR", version=__version__, lifespan=lifespan,
@@ -204,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "samples and latent traversals, on ONNX Runtime.")
     app.state.svc = state
     install_error_handlers(app, lambda kind: metrics.errors.labels(kind=kind).inc())
-    app.include_router(build_router(state))
-    app.add_middleware(Gate, state=state)
+    for router in (inference.router, health.router, models.router):
+        app.include_router(router)
+    app.add_middleware(Gate, state=state, router=app.router)
     return app

@@ -29,6 +29,7 @@ class BatchResult:
     queue_s: float
     inference_s: float
     batch_size: int
+    started_at: float  # time.monotonic() when its batch started
 
 
 @dataclass
@@ -41,11 +42,10 @@ class _Item:
 class MicroBatcher:
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], executor: Executor,
                  max_batch: int, max_wait_s: float,
-                 on_batch: Callable[[int], None] | None = None, name: str = "",
-                 on_done: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None, name: str = "") -> None:
         self.run, self.executor = run, executor
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
-        self.on_batch, self.on_done, self.name = on_batch, on_done, name
+        self.on_batch, self.name = on_batch, name
         self._items: collections.deque[_Item] = collections.deque()
         self._wake = asyncio.Event()
         self._closing = False
@@ -101,10 +101,10 @@ class MicroBatcher:
                 batch.append(item)
         return batch
 
-    def _timed_run(self, xs: np.ndarray) -> tuple[np.ndarray, float, float]:
-        start = time.perf_counter()
+    def _timed_run(self, xs: np.ndarray) -> tuple[np.ndarray, float, float, float]:
+        started_at, start = time.monotonic(), time.perf_counter()
         out = self.run(xs)
-        return out, start, time.perf_counter()
+        return out, start, time.perf_counter(), started_at
 
     async def _run_batch(self, batch: list[_Item]) -> None:
         xs = np.stack([item.x for item in batch])
@@ -112,7 +112,8 @@ class MicroBatcher:
             self.on_batch(len(batch))
         loop = asyncio.get_running_loop()
         try:
-            out, start, end = await loop.run_in_executor(self.executor, self._timed_run, xs)
+            out, start, end, started_at = await loop.run_in_executor(self.executor,
+                                                                     self._timed_run, xs)
         except Exception as exc:  # noqa: BLE001 - every waiter gets a 500, the loop lives on
             log.exception("batch of %d on %s failed", len(batch), self.name)
             for item in batch:
@@ -120,9 +121,7 @@ class MicroBatcher:
                     item.future.set_exception(
                         InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}"))
             return
-        if self.on_done:
-            self.on_done(len(batch), end - start)
         for item, image in zip(batch, out, strict=True):
             if not item.future.done():
                 item.future.set_result(BatchResult(image, start - item.enqueued, end - start,
-                                                   len(batch)))
+                                                   len(batch), started_at))

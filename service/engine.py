@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,11 @@ class Runner:
         """The provider really in use (ORT silently drops ones it cannot load)."""
         return self.providers[0]
 
+    @cached_property
+    def decoder_inputs(self) -> frozenset[str]:
+        """The decoder graph's input names: features, z, and x with the global residual."""
+        return frozenset(i.name for i in self.sessions["decoder"].get_inputs())
+
     def _size(self, n: int, buckets: list[int]) -> int:
         size = bucket_for(n, buckets)  # also refuses batches beyond the largest bucket
         return size if self.pad else n
@@ -220,10 +226,9 @@ class Runner:
         m = len(z)
         size = self._size(m, self.decoder_buckets)
         feeds = {"features": pad_rows(features, size), "z": pad_rows(z, size)}
-        names = [i.name for i in self.sessions["decoder"].get_inputs()]
-        if "x" in names:
+        if "x" in self.decoder_inputs:
             feeds["x"] = pad_rows(x, size)
-        (y,) = self._run("decoder", {k: v for k, v in feeds.items() if k in names})
+        (y,) = self._run("decoder", feeds)
         return from_model_range(y[:m])
 
     def superresolve(self, x: np.ndarray) -> np.ndarray:

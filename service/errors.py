@@ -89,6 +89,8 @@ class UploadTimeout(ServiceError):
 
 
 class RequestTimeout(ServiceError):
+    """504: the request did not finish within FACESR_REQUEST_TIMEOUT_S."""
+
     status, code = 504, "timeout"
 
 

@@ -73,7 +73,9 @@ class Metrics:
                                     "(per worker: divide by the workers for the wait)",
                                     registry=r, multiprocess_mode="livesum")
 
-    def set_queued_work(self, decodes: float, seconds: float) -> None:
+    def set_admitted(self, requests: int, decodes: float, seconds: float) -> None:
+        """The admitted work (service/admission.py calls this after every change)."""
+        self.in_flight.set(requests)
         self.queued_decodes.set(decodes)
         self.queued_seconds.set(seconds)
 

@@ -1,75 +1,54 @@
-"""The gate every HTTP request passes.
+"""The gate every HTTP request passes before the app sees it: only what must happen before the
+body is read. Pure ASGI, so a refused upload is never read.
 
-In order: request metrics, API key, readiness and the declared body size (inference endpoints),
-then the whole body is read under its own short deadline (FACESR_BODY_TIMEOUT_S), and only
-then is the request admitted to inference (service/admission.py: cost in decodes, refused with
-503 + Retry-After when it cannot finish before its deadline). A slow or stalled upload therefore
-holds no inference slot; the per-request timeout covers the whole request. Pure ASGI, so a
-refused upload is never read.
+- Its metrics (facesr_requests_total, facesr_request_duration_seconds), labelled with the path
+  template of the route it matches in the app's route table (`other` when none does).
+- Its arrival time (`request.state.arrived_at`), from which the inference deadline counts.
+- Its whole body, read under its own short deadline (FACESR_BODY_TIMEOUT_S, else 408) and the
+  body limit (413, from Content-Length before reading, or while reading), then replayed to the
+  app. A slow or stalled upload therefore holds no inference slot: admission, auth and the
+  request deadline are the inference routes' dependency (service/api/inference_route.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-from urllib.parse import parse_qs
+from collections.abc import Callable, Iterator, Sequence
 
 from starlette.datastructures import Headers
+from starlette.routing import BaseRoute, Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.admission import Refusal, Ticket
-from service.docs import DOCS_PATHS, is_docs_path
-from service.errors import (
-    PayloadTooLarge,
-    ServiceError,
-    Unauthorized,
-    Unavailable,
-    UploadTimeout,
-    error_response,
-)
+from service.errors import PayloadTooLarge, ServiceError, UploadTimeout, error_response
+from service.state import ServiceState
 
-if TYPE_CHECKING:
-    from service.app import ServiceState
-
-INFERENCE_PATHS = ("/superresolve", "/samples", "/traverse")
-PUBLIC_PATHS = ("/health/live", "/health/ready", "/metrics", *DOCS_PATHS)
-KNOWN_PATHS = (*INFERENCE_PATHS, *PUBLIC_PATHS, "/v1/models")
-FORM_OVERHEAD = 64 * 1024  # multipart boundaries, headers and small fields
+OTHER = "other"  # the label of a request that matches no route (bounded label values)
 
 
-def is_inference(scope: Scope) -> bool:
-    return scope["method"] == "POST" and scope["path"] in INFERENCE_PATHS
+def flat_routes(routes: Sequence[BaseRoute]) -> Iterator[BaseRoute]:
+    """Every route of a route table, those of included routers too (FastAPI >= 0.16x keeps an
+    included router as one entry, with its routes in `original_router`)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from flat_routes(inner.routes)
+        else:
+            yield route
 
 
-def endpoint_label(path: str) -> str:
-    """The metrics label of a path: itself when it is ours, 'other' otherwise (bounded)."""
-    return path if path in KNOWN_PATHS else "other"
-
-
-def request_cost(scope: Scope, max_samples: int, max_steps: int) -> int:
-    """The work of an inference request in decodes, from its path and query (n, steps); an
-    unreadable value counts as its default (the route then answers 422)."""
-    path = scope["path"]
-    if path == "/superresolve":
-        return 1
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    name, limit, default = (("n", max_samples, 10) if path == "/samples"
-                            else ("steps", max_steps, 8))
-    value = (query.get(name) or [""])[-1]
-    count = int(value) if value.isdigit() else default
-    count = max(1, min(count, limit))
-    return count + 1 if path == "/samples" else count  # /samples: the mean and n samples
-
-
-def bearer_token(authorization: str) -> str | None:
-    """The token of an 'Authorization: Bearer <token>' header (the scheme in any case, RFC
-    7235), or None."""
-    scheme, _, token = authorization.strip().partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
+def route_label(routes: Sequence[BaseRoute], scope: Scope) -> str:
+    """The path template of the route that serves `scope` (a route that matches the path but
+    not the method counts, as the router answers 405 from it), or 'other'."""
+    partial = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return route.path
+        if match is Match.PARTIAL and partial is None:
+            partial = route.path
+    return partial or OTHER
 
 
 def before_last_body(send: Send, action: Callable[[], None]) -> Send:
@@ -83,52 +62,48 @@ def before_last_body(send: Send, action: Callable[[], None]) -> Send:
 
 
 class Gate:
-    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
-        self.app, self.state = app, state
-        s = state.settings
-        self.body_limit = 2 * s.max_upload_bytes + FORM_OVERHEAD  # image + reference
-        self.api_key = s.api_key.get_secret_value()
+    def __init__(self, app: ASGIApp, state: ServiceState, router: Router) -> None:
+        self.app, self.state, self.router = app, state, router
+        self.body_limit = state.settings.max_body_bytes
+
+    @functools.cached_property
+    def routes(self) -> list[BaseRoute]:
+        """The app's route table, flat (read at the first request, once every route is in)."""
+        return list(flat_routes(self.router.routes))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        endpoint = endpoint_label(scope["path"])
-        status = {"code": 500, "started": False}
-        start = time.perf_counter()
+        start = time.monotonic()
+        scope.setdefault("state", {})["arrived_at"] = start
+        endpoint = route_label(self.routes, scope)
+        status = {"code": 500}
 
         @functools.cache  # runs once: before the last body, or at the end when there was none
         def record() -> None:
             metrics = self.state.metrics
             metrics.requests.labels(endpoint=endpoint, status=str(status["code"])).inc()
-            metrics.request_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - start)
+            metrics.request_seconds.labels(endpoint=endpoint).observe(time.monotonic() - start)
 
         async def send_tracked(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status["code"], status["started"] = message["status"], True
+                status["code"] = message["status"]
             await send(message)
 
         try:
-            await self._handle(scope, receive, before_last_body(send_tracked, record), status)
+            await self._handle(scope, receive, before_last_body(send_tracked, record))
         finally:
             record()  # no complete response (an error, a disconnect): counted here
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, status: dict) -> None:
-        start = time.monotonic()
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        timeout = self.state.settings.body_timeout_s
         try:
-            self._check(scope)
-        except ServiceError as err:
-            await self._refuse(err, scope, receive, send)
-            return
-        if not is_inference(scope):
-            await self.app(scope, receive, send)
-            return
-        settings = self.state.settings
-        try:
-            body = await asyncio.wait_for(self._read_body(receive), settings.body_timeout_s)
+            self._check_length(scope)
+            body = await asyncio.wait_for(self._read_body(receive), timeout)
         except asyncio.TimeoutError:
-            err = UploadTimeout(f"the upload did not arrive within {settings.body_timeout_s} s: "
-                                "send the whole body at once (behind a buffering proxy)")
+            err = UploadTimeout(f"the upload did not arrive within {timeout} s: send the whole "
+                                "body at once (behind a buffering proxy)")
             await self._refuse(err, scope, receive, send)
             return
         except ServiceError as err:
@@ -136,60 +111,14 @@ class Gate:
             return
         if body is None:
             return  # the client went away
-        deadline = start + settings.request_timeout_s
-        admitted = self.state.admission.admit(
-            request_cost(scope, settings.max_samples, settings.max_steps), deadline,
-            settings.retry_after_s)
-        if isinstance(admitted, Refusal):
-            err = Unavailable(admitted.detail, admitted.retry_after_s, "overloaded")
-            await self._refuse(err, scope, receive, send)
-            return
-        await self._serve(scope, replay(body, receive), send, status, admitted)
+        await self.app(scope, replay(body, receive), send)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, status: dict,
-                     ticket: Ticket) -> None:
-        """Run the app for an admitted request, within what is left of its timeout."""
-        state = self.state
-        state.metrics.in_flight.inc()
-        scope.setdefault("state", {})["ticket"] = ticket
-
-        @functools.cache  # runs once
-        def leave() -> None:
-            ticket.release()
-            state.metrics.in_flight.dec()
-
-        send_leaving = before_last_body(send, leave)  # out of flight as the count moves
-        timeout = state.settings.request_timeout_s
-        try:
-            await asyncio.wait_for(self.app(scope, receive, send_leaving),
-                                   max(ticket.deadline - time.monotonic(), 0.001))
-        except asyncio.TimeoutError:
-            if status["started"]:
-                raise
-            state.metrics.errors.labels(kind="timeout").inc()
-            detail = f"the request took longer than {timeout} s"
-            await error_response(504, "timeout", detail)(scope, receive, send_leaving)
-        finally:
-            leave()
-
-    def _check(self, scope: Scope) -> None:
-        """Raise the ServiceError that refuses this request before its body is read, if any."""
-        path, headers = scope["path"], Headers(scope=scope)
-        if self.api_key and path not in PUBLIC_PATHS and not is_docs_path(path):
-            token = bearer_token(headers.get("authorization", ""))
-            if token is None or not hmac.compare_digest(token.encode(), self.api_key.encode()):
-                raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
-        if not is_inference(scope):
-            return
-        state = self.state
-        if not state.ready:
-            raise Unavailable(f"not ready: {state.status}", state.settings.retry_after_s,
-                              "not_ready")
-        length = headers.get("content-length")
+    def _check_length(self, scope: Scope) -> None:
+        length = Headers(scope=scope).get("content-length")
         if length and length.isdigit() and int(length) > self.body_limit:
             raise PayloadTooLarge(f"request body is {length} bytes, the limit is "
                                   f"{self.body_limit} (two images of at most "
-                                  f"{state.settings.max_upload_bytes} bytes)")
+                                  f"{self.state.settings.max_upload_bytes} bytes)")
 
     async def _refuse(self, err: ServiceError, scope: Scope, receive: Receive,
                       send: Send) -> None:

@@ -19,6 +19,7 @@ PROVIDER_ALIASES = {
 }
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 SOURCE_TREE_MODELS = Path(__file__).resolve().parents[1] / "models"
+FORM_OVERHEAD = 64 * 1024  # multipart boundaries, part headers and small fields
 
 
 def model_dir_candidates() -> list[Path]:
@@ -121,6 +122,12 @@ class Settings(BaseSettings):
     def _known_scales(cls, value: str) -> str:
         scale_list(value)  # raises ValueError on an unknown scale
         return value
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body: an image and a reference of FACESR_MAX_UPLOAD_BYTES each,
+        and the form around them."""
+        return 2 * self.max_upload_bytes + FORM_OVERHEAD
 
     def expected_scales(self) -> tuple[int, ...] | None:
         """The scales FACESR_SCALES asks for; None: every model folder present."""

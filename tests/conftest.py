@@ -78,3 +78,34 @@ def astronaut_hr() -> np.ndarray:
     from facesr_core.degradation import to_hr
 
     return np.asarray(to_hr(Image.fromarray(data.astronaut()[25:205, 150:330])))
+
+
+@pytest.fixture
+def make_app(tiny_model_dir):
+    """In-process apps on the x8 model alone, no warm-up: make(routers, **settings) ->
+    (client, state), with these extra routers; closed at the end of the test."""
+    import warnings
+
+    from helpers import settings_for
+
+    from service.app import create_app
+
+    with warnings.catch_warnings():  # starlette's notice about httpx2, not about our code
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    clients = []
+
+    def make(routers=(), model_dir=tiny_model_dir / "x8", **overrides):
+        settings = settings_for(model_dir, **{"warmup": False, **overrides})
+        app = create_app(settings)
+        for router in routers:
+            app.include_router(router)
+        client = TestClient(app, raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client, client.app.state.svc
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)

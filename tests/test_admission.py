@@ -84,9 +84,9 @@ def test_light_work_is_not_counted_behind_queued_heavy_work():
 
 
 def test_request_cap_whatever_the_cost():
-    adm, clock = admission(max_requests=2)
+    adm, clock = admission(max_requests=2, min_retry_s=2)
     assert all(isinstance(adm.admit(1, clock.now + 30), Ticket) for _ in range(2))
-    refusal = adm.admit(1, clock.now + 30, min_retry_s=2)
+    refusal = adm.admit(1, clock.now + 30)
     assert isinstance(refusal, Refusal) and refusal.retry_after_s == 2
     assert "2 requests in flight (limit 2)" in refusal.detail
 
@@ -99,26 +99,51 @@ def test_workers_share_the_work_and_headroom_keeps_a_margin():
 
 def test_the_estimate_follows_measurements_and_reports_changes():
     seen = []
-    adm = Admission(on_change=lambda d, s: seen.append((d, s)))
+    adm = Admission(on_change=lambda r, d, s: seen.append((r, d, s)))
     assert adm.seconds_per_decode[Lane.HEAVY] == DEFAULT_SECONDS_PER_DECODE
     for _ in range(30):
         adm.observe(Lane.HEAVY, 65, 65 * 0.2)
     assert adm.seconds_per_decode[Lane.HEAVY] == pytest.approx(0.2, rel=1e-3)
     assert adm.seconds_per_decode[Lane.LIGHT] == DEFAULT_SECONDS_PER_DECODE
     ticket = adm.admit(65, time.monotonic() + 60)
-    assert seen[-1] == pytest.approx((65, 13.0), rel=1e-3)
+    assert seen[-1] == pytest.approx((1, 65, 13.0), rel=1e-3)
+    changes = len(seen)
     ticket.release()
-    assert seen[-1] == (0, 0)
+    assert seen[-1] == (0, 0, 0) and len(seen) == changes + 1  # one report per change
 
 
 def test_release_measures_from_the_start_of_its_call():
     adm, clock = admission()
     ticket = adm.admit(10, clock.now + 30)
     ticket.start()
-    clock.now += 3.0  # inference and encoding: 0.3 s per decode
+    clock.now += 2.0  # the call
+    ticket.finish()
+    clock.now += 1.0  # encoding the answer: 0.3 s per decode in all
     ticket.release()
     assert adm.seconds_per_decode[Lane.HEAVY] == pytest.approx(0.1 + 0.3 * (0.3 - 0.1))
     assert adm.seconds_per_decode[Lane.LIGHT] == 0.1
+
+
+def test_a_micro_batch_is_measured_per_decode_of_the_batch():
+    """A /superresolve request shares its call with its batch: 4 decodes in 0.8 s, then its
+    own answer, measure 0.2 s per decode (not 0.8 s for its one decode)."""
+    adm, clock = admission()
+    ticket = adm.admit(1, clock.now + 30)
+    ticket.ran_in_batch(clock.now, 4)
+    assert ticket.computed and not ticket.running
+    clock.now += 0.8
+    ticket.release()
+    assert adm.seconds_per_decode[Lane.LIGHT] == pytest.approx(0.1 + 0.3 * (0.2 - 0.1))
+
+
+def test_a_refusal_retries_after_at_least_the_setting():
+    adm, clock = admission(headroom=1.0, min_retry_s=7)
+    ticket = adm.admit(20, clock.now + 5)
+    clock.now += 0.01
+    light = adm.admit(1, clock.now + 5)
+    light.start()  # it overtakes the heavy ticket
+    clock.now += 3.5
+    assert adm.too_late(ticket).retry_after_s == 7  # 2 s of work, but never under 7
 
 
 def test_too_late_once_overtaken():

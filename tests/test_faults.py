@@ -1,12 +1,13 @@
-"""Faults: a missing or corrupt model, CUDA asked for where there is none, SIGTERM under load.
+"""Faults: a missing or corrupt model, CUDA asked for where there is none, an inference that
+fails or runs past its deadline, SIGTERM with work queued or under overload.
 
 What the service does with a bad model (missing, corrupt, inconsistent): it stays up but not
 ready, logging one `not ready: <cause>` line; /health/ready answers 503 with the cause, so an
 orchestrator keeps it out of rotation. Provider settings that cannot be met (FACESR_REQUIRE_GPU
 on a build without a GPU provider) stop it at once: exit code 3, one `cannot start` line.
 
-Also covered elsewhere: tests/test_service_http.py (corrupt model in-process, REQUIRE_GPU,
-SIGTERM with queued requests), tests/test_service_units.py (provider fallback detection).
+Also covered elsewhere: tests/test_engine.py (provider fallback detection, a corrupt model
+refused by the loader), tests/test_overload.py (slow clients, overload, a killed worker).
 """
 
 from __future__ import annotations
@@ -20,14 +21,26 @@ import subprocess
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from helpers import (
+    assert_error,
+    gate_decoder,
+    lr_png,
+    metric,
+    model_copy_with_int8_loss,
+    pixels,
+    png,
+    settings_for,
+    upload,
+    wait_ready,
+)
 from PIL import Image
 from servers import free_port, service_env, start_service
 
-from facesr_core.degradation import degrade
 from service.app import create_app
 from service.settings import Settings
 
@@ -122,12 +135,6 @@ def test_require_gpu_without_a_gpu_provider_stops_with_one_line(tiny_model_dir, 
         httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2)
 
 
-def lr_png(astronaut_hr) -> bytes:
-    buf = io.BytesIO()
-    degrade(Image.fromarray(astronaut_hr), 8).save(buf, "PNG")
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("listed", [False, True], ids=["cuda-not-in-build", "cuda-listed"])
 def test_cuda_requested_but_unavailable_runs_on_cpu(tiny_model_dir, astronaut_hr, monkeypatch,
                                                     caplog, listed):
@@ -172,8 +179,8 @@ def test_sigterm_under_overload_completes_what_was_accepted(tiny_model_dir, tmp_
     """More clients than FACESR_MAX_IN_FLIGHT, then SIGTERM: each accepted request gets its
     200, each refused one its 503 with Retry-After; none is cut off; the exit is clean.
 
-    tests/test_service_http.py::test_sigterm_finishes_in_flight_requests covers queued
-    micro-batches; this one covers overload (some clients refused) at the moment of SIGTERM.
+    test_sigterm_finishes_in_flight_requests covers queued micro-batches; this one covers
+    overload (some clients refused) at the moment of SIGTERM.
     """
     port = free_port()
     log = tmp_path / "server.log"
@@ -225,3 +232,100 @@ def test_sigterm_under_overload_completes_what_was_accepted(tiny_model_dir, tmp_
         else:
             assert len(r.json()["samples"]) == 65
     assert "shut down cleanly" in text
+
+
+# --- in-process: failures driven from the inside -----------------------------------------
+
+def test_inference_failure_is_a_500_and_the_worker_lives_on(make_app, astronaut_hr):
+    lr8 = lr_png(astronaut_hr)
+    client, state = make_app()
+    gated = gate_decoder(state, fail=True)
+    gated.release.set()
+    for path in ("/superresolve", "/samples?n=2", "/traverse?steps=2"):
+        body = assert_error(client.post(path, files=upload(lr8)), 500, "inference_failed")
+        assert "simulated ONNX Runtime failure" in body["detail"]
+    state.runners[8].sessions["decoder"] = gated.session
+    assert client.post("/superresolve", files=upload(lr8)).status_code == 200
+    assert metric(client.get("/metrics").text, "facesr_errors_total",
+                  kind="inference_failed") == 3
+
+
+
+def test_request_timeout_is_a_504(make_app, astronaut_hr):
+    lr8 = lr_png(astronaut_hr)
+    client, state = make_app(request_timeout_s=0.5)
+    gated = gate_decoder(state)
+    start = time.monotonic()
+    body = assert_error(client.post("/samples?n=2", files=upload(lr8)), 504, "timeout")
+    assert "0.5 s" in body["detail"] and time.monotonic() - start < 5
+    gated.release.set()
+    state.runners[8].sessions["decoder"] = gated.session
+    assert client.post("/superresolve", files=upload(lr8)).status_code == 200
+    assert state.in_flight == 0
+
+
+
+def test_a_corrupt_model_leaves_the_app_up_but_not_ready(tiny_model_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_model_dir / "x8", tmp_path / "x8")
+    (tmp_path / "x8" / "icap.onnx").write_bytes(b"not onnx")
+    with TestClient(create_app(settings_for(tmp_path))) as client:
+        assert client.get("/health/live").status_code == 200
+        body = assert_error(client.get("/health/ready"), 503)
+        assert body["error"] == "not_ready" and "model error" in body["detail"], body
+        assert str(tmp_path) not in body["detail"] and "sha256" not in body["detail"], body
+        models = client.get("/v1/models").json()  # the cause, behind the API key when set
+        assert models["models"] == [] and "sha256" in models["detail"], models
+
+
+
+def test_int8_asked_for_but_absent_leaves_the_app_not_ready(tiny_model_dir, tmp_path):
+    model_dir = model_copy_with_int8_loss(tiny_model_dir, tmp_path / "x8", None)
+    with TestClient(create_app(settings_for(model_dir, precision="int8"))) as client:
+        assert_error(client.get("/health/ready"), 503, "not_ready")
+        models = client.get("/v1/models").json()  # the cause: in the log and /v1/models
+        assert "FACESR_PRECISION=int8" in models["detail"], models
+    with TestClient(create_app(settings_for(model_dir, warmup=False))) as client:
+        wait_ready(client)  # auto: fp32, which needs no int8 file
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_in_flight_requests(tiny_model_dir, tmp_path, astronaut_hr):
+    """SIGTERM with /samples running and queued in the pool, and /superresolve waiting in the
+    micro-batcher: every one of them gets its 200, then the process exits cleanly."""
+    lr8, hr = lr_png(astronaut_hr), png(astronaut_hr)
+    port = free_port()
+    proc, url = start_service(server_env(tiny_model_dir / "x8", port, FACESR_MAX_STEPS="8"), port,
+                              tmp_path / "server.log")
+    try:
+        def post(path, files):
+            with httpx.Client(base_url=url, timeout=120) as c:
+                return c.post(path, files=files)
+
+        def wait_in_flight(count):
+            deadline = time.monotonic() + 30
+            while metric(httpx.get(f"{url}/metrics", timeout=10).text,
+                         "facesr_requests_in_flight") < count:
+                assert time.monotonic() < deadline and not any(f.done() for f in futures)
+                time.sleep(0.01)
+
+        with ThreadPoolExecutor(5) as pool:
+            futures = [pool.submit(post, "/samples?n=64&seed=2", upload(lr8, hr))
+                       for _ in range(3)]
+            wait_in_flight(3)  # the pool now runs one /samples and queues the others
+            futures += [pool.submit(post, "/superresolve", upload(lr8)) for _ in range(2)]
+            wait_in_flight(5)  # ...and two /superresolve wait in the micro-batcher
+            proc.send_signal(signal.SIGTERM)
+            results = [f.result(120) for f in futures]
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "server.log").read_text()
+    assert [r.status_code for r in results] == [200] * 5, log
+    assert all(len(r.json()["samples"]) == 65 for r in results[:3])
+    assert all(pixels(r.content).shape == (128, 128, 3) for r in results[3:])
+    assert "shut down cleanly" in log
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/health/live", timeout=2)

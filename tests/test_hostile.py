@@ -17,6 +17,8 @@ import zlib
 import httpx
 import numpy as np
 import pytest
+from helpers import png
+from images import png_chunk, png_of_zeros
 from PIL import Image
 from servers import running_service
 
@@ -26,27 +28,6 @@ from facesr_core.degradation import degrade
 # refused by the limits a deployment really has. Small sample/step limits keep warm-up short.
 ENV = {"FACESR_MAX_SAMPLES": "4", "FACESR_MAX_STEPS": "4", "FACESR_MAX_BATCH": "4",
        "FACESR_LOG_LEVEL": "warning"}
-
-
-def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_of_zeros(width: int, height: int, bit_depth: int, color_type: int,
-                 channels: int) -> bytes:
-    """A valid PNG of all-zero pixels, compressed as it is built (never held raw in memory)."""
-    row = b"\0" * (1 + (width * channels * bit_depth + 7) // 8)  # filter byte + pixels
-    comp = zlib.compressobj(6)
-    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat)
-            + png_chunk(b"IEND", b""))
 
 
 def rgb16_png(rgb8: np.ndarray) -> bytes:
@@ -78,11 +59,11 @@ def hostile_files(lr: Image.Image) -> dict:
     frames = [lr, lr.rotate(90), lr.rotate(180)]
     gif = io.BytesIO()
     frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
-    jpeg = encode(lr, "JPEG", quality=95)
-    cmyk = encode(lr.convert("CMYK"), "JPEG", quality=95)
+    jpeg = png(lr, "JPEG", quality=95)
+    cmyk = png(lr.convert("CMYK"), "JPEG", quality=95)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 CW to view: the stored pixels are the upright face turned CCW
-    rotated = encode(lr.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif)
+    rotated = png(lr.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif)
     gray16 = Image.fromarray(np.asarray(lr.convert("L")).astype(np.uint16) * 257)
     return {
         # 30000x30000 1-bit PNG: 112 MB of pixels in a 110 KB file (a decompression bomb)
@@ -96,7 +77,7 @@ def hostile_files(lr: Image.Image) -> dict:
         "text file named .png": (b"hello, this is not an image\n" * 20, 415,
                                  "unsupported_media_type", ["not a PNG"]),
         "CMYK JPEG": (cmyk, 200, None, None),
-        "16-bit grayscale PNG": (encode(gray16, "PNG"), 200, None, None),
+        "16-bit grayscale PNG": (png(gray16, "PNG"), 200, None, None),
         "16-bit RGB PNG": (rgb16_png(np.asarray(lr)), 200, None, None),
         "EXIF-rotated JPEG": (rotated, 200, None, "exif-orientation 6 applied"),
     }
@@ -118,7 +99,7 @@ def server(tiny_model_dir, tmp_path_factory):
 def assert_still_serving(url: str, lr: Image.Image) -> None:
     with httpx.Client(base_url=url, timeout=30) as c:
         assert c.get("/health/live").status_code == 200
-        r = c.post("/superresolve", files={"image": ("lr.png", encode(lr), "image/png")})
+        r = c.post("/superresolve", files={"image": ("lr.png", png(lr), "image/png")})
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
 
 
@@ -150,7 +131,7 @@ def test_multipart_body_without_the_field(server, lr):
     multipart = {"content-type": f"multipart/form-data; boundary={boundary}"}
     with httpx.Client(base_url=server, timeout=30) as c:
         answers = [
-            c.post("/superresolve", files={"picture": ("face.png", encode(lr), "image/png")}),
+            c.post("/superresolve", files={"picture": ("face.png", png(lr), "image/png")}),
             c.post("/samples", content=text_only, headers=multipart),
             c.post("/traverse", content=empty, headers=multipart),
             c.post("/superresolve", files={"image": (None, "not a file")}),
@@ -167,9 +148,9 @@ def test_sixteen_bit_png_is_scaled_to_the_same_pixels(server, lr):
     gray = lr.convert("L")
     gray16 = Image.fromarray(np.asarray(gray).astype(np.uint16) * 257)
     with httpx.Client(base_url=server, timeout=30) as c:
-        want = c.post("/superresolve", files={"image": ("a.png", encode(gray), "image/png")})
-        got = c.post("/superresolve", files={"image": ("b.png", encode(gray16), "image/png")})
-        rgb8 = c.post("/superresolve", files={"image": ("c.png", encode(lr), "image/png")})
+        want = c.post("/superresolve", files={"image": ("a.png", png(gray), "image/png")})
+        got = c.post("/superresolve", files={"image": ("b.png", png(gray16), "image/png")})
+        rgb8 = c.post("/superresolve", files={"image": ("c.png", png(lr), "image/png")})
         rgb16 = c.post("/superresolve",
                        files={"image": ("d.png", rgb16_png(np.asarray(lr)), "image/png")})
     assert want.status_code == got.status_code == rgb8.status_code == rgb16.status_code == 200
@@ -180,7 +161,7 @@ def test_sixteen_bit_png_is_scaled_to_the_same_pixels(server, lr):
 def test_exif_rotation_is_undone(server, lr, files):
     """The EXIF-rotated JPEG comes out as the upright face (same as the upright JPEG, up to
     JPEG's own loss on the turned blocks)."""
-    upright = encode(lr, "JPEG", quality=95)
+    upright = png(lr, "JPEG", quality=95)
     with httpx.Client(base_url=server, timeout=30) as c:
         a = c.post("/superresolve", files={"image": ("a.jpg", upright, "image/jpeg")})
         b = c.post("/superresolve",

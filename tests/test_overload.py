@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import io
 import os
 import signal
 import socket
@@ -26,21 +25,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
+from helpers import lr_png
 from servers import ROOT, running_service
 
 from bench.overload import png_of_zeros, stalled_upload
-from facesr_core.degradation import degrade
 
 SHIPPED_X8 = ROOT / "models" / "x8"
 SMALL = {"FACESR_MAX_SAMPLES": "4", "FACESR_MAX_STEPS": "4", "FACESR_MAX_BATCH": "4",
          "FACESR_LOG_LEVEL": "warning"}
 
 
-def lr_png(astronaut_hr) -> bytes:
-    buf = io.BytesIO()
-    degrade(Image.fromarray(astronaut_hr), 8).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:

@@ -4,7 +4,6 @@
 import base64
 import io
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -18,6 +17,18 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from helpers import (
+    LIMITS,
+    assert_error,
+    gate_decoder,
+    metric,
+    model_copy_with_int8_loss,
+    pixels,
+    png,
+    settings_for,
+    upload,
+    wait_ready,
+)
 from images import png_claiming
 from PIL import Image
 from servers import free_port
@@ -27,63 +38,19 @@ from facesr_core.degradation import bicubic_upsample, degrade, from_model_range,
 from facesr_core.manifest import load_manifest
 from service import contact_sheet, engine
 from service.app import create_app
-from service.settings import Settings
 
 with warnings.catch_warnings():  # starlette's notice about httpx2, not about our code
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
 ROOT = Path(__file__).resolve().parents[1]
-LIMITS = {  # small limits keep warm-up and the over-limit payloads cheap
-    "FACESR_MAX_SAMPLES": "16", "FACESR_MAX_STEPS": "16", "FACESR_MAX_BATCH": "4",
-    "FACESR_MAX_WAIT_MS": "30", "FACESR_MAX_UPLOAD_BYTES": "300000",
-    "FACESR_MAX_PIXELS": "1000000", "FACESR_MAX_IN_FLIGHT": "4", "FACESR_REQUEST_TIMEOUT_S": "30",
-}
 BODY_LIMIT = 2 * 300000 + 64 * 1024
 CLEAN_EXIT = (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a graceful shutdown
 INT8_MIN_PSNR = 40.0  # dB, int8 against fp32 output of the tiny model on the astronaut (52 seen)
 
 
-def settings_for(model_dir: Path, env: dict[str, str] = LIMITS, **overrides) -> Settings:
-    values = {k.removeprefix("FACESR_").lower(): v for k, v in env.items()}
-    return Settings(model_dir=model_dir, **{**values, **overrides})
-
-
-def png(img: Image.Image | np.ndarray, fmt: str = "PNG", **kw) -> bytes:
-    img = Image.fromarray(img) if isinstance(img, np.ndarray) else img
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
 def b64pixels(text: str) -> np.ndarray:
     return pixels(base64.b64decode(text))
-
-
-def upload(data: bytes, reference: bytes | None = None) -> dict:
-    files = {"image": ("face.png", data, "application/octet-stream")}
-    if reference is not None:
-        files["reference"] = ("hr.png", reference, "image/png")
-    return files
-
-
-def wait_ready(client: httpx.Client, proc: subprocess.Popen | None = None,
-               timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if client.get("/health/ready").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError("server not ready")
 
 
 class Server:
@@ -177,32 +144,6 @@ class Reference:
         eps = np.random.default_rng(seed).standard_normal((draw + 1, *self.mu.shape[1:]),
                                                           dtype=np.float32)[draw]
         return self.mu[0] + np.float32(temperature) * np.exp(0.5 * self.logvar[0]) * eps
-
-
-def metric(text: str, name: str, /, **labels) -> float:
-    """The value of one sample in Prometheus exposition text (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{(.*)\})? (\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        got = ",".join(sorted(p for p in re.findall(r'\w+="[^"]*"', m.group(3) or "")
-                              if p.split("=")[0] in labels))
-        if got == want:
-            return float(m.group(4))
-    return 0.0
-
-
-def assert_error(r: httpx.Response, status: int, error: str | None = None) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/json")
-    body = r.json()
-    assert set(body) == {"error", "detail"} and body["detail"]
-    if error:
-        assert body["error"] == error, body
-    return body
 
 
 # --- endpoints ----------------------------------------------------------------------------
@@ -571,63 +512,6 @@ def test_overload_gets_503_not_a_hang(uvicorn_server, lr8, hr):
     assert uvicorn_server.client.post("/superresolve", files=upload(lr8)).status_code == 200
 
 
-# --- in-process only: failure modes driven from the inside -------------------------------
-
-class Gated:
-    """Wraps an ORT session: run() waits for `release` (and may fail)."""
-
-    def __init__(self, session, fail: bool = False):
-        self.session, self.fail = session, fail
-        self.entered, self.release = threading.Event(), threading.Event()
-
-    def __getattr__(self, name):
-        return getattr(self.session, name)
-
-    def run(self, *args, **kw):
-        self.entered.set()
-        self.release.wait(30)
-        if self.fail:
-            raise RuntimeError("simulated ONNX Runtime failure")
-        return self.session.run(*args, **kw)
-
-
-@pytest.fixture
-def make_app(tiny_model_dir):
-    """An in-process app on the x8 model alone, no warm-up; yields (client, state)."""
-    clients = []
-
-    def make(**overrides):
-        settings = settings_for(tiny_model_dir / "x8", **{"warmup": False, **overrides})
-        client = TestClient(create_app(settings), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client, client.app.state.svc
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
-
-
-def gate_decoder(state, fail: bool = False) -> Gated:
-    runner = state.runners[8]
-    gated = Gated(runner.sessions["decoder"], fail)
-    runner.sessions["decoder"] = gated
-    return gated
-
-
-def test_inference_failure_is_a_500_and_the_worker_lives_on(make_app, lr8):
-    client, state = make_app()
-    gated = gate_decoder(state, fail=True)
-    gated.release.set()
-    for path in ("/superresolve", "/samples?n=2", "/traverse?steps=2"):
-        body = assert_error(client.post(path, files=upload(lr8)), 500, "inference_failed")
-        assert "simulated ONNX Runtime failure" in body["detail"]
-    state.runners[8].sessions["decoder"] = gated.session
-    assert client.post("/superresolve", files=upload(lr8)).status_code == 200
-    assert metric(client.get("/metrics").text, "facesr_errors_total",
-                  kind="inference_failed") == 3
-
-
 def test_overload_is_refused_while_full(make_app, lr8):
     client, state = make_app(max_in_flight=1)
     gated = gate_decoder(state)
@@ -641,18 +525,6 @@ def test_overload_is_refused_while_full(make_app, lr8):
         gated.release.set()
         assert first.result(30).status_code == 200
     assert client.post("/superresolve", files=upload(lr8)).status_code == 200
-
-
-def test_request_timeout_is_a_504(make_app, lr8):
-    client, state = make_app(request_timeout_s=0.5)
-    gated = gate_decoder(state)
-    start = time.monotonic()
-    body = assert_error(client.post("/samples?n=2", files=upload(lr8)), 504, "timeout")
-    assert "0.5 s" in body["detail"] and time.monotonic() - start < 5
-    gated.release.set()
-    state.runners[8].sessions["decoder"] = gated.session
-    assert client.post("/superresolve", files=upload(lr8)).status_code == 200
-    assert state.in_flight == 0
 
 
 def test_ready_only_after_warm_up(tiny_model_dir, monkeypatch, lr8):
@@ -701,42 +573,6 @@ def test_scale_without_a_model(make_app, hr):
     assert "no model for scale 4; loaded scales: 8" in body["detail"]
 
 
-def test_a_corrupt_model_leaves_the_app_up_but_not_ready(tiny_model_dir, tmp_path):
-    import shutil
-
-    shutil.copytree(tiny_model_dir / "x8", tmp_path / "x8")
-    (tmp_path / "x8" / "icap.onnx").write_bytes(b"not onnx")
-    with TestClient(create_app(settings_for(tmp_path))) as client:
-        assert client.get("/health/live").status_code == 200
-        body = assert_error(client.get("/health/ready"), 503)
-        assert body["error"] == "not_ready" and "model error" in body["detail"], body
-        assert str(tmp_path) not in body["detail"] and "sha256" not in body["detail"], body
-        models = client.get("/v1/models").json()  # the cause, behind the API key when set
-        assert models["models"] == [] and "sha256" in models["detail"], models
-
-
-def model_copy_with_int8_loss(tiny_model_dir: Path, out: Path, loss_db: float | None) -> Path:
-    """A copy of the x8 model whose manifest records this int8 loss on two test splits (None:
-    no int8 graphs in the manifest, and none on disk)."""
-    import shutil
-
-    from facesr_core.manifest import QuantizationLoss, write_manifest
-
-    shutil.copytree(tiny_model_dir / "x8", out)
-    manifest = load_manifest(out)
-    if loss_db is None:
-        for f in manifest.int8.files.values():
-            (out / f.path).unlink()
-        int8 = None
-    else:
-        loss = QuantizationLoss(count=300, psnr_fp32=25.0, psnr_int8=25.0 - loss_db,
-                                loss_db=loss_db)
-        int8 = manifest.int8.model_copy(update={"loss": {"celeba_test": loss,
-                                                         "utkface_test": loss}})
-    write_manifest(out, manifest.model_copy(update={"int8": int8}))
-    return out
-
-
 @pytest.mark.parametrize("loss_db, want", [(0.01, "int8"), (0.03, "fp32")])
 def test_auto_serves_int8_on_the_cpu_only_within_the_loss(tiny_model_dir, tmp_path, loss_db,
                                                          want):
@@ -764,52 +600,7 @@ def test_int8_is_served_and_close_to_fp32(tiny_model_dir, lr8):
     assert peak_signal_noise_ratio(outputs["fp32"], outputs["int8"]) > INT8_MIN_PSNR
 
 
-def test_int8_asked_for_but_absent_leaves_the_app_not_ready(tiny_model_dir, tmp_path):
-    model_dir = model_copy_with_int8_loss(tiny_model_dir, tmp_path / "x8", None)
-    with TestClient(create_app(settings_for(model_dir, precision="int8"))) as client:
-        assert_error(client.get("/health/ready"), 503, "not_ready")
-        models = client.get("/v1/models").json()  # the cause: in the log and /v1/models
-        assert "FACESR_PRECISION=int8" in models["detail"], models
-    with TestClient(create_app(settings_for(model_dir, warmup=False))) as client:
-        wait_ready(client)  # auto: fp32, which needs no int8 file
-
-
 # --- real processes: python -m service, SIGTERM, several workers, REQUIRE_GPU ------------
-
-@pytest.mark.slow
-def test_sigterm_finishes_in_flight_requests(tiny_model_dir, tmp_path, lr8, hr):
-    env = {"FACESR_MODEL_DIR": str(tiny_model_dir / "x8"), "FACESR_MAX_SAMPLES": "64",
-           "FACESR_MAX_BATCH": "2", "FACESR_MAX_STEPS": "8"}
-    server = Server(["-m", "service"], env, tmp_path / "server.log")
-    with server:
-        def post(path, files):
-            with httpx.Client(base_url=server.url, timeout=120) as c:
-                return c.post(path, files=files)
-
-        def wait_in_flight(count):
-            deadline = time.monotonic() + 30
-            while metric(server.client.get("/metrics").text,
-                         "facesr_requests_in_flight") < count:
-                assert time.monotonic() < deadline and not any(f.done() for f in futures)
-                time.sleep(0.01)
-
-        with ThreadPoolExecutor(5) as pool:
-            futures = [pool.submit(post, "/samples?n=64&seed=2", upload(lr8, png(hr)))
-                       for _ in range(3)]
-            wait_in_flight(3)  # the pool now runs one /samples and queues the others
-            futures += [pool.submit(post, "/superresolve", upload(lr8)) for _ in range(2)]
-            wait_in_flight(5)  # ...and two /superresolve wait in the micro-batcher
-            server.proc.send_signal(signal.SIGTERM)
-            results = [f.result(120) for f in futures]
-        assert server.proc.wait(60) in CLEAN_EXIT
-    log = (tmp_path / "server.log").read_text()
-    assert [r.status_code for r in results] == [200] * 5, log
-    assert all(len(r.json()["samples"]) == 65 for r in results[:3])
-    assert all(pixels(r.content).shape == (128, 128, 3) for r in results[3:])
-    assert "shut down cleanly" in log
-    with pytest.raises(httpx.TransportError):
-        httpx.get(f"{server.url}/health/live", timeout=2)
-
 
 @pytest.mark.slow
 def test_several_workers_share_metrics(tiny_model_dir, tmp_path, lr8):
@@ -835,16 +626,6 @@ def test_several_workers_share_metrics(tiny_model_dir, tmp_path, lr8):
         assert metric(text, "facesr_model_info", name="x8", scale="8", version="test-1",
                       provider="CPUExecutionProvider") == 1
     assert server.proc.returncode == -signal.SIGTERM  # 143 in a shell, as with one worker
-
-
-def test_require_gpu_refuses_to_start_on_cpu(tiny_model_dir, tmp_path):
-    env = {**os.environ, "FACESR_MODEL_DIR": str(tiny_model_dir / "x8"),
-           "FACESR_REQUIRE_GPU": "true", "FACESR_PORT": str(free_port()),
-           "FACESR_HOST": "127.0.0.1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "service"], env=env, cwd=ROOT, timeout=60,
-                          capture_output=True, text=True)
-    assert proc.returncode != 0
-    assert "FACESR_REQUIRE_GPU is set" in proc.stdout + proc.stderr
 
 
 def test_main_rejects_bad_flags(capsys):

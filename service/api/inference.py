@@ -1,0 +1,262 @@
+"""The inference routes: POST /superresolve, /samples and /traverse. Handlers only validate,
+schedule and encode; the work lives in service/engine.py and service/sampling.py, and what every
+inference route gets (auth, readiness, admission, the deadline) in inference_route.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import Depends, Query, Request, UploadFile
+from fastapi.responses import Response
+
+from service import contact_sheet
+from service.admission import Ticket
+from service.api.inference_route import InferenceRouter, admit
+from service.api.params import (
+    ImageField,
+    ReferenceField,
+    Scale,
+    ScaleParam,
+    SeedEndParam,
+    SeedParam,
+    TemperatureParam,
+    sample_count,
+    step_count,
+)
+from service.api.schemas import BINARY, Frame, SampleEntry, SamplesResponse, TraverseResponse
+from service.engine import Runner, model_input
+from service.errors import PayloadTooLarge
+from service.imaging import (
+    MEDIA_TYPES,
+    LRInput,
+    animation,
+    encode,
+    encode_pil,
+    prepare_lr,
+    prepare_reference,
+    strip,
+)
+from service.sampling import SampleSet, arrange, new_seed, sample_set, traverse_frames
+from service.state import ServiceState, StateDep
+
+router = InferenceRouter()
+SampleCount = Annotated[int, Depends(sample_count)]
+StepCount = Annotated[int, Depends(step_count)]
+
+
+def samples_cost(n: SampleCount) -> int:
+    """/samples decodes the mean and n samples."""
+    return n + 1
+
+
+class Timings:
+    """Stage durations of one request: each stage observed once in the histogram when the
+    response is built (so failed requests do not count), and sent back as Server-Timing."""
+
+    def __init__(self, request: Request, state: ServiceState) -> None:
+        self.metrics, self.endpoint = state.metrics, request.scope["route"].path
+        self.values: dict[str, float] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.values[stage] = self.values.get(stage, 0.0) + seconds
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - start)
+
+    def header(self) -> str:
+        """The Server-Timing header; observes the stages (call once, at the end)."""
+        for stage, seconds in self.values.items():
+            self.metrics.observe_stage(self.endpoint, stage, seconds)
+        return ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in self.values.items())
+
+
+async def read_upload(upload: UploadFile, field: str, limit: int) -> bytes:
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"{field} is larger than the limit of {limit} bytes")
+    return data
+
+
+def decode_input(data: bytes, scale: int | None, scales: tuple[int, ...],
+                 max_pixels: int) -> tuple[LRInput, np.ndarray]:
+    """Upload bytes to the validated LR face and the network input x (3,128,128)."""
+    lr = prepare_lr(data, scale, scales, max_pixels)
+    return lr, model_input(lr.image)
+
+
+async def prepare(state: ServiceState, image: UploadFile, scale: Scale | None,
+                  timings: Timings) -> tuple[LRInput, np.ndarray]:
+    """The uploaded LR face, validated, and its network input."""
+    s = state.settings
+    data = await read_upload(image, "image", s.max_upload_bytes)
+    with timings.stage("decode"):
+        return await asyncio.to_thread(decode_input, data, None if scale is None else int(scale),
+                                       state.scales, s.max_pixels)
+
+
+def headers(runner: Runner, lr: LRInput, timings: Timings, **extra: Any) -> dict[str, str]:
+    out = {"X-FaceSR-Model": runner.manifest.name, "X-FaceSR-Version": runner.manifest.version,
+           "X-FaceSR-Scale": str(lr.scale), "Server-Timing": timings.header()}
+    if lr.adjustments:
+        out["X-FaceSR-Adjustment"] = "; ".join(lr.adjustments)
+    out.update({f"X-FaceSR-{k.replace('_', '-').title()}": str(v)
+                for k, v in extra.items() if v is not None})
+    return out
+
+
+@router.post(
+    "/superresolve", response_class=Response,
+    summary="Super-resolve an LR face (the ICAP mean)",
+    responses={200: {"content": {MEDIA_TYPES[f]: BINARY for f in ("png", "jpeg", "webp")},
+                     "description": "The 128x128 SR face, in the requested format"}})
+async def superresolve(
+    request: Request,
+    state: StateDep,
+    work: Annotated[Ticket, admit()],
+    image: ImageField,
+    scale: ScaleParam = None,
+    fmt: Annotated[Literal["png", "jpeg", "webp"], Query(alias="format")] = "png",
+) -> Response:
+    timings = Timings(request, state)
+    lr, x = await prepare(state, image, scale, timings)
+    result = await state.batchers[lr.scale].submit(x, state.settings.retry_after_s)
+    work.ran_in_batch(result.started_at, result.batch_size)  # encoding holds up no one's call
+    timings.add("queue", result.queue_s)
+    timings.add("inference", result.inference_s)
+    with timings.stage("encode"):
+        body = await asyncio.to_thread(encode, result.image, fmt)
+    return Response(body, media_type=MEDIA_TYPES[fmt],
+                    headers=headers(state.runners[lr.scale], lr, timings,
+                                    batch=result.batch_size))
+
+
+@router.post(
+    "/samples", response_model=None,
+    summary="The ICAP mean and n samples; best-of-n against an optional reference",
+    responses={200: {"model": SamplesResponse, "content": {"image/png": BINARY},
+                     "description": "JSON (default), or a PNG contact sheet (?format=png): "
+                                    "mean first, then the samples by log-density"}})
+async def samples(
+    request: Request,
+    state: StateDep,
+    work: Annotated[Ticket, admit(samples_cost)],
+    image: ImageField,
+    n: SampleCount,
+    reference: ReferenceField = None,
+    seed: SeedParam = None,
+    temperature: TemperatureParam = None,
+    scale: ScaleParam = None,
+    fmt: Annotated[Literal["json", "png"], Query(alias="format")] = "json",
+) -> Response:
+    timings = Timings(request, state)
+    lr, x = await prepare(state, image, scale, timings)
+    ref = None
+    if reference is not None:
+        s = state.settings
+        ref_data = await read_upload(reference, "reference", s.max_upload_bytes)
+        with timings.stage("decode"):
+            ref = await asyncio.to_thread(prepare_reference, ref_data, s.max_pixels)
+    seed = new_seed() if seed is None else seed
+    runner = state.runners[lr.scale]
+    temperature = runner.manifest.sample_temperature if temperature is None else temperature
+    state.metrics.samples.labels(endpoint=timings.endpoint).observe(n)
+    result, queued, ran = await state.infer(work, sample_set, runner, x, seed, n, temperature)
+    timings.add("queue", queued)
+    timings.add("inference", ran)
+    with timings.stage("encode"):
+        body, media, extra = await asyncio.to_thread(
+            render_samples, runner, lr, result, ref, seed, temperature, n, fmt)
+    return Response(body, media_type=media,
+                    headers=headers(runner, lr, timings, seed=seed, **extra))
+
+
+@router.post(
+    "/traverse", response_model=None,
+    summary="Latent traversal z_start + a (z_end - z_start), a from 0 to 1 (Eq. 8)",
+    responses={200: {"model": TraverseResponse,
+                     "content": {MEDIA_TYPES[f]: BINARY for f in ("gif", "webp", "png")},
+                     "description": "JSON frames (default), a GIF or WebP animation, or a "
+                                    "PNG strip"}})
+async def traverse(
+    request: Request,
+    state: StateDep,
+    work: Annotated[Ticket, admit(step_count)],
+    image: ImageField,
+    steps: StepCount,
+    seed: SeedParam = None,
+    seed_end: SeedEndParam = None,
+    temperature: TemperatureParam = None,
+    scale: ScaleParam = None,
+    fmt: Annotated[Literal["json", "gif", "webp", "png"], Query(alias="format")] = "json",
+    duration_ms: Annotated[int, Query(ge=20, le=10_000, description="per frame")] = 100,
+) -> Response:
+    timings = Timings(request, state)
+    lr, x = await prepare(state, image, scale, timings)
+    seed = new_seed() if seed is None else seed
+    runner = state.runners[lr.scale]
+    temperature = runner.manifest.sample_temperature if temperature is None else temperature
+    state.metrics.samples.labels(endpoint=timings.endpoint).observe(steps)
+    (alphas, frames), queued, ran = await state.infer(
+        work, traverse_frames, runner, x, seed, seed_end, temperature, steps)
+    timings.add("queue", queued)
+    timings.add("inference", ran)
+    with timings.stage("encode"):
+        body, media = await asyncio.to_thread(
+            render_traverse, runner, lr, alphas, frames, seed, seed_end, temperature, fmt,
+            duration_ms)
+    return Response(body, media_type=media,
+                    headers=headers(runner, lr, timings, seed=seed, seed_end=seed_end))
+
+
+def b64png(image: np.ndarray) -> str:
+    return base64.b64encode(encode(image, "png")).decode("ascii")
+
+
+def render_samples(runner: Runner, lr: LRInput, result: SampleSet, ref: np.ndarray | None,
+                   seed: int, temperature: float, n: int,
+                   fmt: str) -> tuple[bytes, str, dict[str, Any]]:
+    """Order and score the samples, then the JSON body (a SamplesResponse) or the contact
+    sheet."""
+    entries = arrange(result, ref)
+    best = next((k for k, e in enumerate(entries) if e["best"]), None)
+    if fmt == "png":
+        images = result.images[[e["index"] for e in entries]]
+        tiles = [*contact_sheet.input_tiles(lr.image, lr.scale, ref, images.shape[1]),
+                 *contact_sheet.result_tiles(images, entries)]
+        return encode_pil(contact_sheet.render(tiles), "png"), "image/png", {"best": best}
+    body = SamplesResponse(
+        model=runner.manifest.name, version=runner.manifest.version, scale=lr.scale, seed=seed,
+        temperature=temperature, n=n, reference=ref is not None, best=best,
+        adjustments=lr.adjustments,
+        samples=[SampleEntry(**{k: v for k, v in e.items() if k != "index"},
+                             image=b64png(result.images[e["index"]])) for e in entries])
+    return body.model_dump_json().encode(), "application/json", {}
+
+
+def render_traverse(runner: Runner, lr: LRInput, alphas: np.ndarray, frames: np.ndarray,
+                    seed: int, seed_end: int | None, temperature: float, fmt: str,
+                    duration_ms: int) -> tuple[bytes, str]:
+    """The animation, the strip, or the JSON body (a TraverseResponse)."""
+    if fmt in ("gif", "webp"):
+        return animation(frames, fmt, duration_ms), MEDIA_TYPES[fmt]
+    if fmt == "png":
+        return encode_pil(strip(frames), "png"), "image/png"
+    body = TraverseResponse(
+        model=runner.manifest.name, version=runner.manifest.version, scale=lr.scale, seed=seed,
+        seed_end=seed_end, temperature=temperature, steps=len(frames),
+        adjustments=lr.adjustments,
+        frames=[Frame(alpha=float(a), image=b64png(f))
+                for a, f in zip(alphas, frames, strict=True)])
+    return body.model_dump_json().encode(), "application/json"
