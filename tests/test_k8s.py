@@ -6,6 +6,7 @@ resources that cover the measured memory, the GPU in the gpu overlay, real setti
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 import shutil
@@ -42,7 +43,9 @@ def kubectl() -> str:
     return found
 
 
+@functools.cache
 def render(overlay: str) -> list[dict]:
+    """The overlay's objects (cached: callers that change one deep-copy it first)."""
     out = subprocess.run([kubectl(), "kustomize", str(K8S / "overlays" / overlay)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, f"kubectl kustomize {overlay}: {out.stderr}"
@@ -240,7 +243,8 @@ def test_selectors_tie_the_objects_together(rendered):
     assert selects(service["spec"]["selector"])
     assert selects(one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"])
     monitor = one(objects, "ServiceMonitor")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    service_labels = service["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service_labels.items()
     (svc_port,) = service["spec"]["ports"]
     assert svc_port["targetPort"] == container(objects)["ports"][0]["name"]
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == [svc_port["name"]]
