@@ -243,7 +243,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         t_start = time.monotonic()
         for r in replicas.values():
             r.start()
-        procs.append(spawn(["haproxy", "-db", "-f", str(HAPROXY_CFG)], work / "haproxy.log",
+        procs.append(spawn(["haproxy", "-db", "-f", str(args.haproxy_config)], work / "haproxy.log",
                            {"HAPROXY_STATS_SOCKET": str(sock)}))
         procs.append(spawn(["prometheus", f"--config.file={PROMETHEUS_CFG}",
                             f"--storage.tsdb.path={work}/tsdb",
@@ -494,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="FACESR_INTRA_OP_THREADS per replica (default 1: three replicas share "
                         "the cores)")
+    p.add_argument("--haproxy-config", type=Path, default=HAPROXY_CFG,
+                   help="HAProxy config (default deploy/replicas/haproxy.cfg; same servers)")
     p.add_argument("--pause-training", action="store_true",
                    help="SIGSTOP the background training job meanwhile (bench/common.py)")
     p.add_argument("--json", type=Path, help="write the results here")
