@@ -13,6 +13,7 @@
 #     query, and runs the alerts' unit tests (deploy/alerts_test.yml). It is taken from PATH, or
 #     from Debian's prometheus package: `apt-get download` + `dpkg-deb -x` into the tool venv
 #     (no root, nothing installed system-wide); skipped where neither works
+#   - haproxy -c on deploy/replicas/haproxy.cfg, where Debian's haproxy is installed
 #   - requirements/serve-*.txt never contain torch, and (LINT_LOCK=1, the default) are current
 #     with pyproject.toml (scripts/lock_requirements.sh --check; needs PyPI)
 #
@@ -130,10 +131,18 @@ fi
 if command -v promtool >/dev/null 2>&1; then
     promtool --version | head -1
     check "promtool check config" promtool check config deploy/prometheus.yml
+    check "promtool check config (replicas)" promtool check config deploy/replicas/prometheus.yml
     check "promtool test rules (alert unit tests)" promtool test rules deploy/alerts_test.yml
     check "promtool check rules (dashboard PromQL)" promtool check rules "$promql_rules"
 else
     echo "promtool not found, and Debian's prometheus package cannot be fetched: skipped"
+fi
+
+step "HAProxy config of the replica check (deploy/replicas/haproxy.cfg)"
+if command -v haproxy >/dev/null 2>&1; then
+    check "haproxy -c" env HAPROXY_STATS_SOCKET=/dev/null haproxy -c -q -f deploy/replicas/haproxy.cfg
+else
+    echo "haproxy not installed (apt-get install haproxy): skipped"
 fi
 
 step "serving locks"
