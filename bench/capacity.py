@@ -1,8 +1,8 @@
 """Capacity on paper: replicas, cores and GPUs for a face rate at a p99 target, from a measured
 per-replica throughput (BENCHMARKS.md, "Capacity and cost").
 
-    python bench/capacity.py                                   # the measured CPU figures
-    python bench/capacity.py --mu 20.7 --cores 2 --rates 100 1000 10000 --p99 0.5 1
+    python -m bench.capacity                                   # the measured CPU figures
+    python -m bench.capacity --mu 20.7 --cores 2 --rates 100 1000 10000 --p99 0.5 1
 
 The model: each replica is a single FIFO server of rate mu (images/s at saturation, measured)
 fed with Poisson arrivals. For M/M/1 the response time is exponential with rate mu - lambda, so
@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import md_table  # noqa: E402
+from bench.common import md_table
 
 # Measured (BENCHMARKS.md): one replica, 2 vCPU, /superresolve at saturation, paper-size x8 fp32,
 # machine A: 20.7 images/s (16 clients). int8 x8 is 1.49x fp32 over HTTP on machine B.

@@ -1,7 +1,7 @@
 """Three FaceSR replicas behind a real load balancer, on this machine, under a bounded load.
 
-    python bench/replicas.py                       # the shipped models/, 6 clients, ~2 minutes
-    python bench/replicas.py --pause-training --json bench/results/replicas.json
+    python -m bench.replicas                       # the shipped models/, 6 clients, ~2 minutes
+    python -m bench.replicas --pause-training --json bench/results/replicas.json
 
 It starts three `python -m service` processes on 127.0.0.1:8101-8103, Debian's HAProxy with
 deploy/replicas/haproxy.cfg on 127.0.0.1:8100 (health checks on /health/ready, retries on
@@ -42,8 +42,8 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, CpuProbe, machine, md_table, training_paused  # noqa: E402
+from bench.common import ROOT, CpuProbe, machine, md_table, training_paused
+from bench.server import ServiceProcess
 
 HAPROXY_CFG = ROOT / "deploy/replicas/haproxy.cfg"
 PROMETHEUS_CFG = ROOT / "deploy/replicas/prometheus.yml"
@@ -75,7 +75,7 @@ class Replica:
     port: int
     env: dict[str, str]
     log_dir: Path
-    proc: subprocess.Popen | None = None
+    server: ServiceProcess | None = None
     starts: int = 0
 
     @property
@@ -84,21 +84,21 @@ class Replica:
 
     def start(self) -> None:
         self.starts += 1
-        self.proc = spawn([sys.executable, "-m", "service"],
-                          self.log_dir / f"{self.name}.{self.starts}.log",
-                          {**self.env, "FACESR_PORT": str(self.port)})
+        self.server = ServiceProcess({**os.environ, **self.env, "FACESR_PORT": str(self.port)},
+                                     self.port,
+                                     self.log_dir / f"{self.name}.{self.starts}.log")
+
+    @property
+    def proc(self) -> subprocess.Popen:
+        assert self.server is not None
+        return self.server.proc
 
     def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
         self.proc.send_signal(sig)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(45)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        if self.server is not None:
+            self.server.stop(45)
 
 
 def status_of(url: str, timeout: float = 1.0) -> int | None:
