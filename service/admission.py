@@ -77,7 +77,7 @@ class Ticket:
     _owner: Admission | None = field(default=None, repr=False)
     started_at: float | None = None  # clock seconds, once its call started in the pool
     computed: bool = False  # its call in the pool has ended (the answer may still be encoding)
-    overtaken: bool = False  # a call admitted after it started while it waited
+    overtaken: bool = False  # a call of a lighter lane started while it waited
     released: bool = False  # its request has left
     call_decodes: float = 0.0  # the decodes of its call: its own, or its micro-batch's
 
@@ -90,7 +90,6 @@ class Ticket:
         """Its call starts in the pool now."""
         if self._owner is not None:
             self.started_at, self.call_decodes = self._owner.clock(), self.cost
-            self._owner._overtake(self)
 
     def finish(self) -> None:
         """Its call in the pool has ended: it no longer holds up anyone's call."""
@@ -162,12 +161,12 @@ class Admission:
                 self._learn(ticket.lane, ticket.call_decodes, self.clock() - ticket.started_at)
         self._changed()
 
-    def _overtake(self, starter: Ticket) -> None:
-        """`starter`'s call starts now: every ticket admitted before it that still waits has
-        been overtaken."""
+    def lane_started(self, lane: Lane) -> None:
+        """A call of `lane` starts in the pool now (PriorityPool's `on_start`): every waiting
+        ticket of a heavier lane has been overtaken. Order within a lane is not overtaking."""
         with self._lock:
             for t in self._tickets:
-                if t.started_at is None and t.admitted_at < starter.admitted_at:
+                if t.started_at is None and t.lane > lane:
                     t.overtaken = True
 
     def _seconds_until_done(self, cost: float, lane: Lane) -> float:
@@ -234,7 +233,9 @@ class Admission:
 class PriorityPool:
     """A thread pool that runs the lowest lane first, FIFO within a lane."""
 
-    def __init__(self, workers: int, name: str = "facesr-ort") -> None:
+    def __init__(self, workers: int, name: str = "facesr-ort",
+                 on_start: Callable[[Lane], None] | None = None) -> None:
+        self.on_start = on_start  # called with the lane of each call as it starts
         self._heap: list[tuple[int, int, Callable[[], Any], Future]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -273,9 +274,11 @@ class PriorityPool:
                     self._cond.wait()
                 if not self._heap:
                     return
-                _, _, call, future = heapq.heappop(self._heap)
+                lane, _, call, future = heapq.heappop(self._heap)
             if not future.set_running_or_notify_cancel():
                 continue
+            if self.on_start is not None:
+                self.on_start(Lane(lane))
             try:
                 future.set_result(call())
             except BaseException as exc:  # noqa: BLE001 - handed to the waiter

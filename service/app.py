@@ -79,7 +79,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.svc
     s = state.settings
     state.metrics.ready.set(0)
-    state.pool = PriorityPool(s.run_concurrency)
+    state.pool = PriorityPool(s.run_concurrency, on_start=state.admission.lane_started)
     warm = None
     try:
         runners = await asyncio.to_thread(load_models, s)

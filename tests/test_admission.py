@@ -140,8 +140,8 @@ def test_a_refusal_retries_after_at_least_the_setting():
     adm, clock = admission(headroom=1.0, min_retry_s=7)
     ticket = adm.admit(20, clock.now + 5)
     clock.now += 0.01
-    light = adm.admit(1, clock.now + 5)
-    light.start()  # it overtakes the heavy ticket
+    adm.admit(1, clock.now + 5)
+    adm.lane_started(Lane.LIGHT)  # a light call overtakes the heavy ticket
     clock.now += 3.5
     assert adm.too_late(ticket).retry_after_s == 7  # 2 s of work, but never under 7
 
@@ -152,7 +152,8 @@ def test_too_late_once_overtaken():
     assert adm.too_late(ticket) is None
     clock.now += 0.01
     light = adm.admit(1, clock.now + 5)
-    light.start()  # it overtakes the heavy ticket
+    adm.lane_started(Lane.LIGHT)  # the light call overtakes the waiting heavy ticket
+    light.start()
     clock.now += 3.5  # 1.5 s left
     refusal = adm.too_late(ticket)
     assert ticket.overtaken and not light.overtaken
@@ -165,14 +166,15 @@ def test_late_but_not_overtaken_is_tried():
     ticket = adm.admit(20, clock.now + 5)
     clock.now += 3.5
     assert adm.too_late(ticket) is None
-    ticket.start()
-    later = adm.admit(1, clock.now + 5)
-    later.start()  # admitted after the ticket started: no overtaking
-    assert not ticket.overtaken
+    other = adm.admit(20, clock.now + 5)
+    adm.lane_started(Lane.HEAVY)  # the same lane: reordering within a lane is not overtaking
+    other.start()
+    assert not ticket.overtaken and adm.too_late(ticket) is None
 
 
 def test_pool_runs_light_before_waiting_heavy_and_fifo_within_a_lane():
-    pool = PriorityPool(1)
+    started: list[Lane] = []
+    pool = PriorityPool(1, on_start=started.append)
     gate, order = threading.Event(), []
     blocker = pool.submit(Lane.HEAVY, gate.wait, 10)
     time.sleep(0.05)  # the blocker is running now
@@ -184,6 +186,7 @@ def test_pool_runs_light_before_waiting_heavy_and_fifo_within_a_lane():
     for f in [blocker, *futures]:
         f.result(10)
     assert order == ["l1", "l2", "h1", "h2"]
+    assert started == [Lane.HEAVY, Lane.LIGHT, Lane.LIGHT, Lane.HEAVY, Lane.HEAVY]
     pool.shutdown()
 
 
