@@ -38,16 +38,17 @@ class ServiceProcess:
     """One `python -m service` process; its stdout and stderr go to `log`.
 
     `env` is its whole environment (service_env builds one), `args` its command-line flags,
-    `python` the interpreter (another checkout's .venv gives before/after figures)."""
+    `python` the interpreter (another checkout's .venv gives before/after figures), `module`
+    what `-m` runs (`uvicorn` with `--factory service.app:create_app` is the other way in)."""
 
     def __init__(self, env: dict[str, str], port: int, log: Path, args: tuple[str, ...] = (),
-                 python: str = sys.executable, cwd: Path = ROOT):
+                 python: str = sys.executable, cwd: Path = ROOT, module: str = "service"):
         self.port, self.log = port, log
         self.url = f"http://127.0.0.1:{port}"
         log.parent.mkdir(parents=True, exist_ok=True)
         self.started = time.monotonic()
         with open(log, "wb") as out:
-            self.proc = subprocess.Popen([python, "-m", "service", *args], env=env, cwd=cwd,
+            self.proc = subprocess.Popen([python, "-m", module, *args], env=env, cwd=cwd,
                                          stdout=out, stderr=subprocess.STDOUT)
 
     @classmethod

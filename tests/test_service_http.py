@@ -3,14 +3,13 @@
 
 import base64
 import io
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -31,7 +30,7 @@ from helpers import (
 )
 from images import png_claiming
 from PIL import Image
-from servers import free_port
+from servers import ServiceProcess, free_port, service_env
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from facesr_core.degradation import bicubic_upsample, degrade, from_model_range, to_model_range
@@ -53,41 +52,22 @@ def b64pixels(text: str) -> np.ndarray:
     return pixels(base64.b64decode(text))
 
 
-class Server:
-    """A real server process on 127.0.0.1 (uvicorn CLI or `python -m service`)."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path):
-        self.port = free_port()
-        self.log = log
-        full_env = {**os.environ, **env, "FACESR_HOST": "127.0.0.1",
-                    "FACESR_PORT": str(self.port), "PYTHONPATH": str(ROOT)}
-        if args[:2] == ["-m", "uvicorn"]:
-            args = [*args, "--host", "127.0.0.1", "--port", str(self.port)]
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, *args], env=full_env, cwd=ROOT,
-                                         stdout=out, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.client = httpx.Client(base_url=self.url, timeout=60)
-
-    def __enter__(self) -> "Server":
-        try:
-            wait_ready(self.client, self.proc)
-        except Exception:
-            self.stop()
-            raise RuntimeError(self.log.read_text()) from None
-        return self
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        finally:
-            self.client.close()
-
-    def __exit__(self, *exc) -> None:
-        if self.proc.poll() is None:
-            self.stop()
+@contextmanager
+def real_server(env: dict[str, str], log: Path, uvicorn: bool = False) -> Iterator[ServiceProcess]:
+    """A real server process on 127.0.0.1 (`python -m service`, or the uvicorn CLI), ready, with
+    an httpx `client`; SIGTERM on exit."""
+    port = free_port()
+    env = service_env(Path(env["FACESR_MODEL_DIR"]), port, env)
+    args = ("--factory", "service.app:create_app", "--host", "127.0.0.1", "--port", str(port))
+    server = (ServiceProcess(env, port, log, args, module="uvicorn") if uvicorn
+              else ServiceProcess(env, port, log))
+    server.client = httpx.Client(base_url=server.url, timeout=60)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop(30)
+        server.client.close()
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +92,7 @@ def inprocess(tiny_model_dir):
 def uvicorn_server(tiny_model_dir, tmp_path_factory):
     env = {**LIMITS, "FACESR_MODEL_DIR": str(tiny_model_dir)}
     log = tmp_path_factory.mktemp("uvicorn") / "server.log"
-    with Server(["-m", "uvicorn", "--factory", "service.app:create_app"], env, log) as server:
+    with real_server(env, log, uvicorn=True) as server:
         yield server
     assert server.proc.returncode in CLEAN_EXIT, log.read_text()
 
@@ -608,7 +588,7 @@ def test_several_workers_share_metrics(tiny_model_dir, tmp_path, lr8):
     env = {"FACESR_MODEL_DIR": str(tiny_model_dir / "x8"), "FACESR_WORKERS": "2",
            "FACESR_MAX_SAMPLES": "4", "FACESR_MAX_STEPS": "4", "FACESR_MAX_BATCH": "2",
            "PROMETHEUS_MULTIPROC_DIR": str(prom)}
-    with Server(["-m", "service"], env, tmp_path / "server.log") as server:
+    with real_server(env, tmp_path / "server.log") as server:
         deadline = time.monotonic() + 30
         while len({p.stem.rsplit("_", 1)[-1] for p in prom.glob("gauge_livemax_*.db")}) < 2:
             assert time.monotonic() < deadline, "the second worker did not start"
