@@ -41,7 +41,7 @@ def haar(name: str) -> Detector:
 
     def detect(rgb: np.ndarray) -> np.ndarray:
         gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
-        found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=3,
+        found = cascade.detectMultiScale(gray, scaleFactor=1.05, minNeighbors=4,
                                          minSize=(20, 20))
         boxes = np.asarray(found, np.float64).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
@@ -65,7 +65,8 @@ def dlib_cnn() -> Detector:
     import dlib
     import face_recognition_models
 
-    det = dlib.cnn_face_detection_model_v1(face_recognition_models.cnn_face_detector_model_location())
+    weights = face_recognition_models.cnn_face_detector_model_location()
+    det = dlib.cnn_face_detection_model_v1(weights)
 
     def detect(rgb: np.ndarray) -> np.ndarray:
         rects = det(rgb, 0)

@@ -190,6 +190,7 @@ def configure_logging(level: str) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The FastAPI app; settings default to the FACESR_* environment."""
+    from service.photo_route import build_photo_router
     from service.routes import build_router
 
     settings = settings or Settings()
@@ -205,5 +206,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.svc = state
     install_error_handlers(app, lambda kind: metrics.errors.labels(kind=kind).inc())
     app.include_router(build_router(state))
+    app.include_router(build_photo_router(state))
     app.add_middleware(Gate, state=state)
     return app

@@ -25,7 +25,7 @@ from PIL import Image
 from service.errors import ServiceError
 
 DETECT_UPSCALE = 4
-DETECT_MAX_PIXELS = 16_000_000
+DETECT_MAX_PIXELS = 8_000_000
 MIN_FACE_PX = 8  # smallest face width searched for, in photo pixels
 CASCADE = "haarcascade_frontalface_alt2.xml"
 # Where the cascade's box sits in a crop framed like the models' training faces (128 px crops
@@ -92,7 +92,7 @@ class FaceDetector:
         gray = cv2.equalizeHist(gray)
         min_side = max(20, MIN_FACE_PX * up)
         rects, _, weights = cv2.CascadeClassifier(self.path).detectMultiScale3(
-            gray, scaleFactor=1.1, minNeighbors=3, minSize=(min_side, min_side),
+            gray, scaleFactor=1.05, minNeighbors=4, minSize=(min_side, min_side),
             outputRejectLevels=True)
         faces = [Face((x / up, y / up, (x + bw) / up, (y + bh) / up), float(score))
                  for (x, y, bw, bh), score in zip(np.reshape(rects, (-1, 4)).tolist(),

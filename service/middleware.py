@@ -35,7 +35,7 @@ from service.errors import (
 if TYPE_CHECKING:
     from service.app import ServiceState
 
-INFERENCE_PATHS = ("/superresolve", "/samples", "/traverse")
+INFERENCE_PATHS = ("/superresolve", "/samples", "/traverse", "/photo")
 PUBLIC_PATHS = ("/health/live", "/health/ready", "/metrics", *DOCS_PATHS)
 KNOWN_PATHS = (*INFERENCE_PATHS, *PUBLIC_PATHS, "/v1/models")
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries, headers and small fields
@@ -50,12 +50,16 @@ def endpoint_label(path: str) -> str:
     return path if path in KNOWN_PATHS else "other"
 
 
-def request_cost(scope: Scope, max_samples: int, max_steps: int) -> int:
+def request_cost(scope: Scope, max_samples: int, max_steps: int, max_faces: int = 64) -> int:
     """The work of an inference request in decodes, from its path and query (n, steps); an
     unreadable value counts as its default (the route then answers 422)."""
     path = scope["path"]
     if path == "/superresolve":
         return 1
+    if path == "/photo":
+        from service.photo_route import admission_cost
+
+        return admission_cost(scope.get("query_string", b""), max_samples, max_faces)
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     name, limit, default = (("n", max_samples, 10) if path == "/samples"
                             else ("steps", max_steps, 8))
@@ -138,7 +142,8 @@ class Gate:
             return  # the client went away
         deadline = start + settings.request_timeout_s
         admitted = self.state.admission.admit(
-            request_cost(scope, settings.max_samples, settings.max_steps), deadline,
+            request_cost(scope, settings.max_samples, settings.max_steps, settings.max_faces),
+            deadline,
             settings.retry_after_s)
         if isinstance(admitted, Refusal):
             err = Unavailable(admitted.detail, admitted.retry_after_s, "overloaded")

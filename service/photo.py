@@ -20,19 +20,21 @@ both run these steps, so they give the same output.
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from facesr_core.degradation import HR_SIZE, lr_size
+from facesr_core.degradation import lr_size
 from service.engine import Runner, model_input
 from service.errors import PayloadTooLarge
 from service.faces import Face, FaceDetector
-from service.imaging import encode, lr_range, scales_for
+from service.imaging import decode, encode, lr_range, scales_for
 from service.sampling import draw_eps, latents
 
+DEFAULT_MAX_FACES = 32
 FEATHER = 0.15  # share of each side of a pasted face that blends into the bicubic photo
 MAX_UPSCALE = 16
 
@@ -44,7 +46,7 @@ class PhotoOptions:
     samples: int = 0  # draws per face besides the mean
     seed: int = 0
     temperature: float | None = None  # None: each model's calibrated temperature
-    max_faces: int = 32
+    max_faces: int = DEFAULT_MAX_FACES
     max_output_pixels: int = 16_000_000
 
 
@@ -241,10 +243,13 @@ def describe(result: Photo, runners: dict[int, Runner], options: PhotoOptions) -
     }
 
 
-def decode_cost(plans: list[FacePlan], samples: int) -> int:
-    """Decodes the faces will take: one per face, n + 1 with samples."""
-    return sum(p.scale is not None for p in plans) * (samples + 1)
+def describe_json(result: Photo, runners: dict[int, Runner], options: PhotoOptions) -> bytes:
+    """`describe` as compact UTF-8 JSON (the bytes /photo?format=json sends)."""
+    return json.dumps(describe(result, runners, options), ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":")).encode("utf-8")
 
 
-__all__ = ["HR_SIZE", "MAX_UPSCALE", "Photo", "PhotoOptions", "describe", "find_faces",
-           "paste", "process", "superresolve"]
+def decode_photo(data: bytes, max_pixels: int) -> tuple[np.ndarray, list[str]]:
+    """Upload bytes to RGB uint8 pixels (the rules of service/imaging.py: EXIF, alpha, ...)."""
+    img, adjustments = decode(data, max_pixels)
+    return np.asarray(img), adjustments
