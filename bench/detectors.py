@@ -31,7 +31,10 @@ from bench.scene import compose, matches  # noqa: E402
 from facesr_core.degradation import to_hr  # noqa: E402
 
 Detector = Callable[[np.ndarray], np.ndarray]  # RGB uint8 -> (N, 4) x0, y0, x1, y1
-BANDS = ((8, 12), (12, 20), (20, 40))
+BANDS = ((8, 12), (12, 20), (20, 40), (12, 40))
+
+
+HAAR = {"scaleFactor": 1.1, "minNeighbors": 3}  # --scale-factor, --min-neighbors
 
 
 def haar(name: str) -> Detector:
@@ -41,8 +44,7 @@ def haar(name: str) -> Detector:
 
     def detect(rgb: np.ndarray) -> np.ndarray:
         gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
-        found = cascade.detectMultiScale(gray, scaleFactor=1.05, minNeighbors=4,
-                                         minSize=(20, 20))
+        found = cascade.detectMultiScale(gray, minSize=(20, 20), **HAAR)
         boxes = np.asarray(found, np.float64).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         return boxes
@@ -127,8 +129,11 @@ def main() -> None:
     ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
     ap.add_argument("--upscales", nargs="+", type=int, default=[1, 2, 3, 4])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale-factor", type=float, default=1.1, help="Haar cascades' scaleFactor")
+    ap.add_argument("--min-neighbors", type=int, default=3, help="Haar cascades' minNeighbors")
     ap.add_argument("--out", type=Path, help="write the table as JSON here")
     args = ap.parse_args()
+    HAAR.update(scaleFactor=args.scale_factor, minNeighbors=args.min_neighbors)
     faces = load_faces(args.faces, args.count, args.seed)
     rng = np.random.default_rng(args.seed)
     widths = np.exp(rng.uniform(np.log(8), np.log(40), size=len(faces)))

