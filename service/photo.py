@@ -47,7 +47,7 @@ class PhotoOptions:
     seed: int = 0
     temperature: float | None = None  # None: each model's calibrated temperature
     max_faces: int = DEFAULT_MAX_FACES
-    max_output_pixels: int = 16_000_000
+    max_output_pixels: int = 40_000_000
 
 
 @dataclass
@@ -138,6 +138,8 @@ def find_faces(photo: np.ndarray, detector: FaceDetector, options: PhotoOptions,
                available: tuple[int, ...]) -> Photo:
     """Steps 1-2: detect and plan (CPU work outside the inference pool)."""
     h, w = photo.shape[:2]
+    if options.upscale or options.scale:  # known already: refuse before the detector runs
+        check_output((w, h), options.upscale or options.scale or 1, options.max_output_pixels)
     faces, up = detector.detect(photo)
     kept = faces[:options.max_faces]
     result = Photo((w, h), up, plan(photo, kept, options.scale, available),
@@ -187,7 +189,7 @@ def paste(photo: np.ndarray, result: Photo) -> np.ndarray:
     out = Image.fromarray(photo)
     if up != 1:
         out = out.resize((w * up, h * up), Image.Resampling.BICUBIC)
-    canvas = np.asarray(out, dtype=np.float32).copy()
+    canvas = np.array(out)  # uint8: only the face regions are blended in float
     for p in sorted(result.faces, key=lambda q: -q.crop[2]):  # small faces on top
         if p.image is None:
             continue
@@ -201,8 +203,9 @@ def paste(photo: np.ndarray, result: Photo) -> np.ndarray:
             continue
         f = face[y0 - top:y1 - top, x0 - left:x1 - left]
         a = weight[y0 - top:y1 - top, x0 - left:x1 - left]
-        canvas[y0:y1, x0:x1] = a * f + (1 - a) * canvas[y0:y1, x0:x1]
-    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+        blend = a * f + (1 - a) * canvas[y0:y1, x0:x1].astype(np.float32)
+        canvas[y0:y1, x0:x1] = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+    return canvas
 
 
 def process(photo: np.ndarray, detector: FaceDetector, runners: dict[int, Runner],

@@ -168,7 +168,8 @@ def test_shipped_models_beat_bicubic_on_the_face_regions(scene, detector):
 
 @pytest.fixture(scope="module")
 def app_client(tiny_model_dir):
-    settings = Settings(model_dir=tiny_model_dir, api_key="k3y", max_samples=4, max_faces=16)
+    settings = Settings(model_dir=tiny_model_dir, api_key="k3y", max_samples=4, max_faces=16,
+                        max_output_pixels=4_000_000)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         client.headers["Authorization"] = "Bearer k3y"
         for _ in range(600):
