@@ -55,7 +55,8 @@ class Metrics:
                                     "Requests per micro-batch of /superresolve", ["scale"],
                                     buckets=BATCH_BUCKETS, registry=r)
         self.samples = Histogram("facesr_samples_per_request",
-                                 "Samples (/samples) or frames (/traverse) per request",
+                                 "Samples (/samples), frames (/traverse) or face decodes "
+                                 "(/photo) per request",
                                  ["endpoint"], buckets=SAMPLE_BUCKETS, registry=r)
         self.model_info = Gauge("facesr_model_info", "Loaded models (value 1)",
                                 ["name", "scale", "version", "provider", "precision"],

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         "are refused before decoding), else 413"))
     max_samples: int = Field(64, ge=1, le=1024, description="Largest n of /samples")
     max_steps: int = Field(64, ge=2, le=1024, description="Largest steps of /traverse")
+    max_faces: int = Field(64, ge=1, le=1024, description=(
+        "Largest max_faces of /photo (faces super-resolved per photo, the best-scoring first)"))
+    max_output_pixels: int = Field(40_000_000, ge=64, description=(
+        "Largest width x height of the photo /photo returns (the input times upscale squared; "
+        "1920x1080 at x4 is 33 MP), else 413"))
     max_batch: int = Field(16, ge=1, le=256, description=(
         "Most /superresolve requests in one micro-batch"))
     max_wait_ms: float = Field(5.0, ge=0, description=(

@@ -61,7 +61,7 @@ def test_schemathesis_short_run(server):
     assert generated == passed >= MIN_CASES, out[-3000:]
     assert server_errors(server) == before  # the server counted no 5xx either
     models = httpx.get(f"{server}/metrics", timeout=10).text
-    for path in ("/superresolve", "/samples", "/traverse"):  # real images reached the models
+    for path in ("/superresolve", "/samples", "/traverse", "/photo"):  # real images reached them
         assert f'facesr_requests_total{{endpoint="{path}",status="200"}}' in models, path
 
 
