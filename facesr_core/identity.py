@@ -11,13 +11,15 @@ the Euclidean distance of their descriptors is below dlib's threshold of 0.6.
 
 from __future__ import annotations
 
+import importlib.util
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 SAME_PERSON_DISTANCE = 0.6  # dlib's threshold (99.38% on LFW)
-FACE_BOX = (0.0, 0.0, 1.0, 1.0)  # left, top, right, bottom, as fractions of the crop
+FACE_BOX = (0.15, 0.2, 0.85, 0.95)  # left, top, right, bottom, as fractions of the crop
 CHIP_SIZE = 150  # the descriptor network's input, as dlib's examples use it
 INSTALL_HINT = 'install the identity extra: pip install -e ".[identity]"'
 
@@ -37,14 +39,19 @@ def available() -> bool:
 @lru_cache(maxsize=1)
 def _models() -> tuple[Any, Any]:
     """(5-point shape predictor, descriptor network), loaded once per process."""
+    # The model files are found without importing face_recognition_models: its __init__ needs
+    # pkg_resources, which recent setuptools no longer ships.
+    spec = importlib.util.find_spec("face_recognition_models")
     try:
         import dlib
-        import face_recognition_models as frm
-    except ImportError as exc:
+    except ImportError:
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
         raise IdentityUnavailable(f"face identity needs dlib and face-recognition-models: "
-                                  f"{INSTALL_HINT}") from exc
-    return (dlib.shape_predictor(frm.pose_predictor_five_point_model_location()),
-            dlib.face_recognition_model_v1(frm.face_recognition_model_location()))
+                                  f"{INSTALL_HINT}")
+    models = Path(spec.submodule_search_locations[0]) / "models"
+    return (dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat")),
+            dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat")))
 
 
 def face_box(size: tuple[int, int], box: tuple[float, float, float, float] = FACE_BOX) -> Any:
