@@ -50,8 +50,9 @@ def _models() -> tuple[Any, Any]:
         raise IdentityUnavailable(f"face identity needs dlib and face-recognition-models: "
                                   f"{INSTALL_HINT}")
     models = Path(spec.submodule_search_locations[0]) / "models"
-    return (dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat")),
-            dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat")))
+    landmarks = models / "shape_predictor_5_face_landmarks.dat"
+    descriptor = models / "dlib_face_recognition_resnet_model_v1.dat"
+    return dlib.shape_predictor(str(landmarks)), dlib.face_recognition_model_v1(str(descriptor))
 
 
 def face_box(size: tuple[int, int], box: tuple[float, float, float, float] = FACE_BOX) -> Any:

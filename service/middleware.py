@@ -35,6 +35,7 @@ from service.errors import (
 if TYPE_CHECKING:
     from service.app import ServiceState
 
+TRUE_WORDS = ("1", "true", "t", "yes", "y", "on")  # what FastAPI's bool query reads as true
 INFERENCE_PATHS = ("/superresolve", "/samples", "/traverse")
 PUBLIC_PATHS = ("/health/live", "/health/ready", "/metrics", *DOCS_PATHS)
 KNOWN_PATHS = (*INFERENCE_PATHS, *PUBLIC_PATHS, "/v1/models")
@@ -54,15 +55,16 @@ def request_cost(scope: Scope, max_samples: int, max_steps: int) -> int:
     """The work of an inference request in decodes, from its path and query (n, steps); an
     unreadable value counts as its default (the route then answers 422)."""
     path = scope["path"]
-    if path == "/superresolve":
-        return 1
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    name, limit, default = (("n", max_samples, 10) if path == "/samples"
-                            else ("steps", max_steps, 8))
+    uncertain = (query.get("uncertainty") or [""])[-1].lower() in TRUE_WORDS
+    if path == "/superresolve" and not uncertain:
+        return 1
+    name, limit, default = (("steps", max_steps, 8) if path == "/traverse"
+                            else ("n", max_samples, 10))
     value = (query.get(name) or [""])[-1]
     count = int(value) if value.isdigit() else default
     count = max(1, min(count, limit))
-    return count + 1 if path == "/samples" else count  # /samples: the mean and n samples
+    return count if path == "/traverse" else count + 1  # the mean and n samples
 
 
 def bearer_token(authorization: str) -> str | None:

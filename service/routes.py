@@ -33,6 +33,13 @@ from service.imaging import (
     prepare_reference,
     strip,
 )
+from service.insight import (
+    identity_distances,
+    prepare_identity_reference,
+    rank_by_identity,
+    require_identity,
+    uncertainty_body,
+)
 from service.sampling import (
     SEED_MAX,
     SampleSet,
@@ -78,6 +85,9 @@ SeedParam = Annotated[int | None, Query(ge=0, le=SEED_MAX, description=(
 TemperatureParam = Annotated[float | None, Query(ge=0.0, le=MAX_TEMPERATURE, description=(
     "scales sigma; 0 gives the mean; default: the model's calibrated temperature "
     "(sample_temperature in /v1/models)"))]
+UncertaintyParam = Annotated[bool, Query(description=(
+    "add the uncertainty map: the per-pixel RMS difference of the n samples from the served "
+    "face, as float16 base64 and a colour-mapped PNG with a scale bar"))]
 
 
 class SampleEntry(BaseModel):
@@ -87,7 +97,35 @@ class SampleEntry(BaseModel):
     psnr: float | None
     ssim: float | None
     best: bool
+    identity_distance: float | None = None  # to identity_reference (dlib; < 0.6: same person)
+    same_person: bool | None = None
     image: str  # base64 PNG, 128x128
+
+
+class UncertaintyMap(BaseModel):
+    """Per-pixel RMS difference of the n samples from the served face (service/README.md)."""
+
+    dtype: Literal["float16"]
+    shape: list[int]  # [128, 128]
+    unit: str
+    data: str  # base64 of little-endian float16, row-major
+    mean: float
+    max: float
+    colour_scale_max: float  # the value at the top of the PNG's scale bar
+    png: str  # base64 PNG: the colour-mapped map with its scale bar
+
+
+class SuperresolveUncertainty(BaseModel):
+    model: str
+    version: str
+    scale: int
+    seed: int
+    temperature: float
+    n: int
+    format: str
+    adjustments: list[str]
+    image: str  # base64 of the SR face in `format`
+    uncertainty: UncertaintyMap
 
 
 class SamplesResponse(BaseModel):
@@ -100,6 +138,8 @@ class SamplesResponse(BaseModel):
     reference: bool
     best: int | None  # position of the best sample in `samples` (with a reference)
     adjustments: list[str]
+    identity_reference: bool = False  # samples ordered by identity distance to it
+    uncertainty: UncertaintyMap | None = None  # with ?uncertainty=true
     samples: list[SampleEntry]
 
 
@@ -163,7 +203,7 @@ async def admitted_work(request: Request) -> Ticket:
     """The admission ticket the gate gave this request (service/middleware.py), once the form
     is known to hold each file field at most once (a second `image` would silently win)."""
     form = await request.form()  # the form FastAPI parsed already (cached on the request)
-    for name in ("image", "reference"):
+    for name in ("image", "reference", "identity_reference"):
         if len(form.getlist(name)) > 1:
             raise InvalidParameter(f"the form holds {len(form.getlist(name))} '{name}' fields: "
                                    "send exactly one")
@@ -204,17 +244,42 @@ def build_router(state: "ServiceState") -> APIRouter:
     @router.post(
         "/superresolve", response_class=Response, dependencies=protected, tags=["inference"],
         summary="Super-resolve an LR face (the ICAP mean)",
-        responses={200: {"content": {MEDIA_TYPES[f]: BINARY for f in ("png", "jpeg", "webp")},
-                         "description": "The 128x128 SR face, in the requested format"},
+        responses={200: {"content": {**{MEDIA_TYPES[f]: BINARY for f in ("png", "jpeg", "webp")},
+                                     "application/json": {"schema": {
+                                         "$ref": "#/components/schemas/SuperresolveUncertainty"}}},
+                         "model": SuperresolveUncertainty,
+                         "description": "The 128x128 SR face, in the requested format; with "
+                                        "?uncertainty=true, JSON: the face (base64) and its "
+                                        "uncertainty map"},
                    **ERRORS})
     async def superresolve(
         image: ImageField,
         work: Work,
         scale: ScaleParam = None,
         fmt: Annotated[Literal["png", "jpeg", "webp"], Query(alias="format")] = "png",
+        uncertainty: UncertaintyParam = False,
+        n: Annotated[int, Query(ge=1, le=s.max_samples, description=(
+            "samples behind the uncertainty map (only with uncertainty=true)"))] = min(
+                10, s.max_samples),
+        seed: SeedParam = None,
+        temperature: TemperatureParam = None,
     ) -> Response:
         timings = Timings(state, "/superresolve")
         lr, x = await prepare(image, scale, timings)
+        if uncertainty:  # n samples beside the mean: the /samples path, not the micro-batcher
+            seed = new_seed() if seed is None else seed
+            runner = runner_for(lr)
+            temperature = (runner.manifest.sample_temperature if temperature is None
+                           else temperature)
+            result, queued, ran = await state.infer(work, sample_set, runner, x, seed, n,
+                                                    temperature)
+            timings.add("queue", queued)
+            timings.add("inference", ran)
+            with timings.stage("encode"):
+                body = await asyncio.to_thread(render_uncertain_face, runner, lr, result.images,
+                                               seed, temperature, n, fmt)
+            return Response(body, media_type="application/json",
+                            headers=headers(runner, lr, timings, seed=seed))
         result = await state.batchers[lr.scale].submit(x, s.retry_after_s)
         work.finish()  # its batch has run: encoding its answer holds up no one's call
         timings.add("queue", result.queue_s)
@@ -236,15 +301,29 @@ def build_router(state: "ServiceState") -> APIRouter:
         work: Work,
         reference: Annotated[UploadFile | None,
                              File(description="HR face, exactly 128x128")] = None,
+        identity_reference: Annotated[UploadFile | None, File(description=(
+            "another photo of the same person (a face crop, centred; any size): samples are "
+            "ordered by identity distance to it (needs the server's identity extra, else 422)"
+        ))] = None,
         n: Annotated[int, Query(ge=1, le=s.max_samples,
                                 description="samples")] = min(10, s.max_samples),
         seed: SeedParam = None,
         temperature: TemperatureParam = None,
         scale: ScaleParam = None,
         fmt: Annotated[Literal["json", "png"], Query(alias="format")] = "json",
+        uncertainty: UncertaintyParam = False,
     ) -> Response:
         timings = Timings(state, "/samples")
+        if identity_reference is not None:
+            require_identity()
         lr, x = await prepare(image, scale, timings)
+        id_ref = None
+        if identity_reference is not None:
+            id_data = await read_upload(identity_reference, "identity_reference",
+                                        s.max_upload_bytes)
+            with timings.stage("decode"):
+                id_ref = await asyncio.to_thread(prepare_identity_reference, id_data,
+                                                 s.max_pixels)
         ref = None
         if reference is not None:
             ref_data = await read_upload(reference, "reference", s.max_upload_bytes)
@@ -259,7 +338,8 @@ def build_router(state: "ServiceState") -> APIRouter:
         timings.add("inference", ran)
         with timings.stage("encode"):
             body, media, extra = await asyncio.to_thread(
-                render_samples, runner, lr, result, ref, seed, temperature, n, fmt)
+                render_samples, runner, lr, result, ref, seed, temperature, n, fmt,
+                uncertainty, id_ref)
         return Response(body, media_type=media,
                         headers=headers(runner, lr, timings, seed=seed, **extra))
 
@@ -335,23 +415,41 @@ def json_bytes(payload: dict[str, Any]) -> bytes:
 
 
 def render_samples(runner: Runner, lr: LRInput, result: SampleSet, ref: np.ndarray | None,
-                   seed: int, temperature: float, n: int,
-                   fmt: str) -> tuple[bytes, str, dict[str, Any]]:
-    """Order and score the samples, then the JSON body or the contact sheet."""
+                   seed: int, temperature: float, n: int, fmt: str, uncertainty: bool = False,
+                   id_ref: np.ndarray | None = None) -> tuple[bytes, str, dict[str, Any]]:
+    """Order and score the samples (by identity when id_ref is given), then the JSON body or
+    the contact sheet."""
     entries = arrange(result, ref)
+    if id_ref is not None:
+        entries = rank_by_identity(entries, identity_distances(result.images, id_ref))
     best = next((k for k, e in enumerate(entries) if e["best"]), None)
     if fmt == "png":
         images = result.images[[e["index"] for e in entries]]
         tiles = [*contact_sheet.input_tiles(lr.image, lr.scale, ref, images.shape[1]),
                  *contact_sheet.result_tiles(images, entries)]
+        if uncertainty:
+            tiles.append(contact_sheet.uncertainty_tile(result.images))
         return encode_pil(contact_sheet.render(tiles), "png"), "image/png", {"best": best}
     items = [{**{k: v for k, v in e.items() if k != "index"},
               "image": b64png(result.images[e["index"]])} for e in entries]
     payload = {"model": runner.manifest.name, "version": runner.manifest.version,
                "scale": lr.scale, "seed": seed, "temperature": temperature, "n": n,
                "reference": ref is not None, "best": best, "adjustments": lr.adjustments,
+               "identity_reference": id_ref is not None,
+               "uncertainty": uncertainty_body(result.images) if uncertainty else None,
                "samples": items}
     return json_bytes(payload), "application/json", {}
+
+
+def render_uncertain_face(runner: Runner, lr: LRInput, images: np.ndarray, seed: int,
+                          temperature: float, n: int, fmt: str) -> bytes:
+    """/superresolve?uncertainty=true: the served face (images[0]) and the map of the samples."""
+    payload = {"model": runner.manifest.name, "version": runner.manifest.version,
+               "scale": lr.scale, "seed": seed, "temperature": temperature, "n": n,
+               "format": fmt, "adjustments": lr.adjustments,
+               "image": base64.b64encode(encode(images[0], fmt)).decode("ascii"),
+               "uncertainty": uncertainty_body(images)}
+    return json_bytes(payload)
 
 
 def render_traverse(runner: Runner, lr: LRInput, alphas: np.ndarray, frames: np.ndarray,

@@ -169,7 +169,8 @@ def markdown(results: list[dict]) -> str:
     rank = [r for r in results if r.get("identity_ranking", {}).get("faces")]
     if rank:
         lines += ["", "| data | scale | faces | identity distance to HR: pick / mean / random | "
-                  "PSNR: pick / mean / random | pick closer than mean |", "|---|---|---|---|---|---|"]
+                  "PSNR: pick / mean / random | pick closer than mean |",
+                  "|---|---|---|---|---|---|"]
         for res in rank:
             r = res["identity_ranking"]
             lines.append(f"| {res['source']} | x{res['scale']} | {r['faces']} | "
