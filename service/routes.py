@@ -115,26 +115,25 @@ class UncertaintyMap(BaseModel):
     png: str  # base64 PNG: the colour-mapped map with its scale bar
 
 
-class SuperresolveUncertainty(BaseModel):
+class SampledAnswer(BaseModel):
+    """What every answer built from n samples of one seed starts with."""
+
     model: str
     version: str
     scale: int
     seed: int
     temperature: float
     n: int
+
+
+class SuperresolveUncertainty(SampledAnswer):
     format: str
     adjustments: list[str]
     image: str  # base64 of the SR face in `format`
     uncertainty: UncertaintyMap
 
 
-class SamplesResponse(BaseModel):
-    model: str
-    version: str
-    scale: int
-    seed: int
-    temperature: float
-    n: int
+class SamplesResponse(SampledAnswer):
     reference: bool
     best: int | None  # position of the best sample in `samples` (with a reference)
     adjustments: list[str]
