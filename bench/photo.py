@@ -1,7 +1,7 @@
 """Whole-photo mode on group scenes composited from held-out real faces: detection recall, PSNR
 of the face regions against the original (the pipeline vs plain bicubic), and time per photo.
 
-    python bench/photo.py --pack packs/faces_all.npz [--faces 120] [--min-px 12 --max-px 40]
+    python -m bench.photo --pack packs/faces_all.npz [--faces 120] [--min-px 12 --max-px 40]
 
 Faces come from the pack's test split (identity-disjoint from training; never committed).
 Each scene holds `--per-scene` faces whose widths are drawn log-uniformly from
@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine, training_paused  # noqa: E402
-from bench.scene import compose, matches  # noqa: E402
-from service.engine import load_models  # noqa: E402
-from service.faces import FaceDetector  # noqa: E402
-from service.photo import PhotoOptions, process  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from bench.common import machine, training_paused
+from bench.scene import compose, matches
+from service.engine import load_models
+from service.faces import FaceDetector
+from service.photo import PhotoOptions, process
+from service.settings import Settings
 
 BANDS = ((8, 12), (12, 20), (20, 30), (30, 41))
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from facesr_core.uncertainty import colour_scale_max, colourise, uncertainty_map
+
 GAP = 4
 CAPTION_HEIGHT = 26  # two lines of Pillow's built-in font at size 10
 BEST_COLOUR = (0, 170, 0)
@@ -49,6 +51,13 @@ def result_tiles(images: np.ndarray, entries: list[dict]) -> list[Tile]:
             second = f"{second}  best".strip()
         tiles.append(Tile(images[k], (title, second), best=entry["best"]))
     return tiles
+
+
+def uncertainty_tile(images: np.ndarray) -> Tile:
+    """The uncertainty map of the samples images[1:] around the mean images[0], colour-mapped."""
+    values = uncertainty_map(images[1:], images[0])
+    vmax = colour_scale_max(values)
+    return Tile(colourise(values, vmax), ("uncertainty", f"0 to {vmax:g} grey levels"))
 
 
 def render(tiles: list[Tile], cols: int = 8) -> Image.Image:

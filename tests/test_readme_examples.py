@@ -61,5 +61,6 @@ def test_readme_examples_run_against_a_live_service(tiny_model_dir, tmp_path):
     samples = json.loads((workdir / "samples.json").read_text())
     assert len(samples["samples"]) == 11 and samples["best"] is not None
     assert len(json.loads((workdir / "traverse.json").read_text())["frames"]) == 8
+    assert Image.open(workdir / "uncertainty.png").height == 128  # the map beside its scale bar
     assert json.loads((workdir / "models.json").read_text())["scales_supported"] == [4, 8, 16]
     assert Image.open(io.BytesIO((workdir / "sr.png").read_bytes())).format == "PNG"

@@ -332,7 +332,8 @@ def test_docs_declare_the_image_media_types(client):
     def media(path):
         return set(paths[path]["post"]["responses"]["200"]["content"])
 
-    assert media("/superresolve") == {"image/png", "image/jpeg", "image/webp"}
+    assert media("/superresolve") == {"image/png", "image/jpeg", "image/webp",
+                                     "application/json"}  # ?uncertainty=true
     assert media("/samples") == {"application/json", "image/png"}
     assert media("/traverse") == {"application/json", "image/gif", "image/webp", "image/png"}
     errors = paths["/samples"]["post"]["responses"]

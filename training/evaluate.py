@@ -15,6 +15,7 @@ import torch
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from facesr_core import identity
 from facesr_core.degradation import from_model_range
 from facesr_core.quality import psnr
 from training.data import FacePack, make_pair
@@ -36,21 +37,26 @@ def psnr_ssim(hr: np.ndarray, sr: np.ndarray) -> dict[str, float]:
 @torch.no_grad()
 def evaluate_face(model, hr: np.ndarray, scale: int, device: torch.device,
                   best_of: tuple[int, ...], gen: torch.Generator,
-                  temperature: float = 1.0) -> dict[str, dict[str, float]]:
-    """PSNR/SSIM of every row for one HR face; best-of-n picks by PSNR among the first n of
-    max(best_of) draws from gen."""
+                  temperature: float = 1.0,
+                  with_identity: bool = False) -> dict[str, dict[str, float]]:
+    """PSNR/SSIM of every row for one HR face (and identity distances, `with_identity`);
+    best-of-n picks by PSNR among the first n of max(best_of) draws from gen."""
     x_np, y_np = make_pair(hr, scale)
     x, y = torch.from_numpy(x_np)[None].to(device), torch.from_numpy(y_np)[None].to(device)
     enc = model.encode(x)
     outs = {"bicubic": x, **model.reference_outputs(x, y, enc)}
-    result = {k: psnr_ssim(hr, from_model_range(v[0].cpu().numpy())) for k, v in outs.items()}
+    images = {k: from_model_range(v[0].cpu().numpy()) for k, v in outs.items()}
     if best_of:
         eps = standard_normal((max(best_of), *enc.mu.shape[1:]), enc.mu, gen)
         imgs = from_model_range(model.decode_draws(x, enc, eps, temperature, chunk=32)
                                 .cpu().numpy())
         scores = psnr(hr, imgs)
         for n in best_of:
-            result[f"best_of_{n}"] = psnr_ssim(hr, imgs[int(np.argmax(scores[:n]))])
+            images[f"best_of_{n}"] = imgs[int(np.argmax(scores[:n]))]
+    result = {k: psnr_ssim(hr, img) for k, img in images.items()}
+    if with_identity:
+        for row, columns in identity.compare(hr, images).items():
+            result[row].update(columns)
     return result
 
 
@@ -58,13 +64,15 @@ def evaluate(model, pack: Path | str, scale: int, split: str = "test",
              sources: tuple[str, ...] = ("celeba",), best_of: tuple[int, ...] = (10, 100),
              limit: int | None = None, device: str = "cpu", seed: int = 0,
              figures: Path | None = None, progress: bool = True,
-             best_of_limit: int | None = None, temperature: float = 1.0) -> dict:
+             best_of_limit: int | None = None, temperature: float = 1.0,
+             with_identity: bool = False) -> dict:
     """Mean metrics per row over the split, and optionally the figures.
 
     Best-of-n costs n decoder passes per face; `best_of_limit` runs it on the first faces only.
     The ICAP mean over those same faces is then reported too (`icap_mean_best_of_faces`), so
     best-of-n is always compared like for like. `temperature` scales sigma of the samples (1: the
-    paper's draws from the ICAP's Gaussian).
+    paper's draws from the ICAP's Gaussian). `with_identity` adds each row's identity distance
+    to the HR and whether it is under the same-person threshold (facesr_core.identity).
     """
     from tqdm import tqdm
 
@@ -77,7 +85,7 @@ def evaluate(model, pack: Path | str, scale: int, split: str = "test",
     gen = torch.Generator().manual_seed(seed)
     n_best = len(hrs) if best_of_limit is None else min(best_of_limit, len(hrs))
     per_face = [evaluate_face(model, hr, scale, dev, best_of if i < n_best else (), gen,
-                              temperature)
+                              temperature, with_identity)
                 for i, hr in enumerate(tqdm(hrs, desc=f"eval x{scale} {'+'.join(sources)}",
                                             unit="img", disable=not progress))]
     mean = lambda faces, row: {m: float(np.mean([f[row][m] for f in faces]))  # noqa: E731
@@ -99,14 +107,17 @@ def evaluate(model, pack: Path | str, scale: int, split: str = "test",
 
 
 def markdown_table(results: list[dict]) -> str:
-    head = ("| data | scale | row | PSNR | SSIM | PSNR (Y) | SSIM (Y) |\n"
-            "|---|---|---|---|---|---|---|\n")
+    with_id = "id_distance" in next(iter(results[0]["rows"].values()))
+    head = ("| data | scale | row | PSNR | SSIM | PSNR (Y) | SSIM (Y) |"
+            + (" identity distance | same person |\n" if with_id else "\n")
+            + "|---|---|---|---|---|---|---|" + ("---|---|\n" if with_id else "\n"))
     lines = []
     for res in results:
         for row, m in res["rows"].items():
             lines.append(f"| {'+'.join(res['sources'])} | x{res['scale']} | {row} | "
                          f"{m['psnr']:.2f} | {m['ssim']:.4f} | {m['psnr_y']:.2f} | "
-                         f"{m['ssim_y']:.4f} |")
+                         f"{m['ssim_y']:.4f} |" + (f" {m['id_distance']:.3f} | "
+                                                   f"{m['id_same']:.0%} |" if with_id else ""))
     return head + "\n".join(lines) + "\n"
 
 

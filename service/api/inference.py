@@ -20,6 +20,7 @@ from service import contact_sheet
 from service.admission import Ticket
 from service.api.inference_route import InferenceRouter, admit
 from service.api.params import (
+    IdentityReferenceField,
     ImageField,
     ReferenceField,
     Scale,
@@ -29,8 +30,17 @@ from service.api.params import (
     TemperatureParam,
     sample_count,
     step_count,
+    wants_uncertainty,
 )
-from service.api.schemas import BINARY, Frame, SampleEntry, SamplesResponse, TraverseResponse
+from service.api.schemas import (
+    BINARY,
+    Frame,
+    SampleEntry,
+    SamplesResponse,
+    SuperresolveUncertainty,
+    TraverseResponse,
+    UncertaintyMap,
+)
 from service.engine import Runner, model_input
 from service.errors import PayloadTooLarge
 from service.imaging import (
@@ -43,17 +53,30 @@ from service.imaging import (
     prepare_reference,
     strip,
 )
+from service.insight import (
+    identity_distances,
+    prepare_identity_reference,
+    rank_by_identity,
+    require_identity,
+    uncertainty_body,
+)
 from service.sampling import SampleSet, arrange, new_seed, sample_set, traverse_frames
 from service.state import ServiceState, StateDep
 
 router = InferenceRouter()
 SampleCount = Annotated[int, Depends(sample_count)]
 StepCount = Annotated[int, Depends(step_count)]
+Uncertainty = Annotated[bool, Depends(wants_uncertainty)]
 
 
 def samples_cost(n: SampleCount) -> int:
     """/samples decodes the mean and n samples."""
     return n + 1
+
+
+def superresolve_cost(n: SampleCount, uncertainty: Uncertainty) -> int:
+    """/superresolve decodes one face, or with its uncertainty map the mean and n samples."""
+    return n + 1 if uncertainty else 1
 
 
 class Timings:
@@ -119,18 +142,41 @@ def headers(runner: Runner, lr: LRInput, timings: Timings, **extra: Any) -> dict
 @router.post(
     "/superresolve", response_class=Response,
     summary="Super-resolve an LR face (the ICAP mean)",
-    responses={200: {"content": {MEDIA_TYPES[f]: BINARY for f in ("png", "jpeg", "webp")},
-                     "description": "The 128x128 SR face, in the requested format"}})
+    responses={200: {"content": {**{MEDIA_TYPES[f]: BINARY for f in ("png", "jpeg", "webp")},
+                                 "application/json": {"schema": {
+                                     "$ref": "#/components/schemas/SuperresolveUncertainty"}}},
+                     "model": SuperresolveUncertainty,
+                     "description": "The 128x128 SR face, in the requested format; with "
+                                    "?uncertainty=true, JSON: the face (base64) and its "
+                                    "uncertainty map"}})
 async def superresolve(
     request: Request,
     state: StateDep,
-    work: Annotated[Ticket, admit()],
+    work: Annotated[Ticket, admit(superresolve_cost)],
     image: ImageField,
+    uncertainty: Uncertainty,
+    n: SampleCount,
     scale: ScaleParam = None,
     fmt: Annotated[Literal["png", "jpeg", "webp"], Query(alias="format")] = "png",
+    seed: SeedParam = None,
+    temperature: TemperatureParam = None,
 ) -> Response:
+    """With uncertainty=true, `n`, `seed` and `temperature` set the samples behind the map."""
     timings = Timings(request, state)
     lr, x = await prepare(state, image, scale, timings)
+    runner = state.runners[lr.scale]
+    if uncertainty:  # n samples beside the mean: the /samples path, not the micro-batcher
+        seed = new_seed() if seed is None else seed
+        temperature = runner.manifest.sample_temperature if temperature is None else temperature
+        result, queued, ran = await state.infer(work, sample_set, runner, x, seed, n,
+                                                temperature)
+        timings.add("queue", queued)
+        timings.add("inference", ran)
+        with timings.stage("encode"):
+            body = await asyncio.to_thread(render_uncertain_face, runner, lr, result.images,
+                                           seed, temperature, n, fmt)
+        return Response(body, media_type="application/json",
+                        headers=headers(runner, lr, timings, seed=seed))
     result = await state.batchers[lr.scale].submit(x, state.settings.retry_after_s)
     work.ran_in_batch(result.started_at, result.batch_size)  # encoding holds up no one's call
     timings.add("queue", result.queue_s)
@@ -138,8 +184,7 @@ async def superresolve(
     with timings.stage("encode"):
         body = await asyncio.to_thread(encode, result.image, fmt)
     return Response(body, media_type=MEDIA_TYPES[fmt],
-                    headers=headers(state.runners[lr.scale], lr, timings,
-                                    batch=result.batch_size))
+                    headers=headers(runner, lr, timings, batch=result.batch_size))
 
 
 @router.post(
@@ -154,17 +199,26 @@ async def samples(
     work: Annotated[Ticket, admit(samples_cost)],
     image: ImageField,
     n: SampleCount,
+    uncertainty: Uncertainty,
     reference: ReferenceField = None,
+    identity_reference: IdentityReferenceField = None,
     seed: SeedParam = None,
     temperature: TemperatureParam = None,
     scale: ScaleParam = None,
     fmt: Annotated[Literal["json", "png"], Query(alias="format")] = "json",
 ) -> Response:
+    s = state.settings
     timings = Timings(request, state)
+    if identity_reference is not None:
+        require_identity()
     lr, x = await prepare(state, image, scale, timings)
+    id_ref = None
+    if identity_reference is not None:
+        id_data = await read_upload(identity_reference, "identity_reference", s.max_upload_bytes)
+        with timings.stage("decode"):
+            id_ref = await asyncio.to_thread(prepare_identity_reference, id_data, s.max_pixels)
     ref = None
     if reference is not None:
-        s = state.settings
         ref_data = await read_upload(reference, "reference", s.max_upload_bytes)
         with timings.stage("decode"):
             ref = await asyncio.to_thread(prepare_reference, ref_data, s.max_pixels)
@@ -177,7 +231,8 @@ async def samples(
     timings.add("inference", ran)
     with timings.stage("encode"):
         body, media, extra = await asyncio.to_thread(
-            render_samples, runner, lr, result, ref, seed, temperature, n, fmt)
+            render_samples, runner, lr, result, ref, seed, temperature, n, fmt, uncertainty,
+            id_ref)
     return Response(body, media_type=media,
                     headers=headers(runner, lr, timings, seed=seed, **extra))
 
@@ -225,24 +280,40 @@ def b64png(image: np.ndarray) -> str:
 
 
 def render_samples(runner: Runner, lr: LRInput, result: SampleSet, ref: np.ndarray | None,
-                   seed: int, temperature: float, n: int,
-                   fmt: str) -> tuple[bytes, str, dict[str, Any]]:
-    """Order and score the samples, then the JSON body (a SamplesResponse) or the contact
-    sheet."""
+                   seed: int, temperature: float, n: int, fmt: str, uncertainty: bool = False,
+                   id_ref: np.ndarray | None = None) -> tuple[bytes, str, dict[str, Any]]:
+    """Order and score the samples (by identity when id_ref is given), then the JSON body (a
+    SamplesResponse) or the contact sheet."""
     entries = arrange(result, ref)
+    if id_ref is not None:
+        entries = rank_by_identity(entries, identity_distances(result.images, id_ref))
     best = next((k for k, e in enumerate(entries) if e["best"]), None)
     if fmt == "png":
         images = result.images[[e["index"] for e in entries]]
         tiles = [*contact_sheet.input_tiles(lr.image, lr.scale, ref, images.shape[1]),
                  *contact_sheet.result_tiles(images, entries)]
+        if uncertainty:
+            tiles.append(contact_sheet.uncertainty_tile(result.images))
         return encode_pil(contact_sheet.render(tiles), "png"), "image/png", {"best": best}
     body = SamplesResponse(
         model=runner.manifest.name, version=runner.manifest.version, scale=lr.scale, seed=seed,
         temperature=temperature, n=n, reference=ref is not None, best=best,
-        adjustments=lr.adjustments,
+        adjustments=lr.adjustments, identity_reference=id_ref is not None,
+        uncertainty=UncertaintyMap(**uncertainty_body(result.images)) if uncertainty else None,
         samples=[SampleEntry(**{k: v for k, v in e.items() if k != "index"},
                              image=b64png(result.images[e["index"]])) for e in entries])
     return body.model_dump_json().encode(), "application/json", {}
+
+
+def render_uncertain_face(runner: Runner, lr: LRInput, images: np.ndarray, seed: int,
+                          temperature: float, n: int, fmt: str) -> bytes:
+    """/superresolve?uncertainty=true: the served face (images[0]) and the map of the samples."""
+    body = SuperresolveUncertainty(
+        model=runner.manifest.name, version=runner.manifest.version, scale=lr.scale, seed=seed,
+        temperature=temperature, n=n, format=fmt, adjustments=lr.adjustments,
+        image=base64.b64encode(encode(images[0], fmt)).decode("ascii"),
+        uncertainty=UncertaintyMap(**uncertainty_body(images)))
+    return body.model_dump_json().encode()
 
 
 def render_traverse(runner: Runner, lr: LRInput, alphas: np.ndarray, frames: np.ndarray,

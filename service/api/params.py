@@ -31,6 +31,9 @@ IMAGE_HELP = ("LR face crop: PNG, JPEG, WebP or BMP; 8, 16 or 32 px square infer
               "(x16, x8, x4)")
 ImageField = Annotated[UploadFile, File(description=IMAGE_HELP)]
 ReferenceField = Annotated[UploadFile | None, File(description="HR face, exactly 128x128")]
+IdentityReferenceField = Annotated[UploadFile | None, File(description=(
+    "another photo of the same person (a face crop, centred; any size): samples are ordered by "
+    "identity distance to it (needs the server's identity extra, else 422)"))]
 ScaleParam = Annotated[Scale | None, Query(description="4, 8 or 16; default: from the size")]
 SeedParam = Annotated[int | None, Query(ge=0, le=SEED_MAX, description=(
     "samples: draws 0..n-1 of this seed; traverse: z_start = draw 0, z_end = draw 1 (unless "
@@ -65,3 +68,10 @@ def step_count(state: StateDep, steps: Annotated[int | None, Query(ge=2, descrip
     """steps of /traverse."""
     return within_limit("steps", steps, DEFAULT_STEPS, state.settings.max_steps,
                         "FACESR_MAX_STEPS")
+
+
+def wants_uncertainty(uncertainty: Annotated[bool, Query(description=(
+        "add the uncertainty map: the per-pixel RMS difference of the n samples from the served "
+        "face, as float16 base64 and a colour-mapped PNG with a scale bar"))] = False) -> bool:
+    """`uncertainty` of /superresolve and /samples."""
+    return uncertainty

@@ -32,19 +32,48 @@ class SampleEntry(BaseModel):
     psnr: float | None
     ssim: float | None
     best: bool
+    identity_distance: float | None = None  # to identity_reference (dlib; < 0.6: same person)
+    same_person: bool | None = None
     image: str  # base64 PNG, 128x128
 
 
-class SamplesResponse(BaseModel):
+class UncertaintyMap(BaseModel):
+    """Per-pixel RMS difference of the n samples from the served face (service/README.md)."""
+
+    dtype: Literal["float16"]
+    shape: list[int]  # [128, 128]
+    unit: str
+    data: str  # base64 of little-endian float16, row-major
+    mean: float
+    max: float
+    colour_scale_max: float  # the value at the top of the PNG's scale bar
+    png: str  # base64 PNG: the colour-mapped map with its scale bar
+
+
+class SampledAnswer(BaseModel):
+    """What every answer built from n samples of one seed starts with."""
+
     model: str
     version: str
     scale: int
     seed: int
     temperature: float
     n: int
+
+
+class SuperresolveUncertainty(SampledAnswer):
+    format: str
+    adjustments: list[str]
+    image: str  # base64 of the SR face in `format`
+    uncertainty: UncertaintyMap
+
+
+class SamplesResponse(SampledAnswer):
     reference: bool
     best: int | None  # position of the best sample in `samples` (with a reference)
     adjustments: list[str]
+    identity_reference: bool = False  # samples ordered by identity distance to it
+    uncertainty: UncertaintyMap | None = None  # with ?uncertainty=true
     samples: list[SampleEntry]
 
 
