@@ -14,3 +14,19 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
     assert lr_factor("cosine", 1.0, 100, 10) == pytest.approx(0.0)
     with pytest.raises(ValueError):
         lr_factor("step", 0.5, 1, 0)
+
+
+def test_time_budget_goes_to_the_phases_that_run():
+    from types import SimpleNamespace
+
+    from training.config import TrainConfig
+    from training.train import Trainer
+
+    def budget(**steps) -> list[float]:
+        cfg = TrainConfig(data="d", out="o", time_budget_s=100.0, **steps)
+        return [Trainer.phase_budget_s(SimpleNamespace(cfg=cfg), p) for p in (1, 2, 3)]
+
+    assert budget(phase1_steps=5, phase2_steps=5, phase3_steps=5) == pytest.approx([60, 20, 20])
+    assert budget(phase1_steps=5, phase2_steps=5, phase3_steps=0) == pytest.approx([75, 25, 0])
+    assert budget(phase1_steps=0, phase2_steps=0, phase3_steps=5) == pytest.approx([0, 0, 100])
+    assert budget(phase1_steps=0, phase2_steps=5, phase3_steps=5) == pytest.approx([0, 50, 50])

@@ -354,11 +354,15 @@ class Trainer:
 
     def phase_budget_s(self, phase: int) -> float:
         """Phase 1 gets three quarters of the time budget, phase 2 the rest; with a phase 3,
-        60/20/20."""
+        60/20/20. A phase of 0 steps gets none, the others share its part (a phase-3-only
+        fine-tune gets the whole budget)."""
         if not self.cfg.time_budget_s:
             return 0.0
-        shares = (0.6, 0.2, 0.2) if self.cfg.phase3_steps else (0.75, 0.25, 0.0)
-        return self.cfg.time_budget_s * shares[phase - 1]
+        c = self.cfg
+        shares = [share if steps else 0.0 for share, steps in zip(
+            (0.6, 0.2, 0.2) if c.phase3_steps else (0.75, 0.25, 0.0),
+            (c.phase1_steps, c.phase2_steps, c.phase3_steps), strict=True)]
+        return c.time_budget_s * shares[phase - 1] / (sum(shares) or 1.0)
 
     def after_step(self, phase: int, losses: dict[str, float], speed: float) -> None:
         step = self.steps[f"phase{phase}"]
