@@ -254,6 +254,7 @@ function mode() { return document.querySelector("input[name=mode]:checked").valu
 
 function reset() {
   showError("");
+  status("working…");
   for (const id of ["compare-section", "boxes-section", "samples-section", "traverse-section"]) {
     $(id).hidden = true;
   }
@@ -282,7 +283,9 @@ async function run(event) {
 
 // A small square image is a face crop; anything else a photo (the choice stays editable).
 async function guessMode() {
-  const file = $("image").files[0];
+  const input = $("image");
+  delete input.dataset.guessed;
+  const file = input.files[0];
   if (!file) return;
   try {
     const { width, height } = await createImageBitmap(file);
@@ -290,6 +293,7 @@ async function guessMode() {
     document.querySelector(`input[name=mode][value=${face ? "face" : "photo"}]`).checked = true;
     showMode();
   } catch { /* not an image the browser reads: the service will say why */ }
+  input.dataset.guessed = "yes";  // for a test that overrides the guess: it has happened
 }
 
 function showMode() { $("face-options").hidden = mode() !== "face"; }
