@@ -149,7 +149,10 @@ async function showComparison(bicubicPixels, srUrl, caption, isPhoto) {
   // a face enlarged 3x (pixelated, by the style sheet); a photo at its size, or the page's width
   $("viewer").style.width = isPhoto ? `min(100%, ${bicubicPixels.width}px)` : "";
   const after = $("after");
-  const loaded = new Promise((resolve) => { after.onload = resolve; });
+  const loaded = new Promise((resolve, reject) => {
+    after.onload = resolve;
+    after.onerror = () => reject(new Error("the browser could not show the result image"));
+  });
   after.src = srUrl;
   await loaded;
   $("compare-caption").textContent = caption;
