@@ -21,7 +21,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.admission import Admission, Lane, PriorityPool
-from service.api import health, inference, models, photo
+from service.api import health, inference, models, page, photo
 from service.batching import MicroBatcher
 from service.docs import app_with_local_docs
 from service.engine import EngineError, ModelError, Runner, load_models
@@ -145,7 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "samples and latent traversals, on ONNX Runtime.")
     app.state.svc = state
     install_error_handlers(app, lambda kind: metrics.errors.labels(kind=kind).inc())
-    for router in (inference.router, photo.router, health.router, models.router):
+    for router in (inference.router, photo.router, health.router, models.router, page.router):
         app.include_router(router)
     app.add_middleware(Gate, state=state, router=app.router)
     return app

@@ -1,6 +1,5 @@
 """The API docs with no internet: Swagger UI (/docs) and ReDoc (/redoc) load their scripts and
-styles from this service (the assets fastapi-offline ships), never from a CDN; `GET /` points
-to /docs.
+styles from this service (the assets fastapi-offline ships), never from a CDN.
 """
 
 from __future__ import annotations
@@ -8,11 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
 from fastapi_offline import FastAPIOffline
 
 ASSETS_PATH = "/docs-assets"  # Swagger UI's and ReDoc's JavaScript, CSS and favicon
-DOCS_PATHS = ("/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
 
 def is_docs_path(path: str) -> bool:
@@ -20,11 +18,5 @@ def is_docs_path(path: str) -> bool:
 
 
 def app_with_local_docs(**kwargs: Any) -> FastAPI:
-    """A FastAPI app whose /docs and /redoc pages use the local assets, and `/` -> /docs."""
-    app = FastAPIOffline(static_url=ASSETS_PATH, **kwargs)
-
-    @app.get("/", include_in_schema=False)
-    async def index() -> RedirectResponse:
-        return RedirectResponse("/docs")
-
-    return app
+    """A FastAPI app whose /docs and /redoc pages use the local assets."""
+    return FastAPIOffline(static_url=ASSETS_PATH, **kwargs)

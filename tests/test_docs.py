@@ -1,5 +1,6 @@
 """/docs and /redoc work with no internet: every script, style sheet and icon their pages use
-is served by the service itself; `GET /` leads to the docs."""
+is served by the service itself; so is every asset of the web page at `GET /` (the page in a
+browser: tests/test_page.py)."""
 
 from __future__ import annotations
 
@@ -52,9 +53,20 @@ def test_swagger_and_redoc_bundles_are_the_real_ones(client):
     assert client.get("/docs-assets/swagger-ui.css").headers["content-type"].startswith("text/css")
 
 
-def test_root_leads_to_the_docs(client):
+def test_root_is_the_page_with_local_assets_and_no_key(client):
     r = client.get("/", follow_redirects=False)
-    assert r.status_code in (302, 307) and r.headers["location"] == "/docs"
-    assert client.get("/").status_code == 200  # followed: the Swagger UI page
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "http://" not in r.text and "https://" not in r.text
+    urls = {a or b for a, b in ASSET.findall(r.text)}
+    assert {"/page/page.js", "/page/page.css", "/docs"} <= urls, urls
+    for url in urls:
+        assert url.startswith("/") and not url.startswith("//"), url
+        assert client.get(url).status_code == 200, url  # public even with an API key set
+    script = client.get("/page/page.js")
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert "http://" not in script.text and "https://" not in script.text  # no CDN
+    assert "Authorization" in script.text  # the page sends the key it is given
+    assert client.get("/page/index.html").status_code == 404  # only the listed assets
+    assert client.get("/page/..%2Fapi%2Fpage.py").status_code == 404
     assert client.get("/v1/models").status_code == 401  # the key still guards the rest
     assert client.get("/docs-assets/../v1/models").status_code in (401, 404)
