@@ -110,7 +110,7 @@ def main() -> None:
             panel(bicubic, f"bicubic x{FACTOR} ({width:.0f} px face)", outline=True),
             panel(Image.fromarray(result.image), f"/photo (x{p.scale} model)"),
             panel(Image.fromarray(scene.original), "original")]))
-    column(panels).save(args.out, optimize=True)
+    column(panels).convert("RGB").quantize(256).save(args.out, optimize=True)  # small clones
     print(f"wrote {args.out}")
 
 

@@ -45,7 +45,7 @@ def main() -> None:
     dirs = sorted((d for d in a.models.iterdir() if (d / "manifest.json").exists()),
                   key=lambda d: int(d.name.lstrip("x")))
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    tile([row(d, hr) for d in dirs]).save(a.out)
+    tile([row(d, hr) for d in dirs]).convert("RGB").quantize(256).save(a.out, optimize=True)
     print(f"wrote {a.out}: rows {[d.name for d in dirs]}")
 
 

@@ -92,7 +92,8 @@ def main() -> None:
     runners = load_models(Settings(model_dir=a.models, providers="cpu", max_samples=a.n))
     hr = astronaut_face()
     scales = sorted(runners)
-    compose([row(runners[s], hr, a.n) for s in scales], [f"x{s}" for s in scales]).save(a.out)
+    figure = compose([row(runners[s], hr, a.n) for s in scales], [f"x{s}" for s in scales])
+    figure.convert("RGB").quantize(256).save(a.out, optimize=True)  # a palette keeps clones small
     print(f"wrote {a.out}")
     if a.curves:
         curves(a.curves, a.out.with_name("sparsification.png"))

@@ -6,8 +6,8 @@ must fit, and the time plan. `check` measures what would travel; `calls` prints 
     python scripts/device/plan.py pack-budget   # MiB left for the pack in the train call
 
 What travels in a call: the files in the working tree that git tracks or does not ignore, plus
-the carried (ignored) paths. models/ is out of the tree during the sequence (models_out.sh);
-before that, `check` counts the tree as it will be (`--without models`, the default).
+the carried (ignored) paths. models/ and docs/*.png are out of the tree during the sequence
+(models_out.sh); before that, `check` counts the tree as it will be.
 Durations other than the limits are estimates (README "GPU"): replace them with the figures of
 the first GPU session (the tool reports each call's wall time).
 """
@@ -15,6 +15,7 @@ the first GPU session (the tool reports each call's wall time).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import subprocess
@@ -93,16 +94,16 @@ def size_of(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def tree_bytes(root: Path = ROOT, without: tuple[str, ...] = ("models",)) -> int:
-    """Tracked and untracked-not-ignored files present on disk, plus shared/, minus `without`."""
+def tree_bytes(root: Path = ROOT, without: tuple[str, ...] = ("models/*", "docs/*.png")) -> int:
+    """Tracked and untracked-not-ignored files present on disk, plus shared/, minus the paths
+    matching a `without` pattern (what models_out.sh takes out)."""
     out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                          cwd=root, capture_output=True, check=True).stdout
     names = {n for n in out.decode().split("\0") if n}
     if (root / "shared").is_dir():
         names |= {p.relative_to(root).as_posix() for p in (root / "shared").rglob("*")}
-    skip = tuple(w.rstrip("/") + "/" for w in without)
     return sum(os.path.getsize(root / n) for n in names
-               if not n.startswith(skip) and (root / n).is_file())
+               if not any(fnmatch.fnmatch(n, w) for w in without) and (root / n).is_file())
 
 
 def carried_bytes(path: str, root: Path = ROOT, real: bool = True,
@@ -149,7 +150,7 @@ def check(init_from: bool = False, root: Path = ROOT, real: bool = True) -> list
     tree = tree_bytes(root)
     failures: list[str] = []
     carried: dict[str, int] = {}
-    print(f"working tree without models/: {tree / MIB:.2f} MiB")
+    print(f"working tree without models/ and docs/*.png: {tree / MIB:.2f} MiB")
     for call in plan:
         sizes = {c: carried_bytes(c, root, real, init_from) for c in call.carry}
         carried.update({c: b for c, (b, _) in sizes.items()})
