@@ -95,6 +95,13 @@ class Ticket:
         """Its call in the pool has ended: it no longer holds up anyone's call."""
         self.computed = True
 
+    def revise(self, cost: float) -> None:
+        """Its work is now known to be `cost` decodes (e.g. /photo once its faces are found);
+        its lane stays the one it was admitted in."""
+        self.cost = cost
+        if self._owner is not None and not self.released:
+            self._owner._changed()
+
     def ran_in_batch(self, started_at: float, decodes: int) -> None:
         """Its work ran in a micro-batch of `decodes` that started at `started_at` (clock
         seconds), and has ended."""

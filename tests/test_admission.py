@@ -200,3 +200,14 @@ def test_pool_hands_exceptions_back_and_runs_the_queue_on_shutdown():
     assert all(f.done() and f.exception() is None for f in done)
     with pytest.raises(RuntimeError, match="shut down"):
         pool.submit(Lane.LIGHT, print)
+
+
+def test_a_revised_cost_is_what_admission_counts():
+    changes = []
+    adm = Admission(on_change=lambda requests, decodes, seconds: changes.append(decodes))
+    ticket = adm.admit(64, time.monotonic() + 30)
+    assert adm.queued()[0] == 64 and ticket.lane is Lane.HEAVY
+    ticket.revise(3)
+    assert adm.queued()[0] == 3 and changes[-1] == 3 and ticket.lane is Lane.HEAVY
+    ticket.release()
+    assert adm.queued()[0] == 0

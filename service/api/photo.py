@@ -116,7 +116,7 @@ async def photo(
         result = await asyncio.to_thread(find_faces, pixels, faces_detector, options,
                                          state.scales)
     decodes = sum(p.scale is not None for p in result.faces) * (samples + 1)
-    work.cost = max(decodes, 1)  # the faces are known now: admission counts their work
+    work.revise(max(decodes, 1))  # the faces are known now: admission counts their work
     state.metrics.samples.labels(endpoint=timings.endpoint).observe(decodes)
     result, queued, ran = await state.infer(work, superresolve, result, state.runners, options)
     timings.add("queue", queued)
