@@ -129,6 +129,20 @@ async def prepare(state: ServiceState, image: UploadFile, scale: Scale | None,
                                        state.scales, s.max_pixels)
 
 
+async def draw_samples(state: ServiceState, work: Ticket, runner: Runner, x: np.ndarray,
+                       seed: int | None, n: int, temperature: float | None,
+                       timings: Timings) -> tuple[SampleSet, int, float]:
+    """The mean and n samples of x in the inference pool: (the set, its seed, its temperature),
+    a random seed and the model's calibrated temperature where none was given."""
+    seed = new_seed() if seed is None else seed
+    temperature = runner.manifest.sample_temperature if temperature is None else temperature
+    state.metrics.samples.labels(endpoint=timings.endpoint).observe(n)
+    result, queued, ran = await state.infer(work, sample_set, runner, x, seed, n, temperature)
+    timings.add("queue", queued)
+    timings.add("inference", ran)
+    return result, seed, temperature
+
+
 def headers(runner: Runner, lr: LRInput, timings: Timings, **extra: Any) -> dict[str, str]:
     out = {"X-FaceSR-Model": runner.manifest.name, "X-FaceSR-Version": runner.manifest.version,
            "X-FaceSR-Scale": str(lr.scale), "Server-Timing": timings.header()}
@@ -166,12 +180,8 @@ async def superresolve(
     lr, x = await prepare(state, image, scale, timings)
     runner = state.runners[lr.scale]
     if uncertainty:  # n samples beside the mean: the /samples path, not the micro-batcher
-        seed = new_seed() if seed is None else seed
-        temperature = runner.manifest.sample_temperature if temperature is None else temperature
-        result, queued, ran = await state.infer(work, sample_set, runner, x, seed, n,
-                                                temperature)
-        timings.add("queue", queued)
-        timings.add("inference", ran)
+        result, seed, temperature = await draw_samples(state, work, runner, x, seed, n,
+                                                       temperature, timings)
         with timings.stage("encode"):
             body = await asyncio.to_thread(render_uncertain_face, runner, lr, result.images,
                                            seed, temperature, n, fmt)
@@ -222,13 +232,9 @@ async def samples(
         ref_data = await read_upload(reference, "reference", s.max_upload_bytes)
         with timings.stage("decode"):
             ref = await asyncio.to_thread(prepare_reference, ref_data, s.max_pixels)
-    seed = new_seed() if seed is None else seed
     runner = state.runners[lr.scale]
-    temperature = runner.manifest.sample_temperature if temperature is None else temperature
-    state.metrics.samples.labels(endpoint=timings.endpoint).observe(n)
-    result, queued, ran = await state.infer(work, sample_set, runner, x, seed, n, temperature)
-    timings.add("queue", queued)
-    timings.add("inference", ran)
+    result, seed, temperature = await draw_samples(state, work, runner, x, seed, n, temperature,
+                                                   timings)
     with timings.stage("encode"):
         body, media, extra = await asyncio.to_thread(
             render_samples, runner, lr, result, ref, seed, temperature, n, fmt, uncertainty,
