@@ -180,12 +180,17 @@ class Admission:
         """Estimated seconds until a new request of `cost` in `lane` would be done (lock held).
 
         Ahead of it: every admitted request of its lane and of lighter lanes whose call has not
-        ended, and the heavier calls that are already running (they are never interrupted). A
-        request whose call has ended (its answer is being encoded) holds up no call."""
+        ended, and the heavier calls that are already running (they are never interrupted); a
+        running call counts only what is left of its estimate. A request whose call has ended
+        (its answer is being encoded) holds up no call."""
+        now = self.clock()
         work = cost * self.seconds_per_decode[lane]
         for t in self._tickets:
             if not t.computed and (t.lane <= lane or t.running):
-                work += t.cost * self.seconds_per_decode[t.lane]
+                estimate = t.cost * self.seconds_per_decode[t.lane]
+                if t.running:
+                    estimate = max(0.0, estimate - (now - t.started_at))
+                work += estimate
         return work / self.workers
 
     # --- measurements and state -----------------------------------------------------------

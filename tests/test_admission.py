@@ -79,6 +79,10 @@ def test_light_work_is_not_counted_behind_queued_heavy_work():
     assert isinstance(adm.admit(1, clock.now + 3), Refusal)  # 3.3 s + 0.1 + 0.1 > 3 s
     assert isinstance(adm.admit(1, clock.now + 4), Ticket)
     assert isinstance(adm.admit(33, clock.now + 7), Refusal)  # heavy waits for everything
+    clock.now += 2.0  # the running call has 1.3 s of its estimate left
+    assert isinstance(adm.admit(1, clock.now + 1.7), Ticket)  # 1.3 s + 0.1 + 0.1 + 0.1
+    clock.now += 5.0  # past its estimate: it holds up no more than nothing
+    assert isinstance(adm.admit(1, clock.now + 0.5), Ticket)
     heavy[0].finish()  # its call ended; its answer is being encoded outside the pool
     assert isinstance(adm.admit(1, clock.now + 0.5), Ticket)
 
