@@ -28,12 +28,11 @@ import numpy as np
 from PIL import Image
 
 from facesr_core.degradation import lr_size
-from facesr_core.latent import sample_latent
 from service.engine import Runner, model_input
 from service.errors import PayloadTooLarge
 from service.faces import Face, FaceDetector
 from service.imaging import decode, encode, lr_range, scales_for
-from service.sampling import draw_eps
+from service.sampling import mean_and_draws
 
 DEFAULT_MAX_FACES = 32
 FEATHER = 0.15  # share of each side of a pasted face that blends into the bicubic photo
@@ -166,9 +165,9 @@ def superresolve(result: Photo, runners: dict[int, Runner], options: PhotoOption
             temperature = runner.manifest.sample_temperature
         result.temperature[scale] = temperature
         mu, logvar, features = runner.encode(x)
-        eps = draw_eps(options.seed, options.samples, mu.shape[1:])
         for k, p in enumerate(todo):  # one decoder call per face: its mean and its draws
-            z = np.concatenate([mu[k:k + 1], sample_latent(mu[k], logvar[k], eps, temperature)])
+            z = mean_and_draws(mu[k:k + 1], logvar[k:k + 1], options.seed, options.samples,
+                               temperature)
             images = runner.decode(features[k:k + 1], z, x[k:k + 1])
             p.image, p.samples = images[0], images[1:]
     return result

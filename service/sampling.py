@@ -73,11 +73,18 @@ class SampleSet:
     log_density: np.ndarray  # (n+1,) under the predicted Gaussian
 
 
+def mean_and_draws(mu: np.ndarray, logvar: np.ndarray, seed: int, n: int,
+                   temperature: float) -> np.ndarray:
+    """The latents of one input's answer (mu, logvar of shape (1, ...)): its mean, then draws
+    0..n-1 of `seed`; (n+1, ...)."""
+    eps = draw_eps(seed, n, mu.shape[1:])
+    return np.concatenate([mu, sample_latent(mu[0], logvar[0], eps, temperature)])
+
+
 def sample_set(runner: Any, x: np.ndarray, seed: int, n: int, temperature: float) -> SampleSet:
     """One ICAP pass, one encoder pass, one decoder call for the mean and all n samples."""
     mu, logvar, features = runner.encode(x[None])
-    eps = draw_eps(seed, n, mu.shape[1:])
-    z = np.concatenate([mu, sample_latent(mu[0], logvar[0], eps, temperature)])
+    z = mean_and_draws(mu, logvar, seed, n, temperature)
     return SampleSet(runner.decode(features, z, x[None]), log_density(z, mu[0], logvar[0]))
 
 

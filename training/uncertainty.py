@@ -31,10 +31,9 @@ from scipy.stats import spearmanr
 
 from facesr_core import identity
 from facesr_core.degradation import to_model_range
-from facesr_core.latent import sample_latent
 from facesr_core.uncertainty import uncertainty_map
 from service.engine import Runner, load_models
-from service.sampling import draw_eps
+from service.sampling import mean_and_draws
 from service.settings import Settings
 from training.data import FacePack, network_input
 
@@ -100,9 +99,7 @@ def run_face(runner: Runner, hr: np.ndarray, n: int, seed: int) -> dict:
     bicubic = network_input(hr, runner.scale)
     x = to_model_range(bicubic)
     mu, logvar, features = runner.encode(x[None])
-    eps = draw_eps(seed, n, mu.shape[1:])
-    z = np.concatenate([mu, sample_latent(mu[0], logvar[0], eps,
-                                              runner.manifest.sample_temperature)])
+    z = mean_and_draws(mu, logvar, seed, n, runner.manifest.sample_temperature)
     images = runner.decode(features, z, x[None])
     served, samples = images[0], images[1:]
     error = np.abs(served.astype(np.float32) - hr.astype(np.float32)).mean(axis=-1)
