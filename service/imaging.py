@@ -22,6 +22,7 @@ animated files use their first frame. The reference for /samples must be exactly
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 from dataclasses import dataclass, field
@@ -226,6 +227,11 @@ def prepare_reference(data: bytes, max_pixels: int) -> np.ndarray:
 def encode(arr: np.ndarray, fmt: str) -> bytes:
     """uint8 HWC RGB to PNG, JPEG or WebP bytes (deterministic for equal pixels)."""
     return encode_pil(Image.fromarray(arr), fmt)
+
+
+def encode_b64(arr: np.ndarray, fmt: str = "png") -> str:
+    """`encode` as base64 text: the images inside JSON bodies."""
+    return base64.b64encode(encode(arr, fmt)).decode("ascii")
 
 
 def encode_pil(img: Image.Image, fmt: str) -> bytes:

@@ -19,7 +19,6 @@ both run these steps, so they give the same output.
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +30,7 @@ from facesr_core.degradation import lr_size
 from service.engine import Runner, model_input
 from service.errors import PayloadTooLarge
 from service.faces import Face, FaceDetector
-from service.imaging import decode, encode, lr_range, scales_for
+from service.imaging import decode, encode_b64, lr_range, scales_for
 from service.sampling import mean_and_draws
 
 DEFAULT_MAX_FACES = 32
@@ -217,9 +216,6 @@ def process(photo: np.ndarray, detector: FaceDetector, runners: dict[int, Runner
     return result
 
 
-def b64png(image: np.ndarray) -> str:
-    return base64.b64encode(encode(image, "png")).decode("ascii")
-
 
 def describe(result: Photo, runners: dict[int, Runner], options: PhotoOptions) -> dict[str, Any]:
     """The JSON answer (?format=json, and the CLI's .json file): boxes, scores, scale per face,
@@ -227,9 +223,9 @@ def describe(result: Photo, runners: dict[int, Runner], options: PhotoOptions) -
     faces = [{
         "box": [round(v, 2) for v in p.face.box], "score": round(p.face.score, 4),
         "crop": list(p.crop), "scale": p.scale, "skipped": p.skipped,
-        "input": None if p.lr is None else b64png(p.lr),
-        "image": None if p.image is None else b64png(p.image),
-        "samples": [] if p.samples is None else [b64png(s) for s in p.samples],
+        "input": None if p.lr is None else encode_b64(p.lr),
+        "image": None if p.image is None else encode_b64(p.image),
+        "samples": [] if p.samples is None else [encode_b64(s) for s in p.samples],
     } for p in result.faces]
     used = sorted({p.scale for p in result.faces if p.scale is not None})
     return {

@@ -6,7 +6,6 @@ inference route gets (auth, readiness, admission, the deadline) in inference_rou
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +47,7 @@ from service.imaging import (
     LRInput,
     animation,
     encode,
+    encode_b64,
     encode_pil,
     prepare_lr,
     prepare_reference,
@@ -281,9 +281,6 @@ async def traverse(
                     headers=headers(runner, lr, timings, seed=seed, seed_end=seed_end))
 
 
-def b64png(image: np.ndarray) -> str:
-    return base64.b64encode(encode(image, "png")).decode("ascii")
-
 
 def render_samples(runner: Runner, lr: LRInput, result: SampleSet, ref: np.ndarray | None,
                    seed: int, temperature: float, n: int, fmt: str, uncertainty: bool = False,
@@ -307,7 +304,7 @@ def render_samples(runner: Runner, lr: LRInput, result: SampleSet, ref: np.ndarr
         adjustments=lr.adjustments, identity_reference=id_ref is not None,
         uncertainty=UncertaintyMap(**uncertainty_body(result.images)) if uncertainty else None,
         samples=[SampleEntry(**{k: v for k, v in e.items() if k != "index"},
-                             image=b64png(result.images[e["index"]])) for e in entries])
+                             image=encode_b64(result.images[e["index"]])) for e in entries])
     return body.model_dump_json().encode(), "application/json", {}
 
 
@@ -317,7 +314,7 @@ def render_uncertain_face(runner: Runner, lr: LRInput, images: np.ndarray, seed:
     body = SuperresolveUncertainty(
         model=runner.manifest.name, version=runner.manifest.version, scale=lr.scale, seed=seed,
         temperature=temperature, n=n, format=fmt, adjustments=lr.adjustments,
-        image=base64.b64encode(encode(images[0], fmt)).decode("ascii"),
+        image=encode_b64(images[0], fmt),
         uncertainty=UncertaintyMap(**uncertainty_body(images)))
     return body.model_dump_json().encode()
 
@@ -334,6 +331,6 @@ def render_traverse(runner: Runner, lr: LRInput, alphas: np.ndarray, frames: np.
         model=runner.manifest.name, version=runner.manifest.version, scale=lr.scale, seed=seed,
         seed_end=seed_end, temperature=temperature, steps=len(frames),
         adjustments=lr.adjustments,
-        frames=[Frame(alpha=float(a), image=b64png(f))
+        frames=[Frame(alpha=float(a), image=encode_b64(f))
                 for a, f in zip(alphas, frames, strict=True)])
     return body.model_dump_json().encode(), "application/json"
