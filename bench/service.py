@@ -80,6 +80,17 @@ class Record:
     status: int | str  # HTTP status, or the exception name for transport errors/timeouts
     retry_after: str | None = None
     batch: int | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # Server-Timing, ms
+
+
+def server_timing(header: str | None) -> dict[str, float]:
+    """'decode;dur=1.2, queue;dur=3.0' -> {'decode': 1.2, 'queue': 3.0} (ms)."""
+    out = {}
+    for part in (header or "").split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if name and dur:
+            out[name] = float(dur)
+    return out
 
 
 @dataclass
@@ -94,6 +105,10 @@ class LoadResult:
         for r in self.records:
             statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
         batches = [r.batch for r in self.records if r.batch]
+        stages: dict[str, list[float]] = {}
+        for r in self.records:
+            for name, ms in r.stages.items():
+                stages.setdefault(name, []).append(ms)
         return {
             "concurrency": self.concurrency, "seconds": self.duration,
             "requests": len(self.records), "ok": len(ok),
@@ -105,6 +120,7 @@ class LoadResult:
                                            if r.status == 503 and not r.retry_after),
             "mean_batch": statistics.mean(batches) if batches else None,
             "max_latency_ms": max((r.latency for r in self.records), default=0) * 1e3,
+            "stages_p50_ms": {k: statistics.median(v) for k, v in stages.items()},
         }
 
 
@@ -127,7 +143,7 @@ async def drive(url: str, path: str, files: dict, concurrency: int, duration: fl
             rec = Record(start - t0, time.perf_counter() - start, r.status_code,
                          r.headers.get("retry-after"),
                          int(r.headers["x-facesr-batch"]) if "x-facesr-batch" in r.headers
-                         else None)
+                         else None, server_timing(r.headers.get("server-timing")))
         except httpx.HTTPError as exc:  # timeouts, connection errors
             rec = Record(start - t0, time.perf_counter() - start, type(exc).__name__)
         result.records.append(rec)
@@ -188,15 +204,23 @@ def bare_pipeline(model_dir: Path, data: bytes, batch: int, n: int, budget_s: fl
         result = sample_set(runner, x, 1, n, 1.0)
         return render_samples(runner, lr, result, None, 1, 1.0, n, "json")[0]
 
+    def runner_only(rows: int) -> float:
+        """Median seconds of the three graphs alone on `rows` inputs (no decode, no PNG)."""
+        x = np.zeros((rows, 3, 128, 128), np.float32)
+        return statistics.median(timeit(lambda: runners[scales[0]].superresolve(x),
+                                        min_reps=5, min_s=budget_s / 4))
+
     for runner in runners.values():
         runner.warmup()
+    graphs_ms = {b: runner_only(b) * 1e3 for b in sorted({1, batch // 2 + 1, batch})}
     t_one = timeit(one, min_reps=20, min_s=budget_s)
     t_batch = timeit(batched, min_reps=3, min_s=budget_s)
     t_samples = timeit(samples, min_reps=5, min_s=budget_s)
     return {"one_ms": percentiles([t * 1e3 for t in t_one]),
             "batch": batch, "batch_images_per_s": batch / statistics.median(t_batch),
             "one_images_per_s": 1 / statistics.median(t_one),
-            "samples_n": n, "samples_ms": percentiles([t * 1e3 for t in t_samples])}
+            "samples_n": n, "samples_ms": percentiles([t * 1e3 for t in t_samples]),
+            "graphs_ms_by_batch": graphs_ms}
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -464,9 +488,10 @@ def main() -> None:
                          r["errors"], r["foreign_cpu_pct"]] for r in out["rows"]]))
     if a.cmd == "load":
         print(md_table(["batching", "clients", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
-                        "statuses", "mean batch"],
+                        "statuses", "mean batch", "stage p50s (ms)"],
                        [[r["batching"], r["concurrency"], r["throughput_rps"], r["p50"],
-                         r["p95"], r["p99"], r["errors"], r["statuses"], r["mean_batch"]]
+                         r["p95"], r["p99"], r["errors"], r["statuses"], r["mean_batch"],
+                         " ".join(f"{k} {v:.1f}" for k, v in r["stages_p50_ms"].items())]
                         for r in out["load"]]))
     print(f"wrote {a.json}")
     if a.cmd == "soak" and not all(out["checks"].values()):

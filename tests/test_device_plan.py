@@ -266,3 +266,31 @@ def fat_entries(fatbin: bytes) -> list[tuple[int, bytes]]:
                     fatbin[pos:pos + entry_header + padded]))
         pos += entry_header + padded
     return out
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_wheels_carried_cover_every_import_the_gpu_machine_lacks():
+    """What training, the service and the benchmarks import, less what the GPU machine's python
+    already has (gpu_machine_packages.txt), must be in prepare.sh's SERVICE_WHEELS. A missing
+    one stops a device call after its upload: pydantic did once (training imports the manifest),
+    then fastapi-offline (the service's local /docs)."""
+    code = ("import sys, json, importlib.metadata as md\n"
+            "import training.cli, training.export, service.app, service.__main__, bench.service\n"
+            "dists = md.packages_distributions()\n"
+            "top = {m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names)\n"
+            "print(json.dumps(sorted({d for m in top for d in dists.get(m, [])})))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, check=True)
+    imported = {canonical(d) for d in json.loads(out.stdout.strip().splitlines()[-1])}
+    there = {canonical(line) for line in (DEVICE / "gpu_machine_packages.txt").read_text()
+             .splitlines() if line and not line.startswith("#")}
+    prepare = (DEVICE / "prepare.sh").read_text()
+    carried = {canonical(n) for n in
+               re.search(r'SERVICE_WHEELS="([^"]*)"', prepare).group(1).split()}
+    ours = {"facesr"}  # this checkout itself travels as the working tree
+    onnxruntime = {"onnxruntime", "onnxruntime-gpu"}  # the ort bundle (ort_bundle.py)
+    assert "torch" in imported and "pydantic" in imported  # the probe saw the real imports
+    assert imported - there - carried - ours - onnxruntime == set()

@@ -4,6 +4,7 @@
 #   ort      stage the onnxruntime-gpu parts carried; once all are there, join (sha256),
 #            unpack, install the service's wheels, check a CUDA session; report training
 #   finish   wait for training, put weights + logs in $OUT, then time the service on CUDA
+#   bench    [model] [service]: the CUDA benchmarks alone (after ort, on the same machine)
 #   status   what training is doing
 #   solo     the fallback: train in the foreground and collect, in one call (no benchmarks)
 # Everything lives in WORK, outside the working tree, which each call copies anew.
@@ -50,6 +51,10 @@ step_train() {
   if [ -d "$CARRIED/wheels" ]; then rm -rf "$WORK/wheels"; cp -r "$CARRIED/wheels" "$WORK/wheels"; fi
   if [ -d "$CARRIED/init" ]; then rm -rf "$WORK/init"; cp -r "$CARRIED/init" "$WORK/init"; fi
   export INIT_DIR=$WORK/init
+  # training imports pydantic (the manifest), which the machine's python lacks: the wheels now
+  site_wheels "$WORK/train_site"   # its own: the ort step replaces SITE while training runs
+  export PYTHONPATH=$WORK/train_site${PYTHONPATH:+:$PYTHONPATH}
+  rm -f "$WORK"/x*/exit_code   # a failed start's, else the watch below reads them as this run's
   # setsid: its own session, so it outlives this call
   setsid nohup bash scripts/device/train_all.sh "$WORK" "$WORK/pack.npz" >"$WORK/train_all.log" 2>&1 </dev/null &
   say "training started (pid $!), watching its first steps for up to $START_WAIT_S s"
@@ -77,6 +82,15 @@ print(":".join(sorted({str(p.parent) for r in roots for p in pathlib.Path(r).rgl
 PY
 }
 
+# The service's wheels (carried by the train call) into the folder $1.
+site_wheels() {
+  mkdir -p "$1"
+  if [ -d "$WORK/wheels" ]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$1" "$WORK"/wheels/*.whl
+  fi
+}
+
 ort_env() {
   export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
   LD_LIBRARY_PATH=$(nvidia_libs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -93,9 +107,7 @@ step_ort() {
   rm -rf "$SITE"; mkdir -p "$SITE"
   "$PY" -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" \
     "$WORK/onnxruntime-gpu.tar.xz" "$SITE"
-  if [ -d "$WORK/wheels" ]; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WORK"/wheels/*.whl
-  fi
+  site_wheels "$SITE"
   ort_env
   "$PY" scripts/device/cuda_check.py || { status; exit 1; }
   status
@@ -125,22 +137,30 @@ bench_limit() {
 }
 
 bench() {
-  local models=$1 out=$2 limit
+  local models=$1 out=$2 which=${3:-"model service"} limit
   ort_env
   limit=$(bench_limit)
-  if [ "$limit" -gt 30 ]; then
+  if [ "$limit" -gt 30 ] && [[ $which == *model* ]]; then
     timeout "$limit" "$PY" -m bench.model --model-dir "$models/x8" --provider cuda \
       --sections flops engines samples --json "$WORK/bench/model_cuda.json" || say "bench/model.py failed"
     tar -czf "$out/bench.tar.gz" -C "$WORK" bench   # what is done so far comes back anyway
   fi
   limit=$(bench_limit)
-  if [ "$limit" -gt 30 ]; then
+  if [ "$limit" -gt 30 ] && [[ $which == *service* ]]; then
     timeout "$limit" "$PY" -m bench.service load --model-dir "$models" --provider cuda \
-      --concurrency 1 16 64 --batching-off-concurrency 16 --duration 6 --warm-s 2 --budget-s 3 \
+      --concurrency 1 16 64 16 --batching-off-concurrency 16 --duration 6 --warm-s 2 --budget-s 3 \
       --logs "$WORK/bench/logs" --json "$WORK/bench/service_cuda.json" || say "bench/service.py failed"
   fi
   nvidia-smi >"$WORK/bench/nvidia-smi.txt" 2>&1 || true
   tar -czf "$out/bench.tar.gz" -C "$WORK" bench
+}
+
+# The benchmarks alone, on a machine where the ort step has run: `bench [model] [service]`.
+step_bench() {
+  local out=${OUT:?the device tool sets OUT}
+  FINISH_END=$(($(date +%s) + FINISH_LIMIT_S))
+  mkdir -p "$WORK/bench"
+  bench "$CARRIED/models" "$out" "${*:-model service}"
 }
 
 # The fallback when calls cannot follow each other within the warm window: train in the
@@ -162,7 +182,8 @@ case ${1:-} in
   train) step_train ;;
   ort) step_ort ;;
   finish) step_finish ;;
+  bench) shift; step_bench "$@" ;;
   solo) step_solo ;;
   status) status ;;
-  *) echo "usage: on_device.sh train|ort|finish|solo|status" >&2; exit 2 ;;
+  *) echo "usage: on_device.sh train|ort|finish|bench|solo|status" >&2; exit 2 ;;
 esac

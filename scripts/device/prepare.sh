@@ -12,7 +12,8 @@ PY=${PY:-python3}
 # The service's packages that the GPU machine's python lacks (KINDS.md lists what it has), at the
 # versions of requirements/serve-gpu.txt.
 SERVICE_WHEELS="fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv
-  python-multipart uvicorn annotated-types typing-inspection typing-extensions opentelemetry-api"
+  python-multipart uvicorn annotated-types typing-inspection typing-extensions opentelemetry-api
+  fastapi-offline"
 init=()
 [ "$INIT_FROM" = 1 ] && init=(--init-from)
 
