@@ -166,15 +166,18 @@ async def drive(url: str, path: str, files: dict, concurrency: int, duration: fl
 
 # --- the bare pipeline --------------------------------------------------------------------
 
-def provider_env(provider: str | None) -> dict[str, str]:
-    """FACESR_* for --provider: cuda is required (no silent CPU fallback); none: the default."""
-    if not provider:
-        return {}
-    return {"FACESR_PROVIDERS": provider, "FACESR_REQUIRE_GPU": str(provider != "cpu").lower()}
+def provider_env(provider: str | None, conv_algo_search: str | None = None) -> dict[str, str]:
+    """FACESR_* for --provider (cuda is required: no silent CPU fallback) and
+    --cudnn-conv-algo-search; none: the service's defaults."""
+    env = {"FACESR_CUDNN_CONV_ALGO_SEARCH": conv_algo_search} if conv_algo_search else {}
+    if provider:
+        env |= {"FACESR_PROVIDERS": provider,
+                "FACESR_REQUIRE_GPU": str(provider != "cpu").lower()}
+    return env
 
 
 def bare_pipeline(model_dir: Path, data: bytes, batch: int, n: int, budget_s: float,
-                  spin: bool = False, provider: str | None = None) -> dict:
+                  spin: bool = False, provider_settings: dict[str, str] | None = None) -> dict:
     """The service's own functions without HTTP, asyncio or queues, in this process."""
     from service.api.inference import decode_input, render_samples
     from service.engine import load_models
@@ -182,7 +185,7 @@ def bare_pipeline(model_dir: Path, data: bytes, batch: int, n: int, budget_s: fl
     from service.sampling import sample_set
     from service.settings import Settings
 
-    env = {**BENCH_ENV, **provider_env(provider)}
+    env = {**BENCH_ENV, **(provider_settings or {})}
     settings = Settings(model_dir=model_dir, ort_spin_wait=spin,
                         **{k.removeprefix("FACESR_").lower(): v for k, v in env.items()})
     runners = load_models(settings)
@@ -228,7 +231,7 @@ def bare_pipeline(model_dir: Path, data: bytes, batch: int, n: int, budget_s: fl
 def cmd_load(a: argparse.Namespace) -> dict:
     data = lr_face()
     files = {"image": ("lr.png", data, "image/png")}
-    env = provider_env(a.provider)
+    env = provider_env(a.provider, a.cudnn_conv_algo_search)
     servers = {"on": start_server(a.model_dir, env, a.logs / "batching_on.log", a.ort_spin_wait),
                "off": start_server(a.model_dir, {**env, "FACESR_MAX_BATCH": "1"},
                                    a.logs / "batching_off.log", a.ort_spin_wait)}
@@ -242,7 +245,7 @@ def cmd_load(a: argparse.Namespace) -> dict:
         with training_paused(a.pause_training) as paused:
             probe = CpuProbe()
             out["bare"] = bare_pipeline(a.model_dir, data, 16, 10, a.budget_s, a.ort_spin_wait,
-                                        a.provider)
+                                        env)
             out["bare"]["foreign_cpu_pct"] = probe.pct()
             print(f"bare: {out['bare']}", flush=True)
             rows = []
@@ -462,6 +465,9 @@ def main() -> None:
     load.add_argument("--duration", type=float, default=15.0)
     load.add_argument("--budget-s", type=float, default=4.0)
     load.add_argument("--timeout", type=float, default=60.0)
+    load.add_argument("--cudnn-conv-algo-search", choices=["heuristic", "exhaustive", "default"],
+                      help="FACESR_CUDNN_CONV_ALGO_SEARCH for the servers and the bare pipeline "
+                           "(CUDA only); default: the service's")
     precision = sub.choices["precision"]
     precision.add_argument("--duration", type=float, default=15.0)
     precision.add_argument("--timeout", type=float, default=60.0)

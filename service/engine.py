@@ -299,8 +299,13 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     return so
 
 
-def provider_options(name: str, inputs: dict[str, list], max_batch: int) -> dict[str, Any]:
-    """TensorRT gets one optimisation profile spanning every bucket (else it rebuilds per shape)."""
+def provider_options(name: str, inputs: dict[str, list], max_batch: int,
+                     conv_algo_search: str = "heuristic") -> dict[str, Any]:
+    """TensorRT gets one optimisation profile spanning every bucket (else it rebuilds per shape);
+    CUDA gets FACESR_CUDNN_CONV_ALGO_SEARCH (its own default, exhaustive, benchmarks each
+    convolution again whenever its input shape changes: the buckets change it call to call)."""
+    if name == "CUDAExecutionProvider":
+        return {"cudnn_conv_algo_search": conv_algo_search.upper()}
     if name != "TensorrtExecutionProvider":
         return {}
 
@@ -350,7 +355,8 @@ def load_runner(root: Path, settings: Settings, requested: list[str]) -> Runner:
     for graph in ("icap", "encoder", "decoder"):
         top = dec_buckets[-1] if graph == "decoder" else enc_buckets[-1]
         inputs = manifest.files[graph].inputs
-        providers = [(p, provider_options(p, inputs, top)) for p in requested]
+        providers = [(p, provider_options(p, inputs, top, settings.cudnn_conv_algo_search))
+                     for p in requested]
         path = manifest.graph_path(root, graph, precision)
         try:
             sessions[graph] = ort.InferenceSession(str(path), session_options(settings),

@@ -111,13 +111,19 @@ class Settings(BaseSettings):
         "bucket, on the CPU batch 1); false: ready at once (development only)"))
     pad_batches: Literal["auto", "always", "never"] = Field("auto", description=(
         "Pad batches to the warmed bucket sizes: auto = on CUDA/TensorRT, not on the CPU"))
+    cudnn_conv_algo_search: Literal["heuristic", "exhaustive", "default"] = Field(
+        "heuristic", description=(
+            "How ONNX Runtime's CUDA provider picks each convolution's cuDNN algorithm: "
+            "heuristic (cuDNN's heuristics, at once), exhaustive (ONNX Runtime's default: "
+            "benchmarks every algorithm, again whenever a convolution's input shape changes, "
+            "which the batch buckets do call to call), default (one fixed algorithm)"))
     api_key: SecretStr = Field(SecretStr(""), description=(
         "If set, every endpoint but /health/*, /metrics and the docs needs "
         "'Authorization: Bearer <key>'"))
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of the service and uvicorn")
 
-    @field_validator("log_level", "precision", mode="before")
+    @field_validator("log_level", "precision", "cudnn_conv_algo_search", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

@@ -103,7 +103,29 @@ def test_tensorrt_gets_one_profile_over_all_buckets():
     opts = engine.provider_options(TRT, {"x": ["batch", 3, 128, 128]}, 65)
     assert opts["trt_profile_min_shapes"] == "x:1x3x128x128"
     assert opts["trt_profile_max_shapes"] == "x:65x3x128x128"
-    assert engine.provider_options(CUDA, {"x": ["batch", 3, 128, 128]}, 65) == {}
+    assert engine.provider_options(CPU, {"x": ["batch", 3, 128, 128]}, 65) == {}
+
+
+def test_cuda_sessions_get_the_cudnn_algorithm_search_setting(tiny_model_dir, monkeypatch):
+    """The CUDA provider's own default (exhaustive) benchmarks a convolution again at every
+    change of its input shape; the service asks for FACESR_CUDNN_CONV_ALGO_SEARCH instead."""
+    assert Settings().cudnn_conv_algo_search == "heuristic"
+    assert Settings(cudnn_conv_algo_search="EXHAUSTIVE").cudnn_conv_algo_search == "exhaustive"
+    with pytest.raises(ValidationError):
+        Settings(cudnn_conv_algo_search="fastest")
+    asked = []
+    real = engine.ort.InferenceSession
+
+    def recording(path, options, providers):
+        asked.append(providers)
+        return real(path, options, providers=[CPU])  # this machine has no CUDA provider
+
+    monkeypatch.setattr(engine.ort, "InferenceSession", recording)
+    settings = Settings(model_dir=tiny_model_dir, cudnn_conv_algo_search="default")
+    engine.load_runner(tiny_model_dir / "x8", settings, [CUDA, CPU])
+    assert len(asked) == 3  # icap, encoder, decoder
+    for providers in asked:
+        assert providers == [(CUDA, {"cudnn_conv_algo_search": "DEFAULT"}), (CPU, {})]
 
 
 def test_model_discovery(tiny_model_dir, tmp_path):

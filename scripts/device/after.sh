@@ -19,7 +19,7 @@ ship=()
 [ "$SHIP" = 1 ] && ship=(--ship)
 if [ -f "$FILES/bench.tar.gz" ]; then
   mkdir -p runs/gpu && tar -xzf "$FILES/bench.tar.gz" -C runs/gpu
-  echo "benchmarks: runs/gpu/bench/ (model_cuda.json, service_cuda.json)"
+  echo "benchmarks: runs/gpu/bench/ (model_cuda.json, service_cuda_heuristic.json, service_cuda_exhaustive.json)"
 fi
 for s in $SCALES; do
   [ -f "$FILES/x$s/model.safetensors" ] || { echo "x$s: no weights came back"; continue; }

@@ -145,12 +145,18 @@ bench() {
       --sections flops engines samples --json "$WORK/bench/model_cuda.json" || say "bench/model.py failed"
     tar -czf "$out/bench.tar.gz" -C "$WORK" bench   # what is done so far comes back anyway
   fi
-  limit=$(bench_limit)
-  if [ "$limit" -gt 30 ] && [[ $which == *service* ]]; then
-    timeout "$limit" "$PY" -m bench.service load --model-dir "$models" --provider cuda \
-      --concurrency 1 16 64 16 --batching-off-concurrency 16 --duration 6 --warm-s 2 --budget-s 3 \
-      --logs "$WORK/bench/logs" --json "$WORK/bench/service_cuda.json" || say "bench/service.py failed"
-  fi
+  # the service as configured (cuDNN heuristics), then with ONNX Runtime's default (exhaustive)
+  local search
+  for search in heuristic exhaustive; do
+    limit=$(bench_limit)
+    if [ "$limit" -gt 30 ] && [[ $which == *service* ]]; then
+      timeout "$limit" "$PY" -m bench.service load --model-dir "$models" --provider cuda \
+        --cudnn-conv-algo-search $search --concurrency 1 16 64 16 --batching-off-concurrency 16 \
+        --duration 6 --warm-s 2 --budget-s 3 --logs "$WORK/bench/logs_$search" \
+        --json "$WORK/bench/service_cuda_$search.json" || say "bench/service.py ($search) failed"
+      tar -czf "$out/bench.tar.gz" -C "$WORK" bench
+    fi
+  done
   nvidia-smi >"$WORK/bench/nvidia-smi.txt" 2>&1 || true
   tar -czf "$out/bench.tar.gz" -C "$WORK" bench
 }
