@@ -1,21 +1,28 @@
-"""Training throughput (images/s) for both presets on the current device: naive vs optimised.
+"""Training throughput (images/s) of a phase-1 step on the current device, per variant:
 
 naive:     fp32, contiguous tensors, the encoder run twice (once per phase-1 path)
-optimised: the encoder run once for both paths, channels_last, bf16 autocast
+optimised: the encoder run once for both paths, channels_last, bf16 autocast (what facesr-train
+           does on CUDA)
+compiled:  optimised, with the SR network and the REN through torch.compile (its first step,
+           the compilation, is not timed)
 The malloc settings of `facesr-train` (docs/method.md) are a property of the process: run this
 script with and without them (`--malloc default`) to see their share; the figure is printed with it.
 
     python -m bench.training --presets tiny paper --batch 16 --steps 5 [--pause-training]
+    python -m bench.training --presets paper --batch 64 128 --variants optimised compiled \
+        --device cuda --json runs/training_cuda.json          # the GPU's levers
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,11 +42,18 @@ def naive_phase1(model: StochasticSR, x, y, gen):
     return loss_d + F.l1_loss(y_s, y)
 
 
-def time_steps(preset: str, optimised: bool, batch: int, steps: int, device: torch.device,
+VARIANTS = ("naive", "optimised", "compiled")
+
+
+def time_steps(preset: str, variant: str, batch: int, steps: int, device: torch.device,
                side: int = 128) -> list[float]:
     torch.manual_seed(0)
+    optimised = variant != "naive"
     model = StochasticSR(ModelConfig.preset(preset)).to(device).train()
     opt = torch.optim.Adam([*model.sr.parameters(), *model.ren.parameters()], lr=2.5e-4)
+    sr, ren = model.sr, model.ren
+    if variant == "compiled":
+        sr, ren = torch.compile(sr), torch.compile(ren)
     x = torch.rand(batch, 3, side, side, device=device) * 2 - 1
     y = torch.rand(batch, 3, side, side, device=device) * 2 - 1
     gen = torch.Generator().manual_seed(0)
@@ -54,7 +68,7 @@ def time_steps(preset: str, optimised: bool, batch: int, steps: int, device: tor
             torch.cuda.synchronize()
         start = time.perf_counter()
         with cast:
-            loss = (reconstruction_losses(model.sr, model.ren, x, y, 1.0, gen)["loss"] if optimised
+            loss = (reconstruction_losses(sr, ren, x, y, 1.0, gen)["loss"] if optimised
                     else naive_phase1(model, x, y, gen))
         opt.zero_grad()
         loss.backward()
@@ -65,30 +79,56 @@ def time_steps(preset: str, optimised: bool, batch: int, steps: int, device: tor
     return times[1:]
 
 
+def rate(preset: str, variant: str, batch: int, steps: int, device: torch.device,
+         pause: bool) -> float | str:
+    """Images/s (median step), or why the variant could not run (e.g. no compiler for
+    torch.compile, or out of memory at this batch)."""
+    try:
+        with training_paused(pause):
+            times = time_steps(preset, variant, batch, steps, device)
+    except Exception as exc:  # noqa: BLE001 - a failed variant is a result, the others go on
+        return f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return batch / statistics.median(times)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["tiny", "paper"])
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, nargs="+", default=[16])
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["naive", "optimised"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--malloc", choices=["tuned", "default"], default="tuned")
+    p.add_argument("--json", type=Path, help="also write the rows here")
     p.add_argument("--pause-training", action="store_true",
                    help="SIGSTOP a background facesr-train while timing (bench/common.py)")
     a = p.parse_args()
     if a.malloc == "tuned" and not all(k in os.environ for k in MALLOC_ENV):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+        os.execve(sys.executable, [sys.executable, "-m", "bench.training", *sys.argv[1:]],
+                  {**os.environ, **MALLOC_ENV})
     device = torch.device(a.device)
-    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
-          f"batch={a.batch} steps={a.steps} malloc={a.malloc}")
-    print("| preset | naive img/s | optimised img/s | speed-up |\n|---|---|---|---|")
+    head = (f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
+            f"steps={a.steps} malloc={a.malloc}")
+    if device.type == "cuda":
+        head += f" gpu={torch.cuda.get_device_name(device)}"
+    print(head)
+    print(f"| preset | batch | {' | '.join(f'{v} img/s' for v in a.variants)} |\n"
+          f"|---|---|{'---|' * len(a.variants)}")
+    rows = []
     for preset in a.presets:
-        rates = {}
-        for optimised in (False, True):
-            with training_paused(a.pause_training):
-                times = time_steps(preset, optimised, a.batch, a.steps, device)
-            rates[optimised] = a.batch / statistics.median(times)
-        print(f"| {preset} | {rates[False]:.2f} | {rates[True]:.2f} | "
-              f"{rates[True] / rates[False]:.2f}x |", flush=True)
+        for batch in a.batch:
+            rates = {v: rate(preset, v, batch, a.steps, device, a.pause_training)
+                     for v in a.variants}
+            rows.append({"preset": preset, "batch": batch, "images_per_s": rates})
+            cells = [f"{r:.2f}" if isinstance(r, float) else r for r in rates.values()]
+            print(f"| {preset} | {batch} | {' | '.join(cells)} |", flush=True)
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps({"machine": head, "rows": rows}, indent=2) + "\n")
+        print(f"wrote {a.json}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """bench/ runs the service's own pipeline: its ONNX Runtime runner is service.engine.Runner, and
-the PyTorch pipeline it times against gives the same images."""
+the PyTorch pipeline it times against gives the same images. bench.training reports every
+variant, even one that cannot run."""
 
 import numpy as np
 
@@ -31,3 +32,22 @@ def test_torch_pipeline_matches_onnx_runtime(tiny_model_dir):
     ort_out = ort_runner(tiny_model_dir / "x8").superresolve(x).astype(int)
     assert torch_out.shape == ort_out.shape == (2, 128, 128, 3)
     assert np.abs(torch_out - ort_out).max() <= 1
+
+
+def test_training_benchmark_reports_each_variant_and_survives_a_failing_one(monkeypatch):
+    """bench.training times a phase-1 step per variant; a variant that cannot run (no compiler
+    for torch.compile, out of GPU memory) is reported as such and the others still run."""
+    import torch
+
+    from bench import training as bench_training
+
+    cpu = torch.device("cpu")
+    rate = bench_training.rate("tiny", "naive", 2, 1, cpu, pause=False)
+    assert isinstance(rate, float) and rate > 0
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler\nlong details")
+
+    monkeypatch.setattr(bench_training, "time_steps", no_compiler)
+    assert bench_training.rate("tiny", "compiled", 2, 1, cpu, pause=False) == (
+        "failed: RuntimeError: no C++ compiler")

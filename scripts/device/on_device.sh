@@ -4,7 +4,7 @@
 #   ort      stage the onnxruntime-gpu parts carried; once all are there, join (sha256),
 #            unpack, install the service's wheels, check a CUDA session; report training
 #   finish   wait for training, put weights + logs in $OUT, then time the service on CUDA
-#   bench    [model] [service]: the CUDA benchmarks alone (after ort, on the same machine)
+#   bench    [model] [service] [training]: benchmarks alone (model, service: after ort)
 #   status   what training is doing
 #   solo     the fallback: train in the foreground and collect, in one call (no benchmarks)
 # Everything lives in WORK, outside the working tree, which each call copies anew.
@@ -157,11 +157,19 @@ bench() {
       tar -czf "$out/bench.tar.gz" -C "$WORK" bench
     fi
   done
+  # a phase-1 step as facesr-train runs it, and under torch.compile (only when asked: `bench training`)
+  limit=$(bench_limit)
+  if [ "$limit" -gt 30 ] && [[ $which == *training* ]]; then
+    timeout "$limit" "$PY" -m bench.training --presets paper --batch 64 128 --steps 10 \
+      --variants optimised compiled --device cuda --malloc default \
+      --json "$WORK/bench/training_cuda.json" || say "bench/training.py failed"
+  fi
   nvidia-smi >"$WORK/bench/nvidia-smi.txt" 2>&1 || true
   tar -czf "$out/bench.tar.gz" -C "$WORK" bench
 }
 
-# The benchmarks alone, on a machine where the ort step has run: `bench [model] [service]`.
+# The benchmarks alone, on a machine where the ort step has run: `bench [model] [service]
+# [training]` (training needs no ort step).
 step_bench() {
   local out=${OUT:?the device tool sets OUT}
   FINISH_END=$(($(date +%s) + FINISH_LIMIT_S))
