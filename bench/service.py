@@ -63,12 +63,14 @@ def start_server(model_dir: Path, env: dict[str, str], log: Path,
 
 
 def served_models(server: ServiceProcess) -> list[dict]:
-    """Scale, version and the provider each model really runs on, from /v1/models."""
+    """Scale, version, the provider each model really runs on, its precision and warm-up time
+    (from /v1/models), and the server's resident memory once ready."""
     import httpx
 
     info = httpx.get(f"{server.url}/v1/models", timeout=10).json()
-    return [{k: m[k] for k in ("scale", "version", "provider", "providers")}
-            for m in info["models"]]
+    keys = ("scale", "version", "provider", "providers", "precision", "warmup_seconds")
+    rss_mib = server.rss() / 2**20
+    return [{**{k: m.get(k) for k in keys}, "server_rss_mib": rss_mib} for m in info["models"]]
 
 
 # --- the load generator ---------------------------------------------------------------------
