@@ -2,10 +2,11 @@
 
 Work is counted in decodes (one 128x128 output of the decoder): /superresolve costs 1,
 /samples?n costs n + 1 (the mean and n samples), /traverse?steps costs steps. The seconds one
-decode takes are measured as the service runs (a moving average per lane, from the start of a
-request's call in the pool to its release, so encoding its answer, which competes for the same
-cores, counts too; a /superresolve request shares its call with its micro-batch), so the queued
-work is also known in seconds.
+decode takes are measured as the service runs, as two moving averages per lane (a /superresolve
+request shares its call with its micro-batch): from the start of a request's call in the pool to
+the end of that call, which is how long it holds up the calls waiting behind it, and from the
+start of its call to its release, which adds encoding its answer (outside the pool) and is what
+the request itself needs before its deadline. So the queued work is also known in seconds.
 
 Two lanes share the inference pool: light requests (cost <= LIGHT_MAX_COST, e.g. every
 /superresolve) always run before heavy ones waiting; each lane is FIFO. A running call is never
@@ -76,6 +77,7 @@ class Ticket:
     admitted_at: float
     _owner: Admission | None = field(default=None, repr=False)
     started_at: float | None = None  # clock seconds, once its call started in the pool
+    finished_at: float | None = None  # clock seconds, once that call ended
     computed: bool = False  # its call in the pool has ended (the answer may still be encoding)
     overtaken: bool = False  # a call of a lighter lane started while it waited
     released: bool = False  # its request has left
@@ -94,6 +96,8 @@ class Ticket:
     def finish(self) -> None:
         """Its call in the pool has ended: it no longer holds up anyone's call."""
         self.computed = True
+        if self._owner is not None:
+            self.finished_at = self._owner.clock()
 
     def revise(self, cost: float) -> None:
         """Its work is now known to be `cost` decodes (e.g. /photo once its faces are found);
@@ -102,10 +106,11 @@ class Ticket:
         if self._owner is not None and not self.released:
             self._owner._changed()
 
-    def ran_in_batch(self, started_at: float, decodes: int) -> None:
+    def ran_in_batch(self, started_at: float, decodes: int, seconds: float) -> None:
         """Its work ran in a micro-batch of `decodes` that started at `started_at` (clock
-        seconds), and has ended."""
+        seconds) and took `seconds`, and has ended."""
         self.started_at, self.call_decodes, self.computed = started_at, decodes, True
+        self.finished_at = started_at + seconds
 
     def release(self) -> None:
         """The request has left: its work no longer counts (idempotent), and from the start of
@@ -133,7 +138,8 @@ class Admission:
         self.workers, self.max_requests, self.headroom = workers, max_requests, headroom
         self.min_retry_s = min_retry_s
         self.on_change, self.clock = on_change, clock
-        self.seconds_per_decode = {lane: DEFAULT_SECONDS_PER_DECODE for lane in Lane}
+        self.seconds_per_decode = {lane: DEFAULT_SECONDS_PER_DECODE for lane in Lane}  # to release
+        self.call_seconds_per_decode = {lane: DEFAULT_SECONDS_PER_DECODE for lane in Lane}
         self._tickets: set[Ticket] = set()
         self._lock = threading.Lock()
 
@@ -165,7 +171,11 @@ class Admission:
         with self._lock:
             self._tickets.discard(ticket)
             if ticket.started_at is not None:
-                self._learn(ticket.lane, ticket.call_decodes, self.clock() - ticket.started_at)
+                self._learn(self.seconds_per_decode, ticket.lane, ticket.call_decodes,
+                            self.clock() - ticket.started_at)
+            if ticket.started_at is not None and ticket.finished_at is not None:
+                self._learn(self.call_seconds_per_decode, ticket.lane, ticket.call_decodes,
+                            ticket.finished_at - ticket.started_at)
         self._changed()
 
     def lane_started(self, lane: Lane) -> None:
@@ -179,15 +189,16 @@ class Admission:
     def _seconds_until_done(self, cost: float, lane: Lane) -> float:
         """Estimated seconds until a new request of `cost` in `lane` would be done (lock held).
 
-        Ahead of it: every admitted request of its lane and of lighter lanes whose call has not
-        ended, and the heavier calls that are already running (they are never interrupted); a
-        running call counts only what is left of its estimate. A request whose call has ended
-        (its answer is being encoded) holds up no call."""
+        Ahead of it: the calls of every admitted request of its lane and of lighter lanes whose
+        call has not ended, and the heavier calls that are already running (they are never
+        interrupted); a running call counts only what is left of its estimate. A request whose
+        call has ended (its answer is being encoded) holds up no call. The request itself needs
+        its call and its answer's encoding."""
         now = self.clock()
         work = cost * self.seconds_per_decode[lane]
         for t in self._tickets:
             if not t.computed and (t.lane <= lane or t.running):
-                estimate = t.cost * self.seconds_per_decode[t.lane]
+                estimate = t.cost * self.call_seconds_per_decode[t.lane]
                 if t.running:
                     estimate = max(0.0, estimate - (now - t.started_at))
                 work += estimate
@@ -196,16 +207,18 @@ class Admission:
     # --- measurements and state -----------------------------------------------------------
 
     def observe(self, lane: Lane, decodes: float, seconds: float) -> None:
-        """A finished call: `decodes` of work took `seconds` (updates the estimate)."""
+        """A finished request: `decodes` of work took `seconds` from the start of its call to its
+        release (updates that estimate)."""
         with self._lock:
-            self._learn(lane, decodes, seconds)
+            self._learn(self.seconds_per_decode, lane, decodes, seconds)
         self._changed()
 
-    def _learn(self, lane: Lane, decodes: float, seconds: float) -> None:
-        """Update the moving average (lock held)."""
+    @staticmethod
+    def _learn(average: dict[Lane, float], lane: Lane, decodes: float, seconds: float) -> None:
+        """Update one of the moving averages (lock held)."""
         if decodes > 0 and seconds > 0:
-            old = self.seconds_per_decode[lane]
-            self.seconds_per_decode[lane] = old + SMOOTHING * (seconds / decodes - old)
+            old = average[lane]
+            average[lane] = old + SMOOTHING * (seconds / decodes - old)
 
     def queued(self) -> tuple[float, float]:
         """The admitted work: (decodes, estimated seconds)."""

@@ -188,7 +188,8 @@ async def superresolve(
         return Response(body, media_type="application/json",
                         headers=headers(runner, lr, timings, seed=seed))
     result = await state.batchers[lr.scale].submit(x, state.settings.retry_after_s)
-    work.ran_in_batch(result.started_at, result.batch_size)  # encoding holds up no one's call
+    # encoding holds up no one's call
+    work.ran_in_batch(result.started_at, result.batch_size, result.inference_s)
     timings.add("queue", result.queue_s)
     timings.add("inference", result.inference_s)
     with timings.stage("encode"):
