@@ -78,10 +78,14 @@ class Ticket:
     _owner: Admission | None = field(default=None, repr=False)
     started_at: float | None = None  # clock seconds, once its call started in the pool
     finished_at: float | None = None  # clock seconds, once that call ended
-    computed: bool = False  # its call in the pool has ended (the answer may still be encoding)
     overtaken: bool = False  # a call of a lighter lane started while it waited
     released: bool = False  # its request has left
     call_decodes: float = 0.0  # the decodes of its call: its own, or its micro-batch's
+
+    @property
+    def computed(self) -> bool:
+        """Its call in the pool has ended (the answer may still be encoding)."""
+        return self.finished_at is not None
 
     @property
     def running(self) -> bool:
@@ -95,9 +99,7 @@ class Ticket:
 
     def finish(self) -> None:
         """Its call in the pool has ended: it no longer holds up anyone's call."""
-        self.computed = True
-        if self._owner is not None:
-            self.finished_at = self._owner.clock()
+        self.finished_at = self._owner.clock() if self._owner is not None else time.monotonic()
 
     def revise(self, cost: float) -> None:
         """Its work is now known to be `cost` decodes (e.g. /photo once its faces are found);
@@ -109,7 +111,7 @@ class Ticket:
     def ran_in_batch(self, started_at: float, decodes: int, seconds: float) -> None:
         """Its work ran in a micro-batch of `decodes` that started at `started_at` (clock
         seconds) and took `seconds`, and has ended."""
-        self.started_at, self.call_decodes, self.computed = started_at, decodes, True
+        self.started_at, self.call_decodes = started_at, decodes
         self.finished_at = started_at + seconds
 
     def release(self) -> None:
@@ -173,9 +175,9 @@ class Admission:
             if ticket.started_at is not None:
                 self._learn(self.seconds_per_decode, ticket.lane, ticket.call_decodes,
                             self.clock() - ticket.started_at)
-            if ticket.started_at is not None and ticket.finished_at is not None:
-                self._learn(self.call_seconds_per_decode, ticket.lane, ticket.call_decodes,
-                            ticket.finished_at - ticket.started_at)
+                if ticket.finished_at is not None:
+                    self._learn(self.call_seconds_per_decode, ticket.lane, ticket.call_decodes,
+                                ticket.finished_at - ticket.started_at)
         self._changed()
 
     def lane_started(self, lane: Lane) -> None:

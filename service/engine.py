@@ -300,7 +300,7 @@ def session_options(settings: Settings) -> ort.SessionOptions:
 
 
 def provider_options(name: str, inputs: dict[str, list], max_batch: int,
-                     conv_algo_search: str = "heuristic") -> dict[str, Any]:
+                     conv_algo_search: str) -> dict[str, Any]:
     """TensorRT gets one optimisation profile spanning every bucket (else it rebuilds per shape);
     CUDA gets FACESR_CUDNN_CONV_ALGO_SEARCH (its own default, exhaustive, benchmarks each
     convolution again whenever its input shape changes: the buckets change it call to call)."""

@@ -100,10 +100,10 @@ def test_two_runtime_packages_are_warned_about(monkeypatch, caplog):
 
 
 def test_tensorrt_gets_one_profile_over_all_buckets():
-    opts = engine.provider_options(TRT, {"x": ["batch", 3, 128, 128]}, 65)
+    opts = engine.provider_options(TRT, {"x": ["batch", 3, 128, 128]}, 65, "heuristic")
     assert opts["trt_profile_min_shapes"] == "x:1x3x128x128"
     assert opts["trt_profile_max_shapes"] == "x:65x3x128x128"
-    assert engine.provider_options(CPU, {"x": ["batch", 3, 128, 128]}, 65) == {}
+    assert engine.provider_options(CPU, {"x": ["batch", 3, 128, 128]}, 65, "heuristic") == {}
 
 
 def test_cuda_sessions_get_the_cudnn_algorithm_search_setting(tiny_model_dir, monkeypatch):
