@@ -40,7 +40,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("init_from", [False, True])
+@pytest.mark.parametrize("init_from", [True, False])
 def test_every_call_fits_the_tool_and_the_time_plan_fits_15_minutes(init_from):
     """Tree without models/ plus each call's carried paths (their caps: CI has no .device/)
     within 64 MiB; files back within 8 x 16 MiB; the time plan, start included, with margin."""
@@ -294,3 +294,44 @@ def test_the_wheels_carried_cover_every_import_the_gpu_machine_lacks():
     onnxruntime = {"onnxruntime", "onnxruntime-gpu"}  # the ort bundle (ort_bundle.py)
     assert "torch" in imported and "pydantic" in imported  # the probe saw the real imports
     assert imported - there - carried - ours - onnxruntime == set()
+
+
+@pytest.mark.timeout(900)  # two tiny trainings of ~15 s each on an idle runner
+def test_runs_start_from_bf16_copies_of_the_shipped_weights_keeping_their_deconvs(carried,
+                                                                                 tmp_path):
+    """init_weights.py halves the weights (bf16) and the output moves by a fraction of a grey
+    level; train_all.sh with INIT_FROM=1 starts each scale from them and keeps a plain-deconv
+    model plain and a balanced one balanced, although the recipe asks for balanced ones."""
+    import init_weights
+    import torch
+
+    from training.config import ModelConfig
+    from training.models import StochasticSR
+    from training.weights import MODEL_WEIGHTS, save_model_weights
+
+    x = torch.rand(2, 3, 128, 128) * 2 - 1
+    for s, balanced in ((8, False), (4, True)):
+        torch.manual_seed(s)
+        model = StochasticSR(ModelConfig.preset("tiny", balanced_deconv=balanced)).eval()
+        with torch.no_grad():
+            model.sr.decoder.ConvBlock3.weight.normal_(0, 0.05)  # else the output is x
+        (tmp_path / "models" / f"x{s}").mkdir(parents=True)
+        save_model_weights(model, tmp_path / "models" / f"x{s}" / MODEL_WEIGHTS, scale=s)
+        init = init_weights.write_init(tmp_path / "models" / f"x{s}", tmp_path / "init" / f"x{s}")
+        assert init.stat().st_size < 0.6 * (tmp_path / "models" / f"x{s}" / MODEL_WEIGHTS
+                                            ).stat().st_size
+        back, scale = load_model(init.parent)
+        assert scale == s and back.cfg == model.cfg
+        with torch.no_grad():
+            moved = (back.sr(x) - model.sr(x)).abs().max().item() * 127.5  # grey levels
+        assert 0 < moved < 0.5
+    env = {"SCALES": "8 4", "INIT_FROM": "1", "INIT_DIR": str(tmp_path / "init"),
+           "DEVICE": "cpu", "PRESET": "tiny", "BATCH": "4", "TRAIN_S": "14", "STARTUP_S": "6",
+           "PHASE3": "0"}
+    trained = run("bash", str(DEVICE / "train_all.sh"), str(tmp_path / "work"),
+                  str(carried / "pack.npz"), env=env)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    for s, balanced in ((8, False), (4, True)):
+        run_dir = tmp_path / "work" / f"x{s}"
+        assert "starting from the weights of" in (run_dir / "train.log").read_text()
+        assert json.loads((run_dir / "config.json").read_text())["balanced_deconv"] is balanced

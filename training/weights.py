@@ -25,10 +25,18 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)  # no arbitrary pickle
 
 
-def save_model_weights(model: StochasticSR, path: Path, scale: int) -> None:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+def save_model_weights(model: StochasticSR, path: Path, scale: int,
+                       dtype: torch.dtype | None = None) -> None:
+    """The weights and BatchNorm statistics; `dtype` casts the floating-point ones (bf16 halves
+    the file; loading casts back to the model's dtype)."""
+    tensors = {k: _cast(v.detach(), dtype).contiguous().cpu()
+               for k, v in model.state_dict().items()}
     save_file(tensors, str(path), metadata={"config": json.dumps(model.cfg.to_dict()),
                                             "scale": str(scale)})
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return t.to(dtype) if dtype is not None and t.is_floating_point() else t
 
 
 def _from_safetensors(files: list[Path], config: dict) -> StochasticSR:

@@ -48,7 +48,7 @@ MARGIN_S = 90                # what must be left of DEVICE_BUDGET_S at the end
 PACK, WHEELS, INIT, BENCH_MODELS, ORT = (".device/pack.npz", ".device/wheels", ".device/init",
                                          ".device/models", ".device/ort")
 SUMS = f"{ORT}/SHA256SUMS"
-CAPS_MIB = {PACK: 58.0, WHEELS: 4.0, INIT: 28.0, BENCH_MODELS: 18.0, SUMS: 0.01, ORT: 61.0}
+CAPS_MIB = {PACK: 58.0, WHEELS: 4.0, INIT: 14.5, BENCH_MODELS: 18.0, SUMS: 0.01, ORT: 61.0}
 INIT_PACK_MIB = CAPS_MIB[PACK] - CAPS_MIB[INIT]  # the pack's cap when the weights travel too
 BACK_FILES = {"x8/model.safetensors": 9.4, "x8/run.tar.gz": 4, "x4/model.safetensors": 9.4,
               "x4/run.tar.gz": 4, "x16/model.safetensors": 9.4, "x16/run.tar.gz": 4,
@@ -74,7 +74,7 @@ def ort_parts(root: Path = ROOT) -> list[str]:
     return found or [f"{ORT}/onnxruntime-gpu.tar.xz.part01"]
 
 
-def calls(init_from: bool = False, root: Path = ROOT) -> list[Call]:
+def calls(init_from: bool = True, root: Path = ROOT) -> list[Call]:
     env = "INIT_FROM=1 " if init_from else ""
     train = Call("train", f"{env}bash scripts/device/on_device.sh train",
                  [PACK, WHEELS] + ([INIT] if init_from else []), 240, WATCH_S + 15)
@@ -107,7 +107,7 @@ def tree_bytes(root: Path = ROOT, without: tuple[str, ...] = ("models/*", "docs/
 
 
 def carried_bytes(path: str, root: Path = ROOT, real: bool = True,
-                  init_from: bool = False) -> tuple[int, str]:
+                  init_from: bool = True) -> tuple[int, str]:
     """(bytes, 'real' or 'cap'): the file's size if it exists (and real), else its cap."""
     cap_key = next((k for k in CAPS_MIB if path == k or path.startswith(k + "/")), None)
     if real and (root / path).exists():
@@ -144,7 +144,7 @@ def time_plan(plan: list[Call], tree: int, carried: dict[str, int]) -> list[dict
     return rows
 
 
-def check(init_from: bool = False, root: Path = ROOT, real: bool = True) -> list[str]:
+def check(init_from: bool = True, root: Path = ROOT, real: bool = True) -> list[str]:
     """Every limit the sequence must fit; the list of failures (empty: all fit). Prints a table."""
     plan = calls(init_from, root)
     tree = tree_bytes(root)
@@ -181,7 +181,7 @@ def check(init_from: bool = False, root: Path = ROOT, real: bool = True) -> list
     return failures
 
 
-def pack_budget_mib(init_from: bool = False, root: Path = ROOT, margin_mib: float = 1.0) -> float:
+def pack_budget_mib(init_from: bool = True, root: Path = ROOT, margin_mib: float = 1.0) -> float:
     """What the train call leaves for the pack: 64 MiB minus the tree and the other carries."""
     train = calls(init_from, root)[0]
     others = sum(carried_bytes(c, root)[0] for c in train.carry if c != PACK)
@@ -192,7 +192,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["check", "calls", "pack-budget"])
-    p.add_argument("--init-from", action="store_true", help="the INIT_FROM=1 variant")
+    p.add_argument("--init-from", action=argparse.BooleanOptionalAction, default=True,
+                   help="the runs start from the shipped weights (INIT_FROM=1, the default); "
+                        "--no-init-from: from scratch (INIT_FROM=0 prepare.sh)")
     p.add_argument("--caps", action="store_true",
                    help="check with the caps, not the files in .device/ (as CI does)")
     a = p.parse_args()

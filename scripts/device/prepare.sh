@@ -2,20 +2,20 @@
 # On the CPU, before a GPU session: make everything the device calls carry, in .device/ (ignored
 # by git, never committed), then check every limit (scripts/device/plan.py check).
 #   scripts/device/prepare.sh                     # PACK=packs/faces_all.npz by default
-#   INIT_FROM=1 scripts/device/prepare.sh         # also carry the shipped weights (smaller pack)
+#   INIT_FROM=0 scripts/device/prepare.sh         # train from scratch: no weights, a larger pack
 # Then: scripts/device/models_out.sh out, the device calls (plan.py calls), models_out.sh back.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PACK=${PACK:-packs/faces_all.npz}
-INIT_FROM=${INIT_FROM:-0}
+INIT_FROM=${INIT_FROM:-1}   # 1: the runs start from the shipped weights (README: why)
 PY=${PY:-python3}
 # The service's packages that the GPU machine's python lacks (KINDS.md lists what it has), at the
 # versions of requirements/serve-gpu.txt.
 SERVICE_WHEELS="fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv
   python-multipart uvicorn annotated-types typing-inspection typing-extensions opentelemetry-api
   fastapi-offline"
-init=()
-[ "$INIT_FROM" = 1 ] && init=(--init-from)
+init=(--init-from)
+[ "$INIT_FROM" = 1 ] || init=(--no-init-from)
 
 [ -f "$PACK" ] || { echo "$PACK: no such pack (facesr-prepare makes it; set PACK=...)" >&2; exit 1; }
 [ -f models/x8/manifest.json ] || { echo "models/ is out (scripts/device/models_out.sh back)" >&2; exit 1; }
@@ -39,11 +39,8 @@ rm -rf .device/wheels
 rm -rf .device/models .device/init
 mkdir -p .device/models
 cp -r models/x8 .device/models/   # the benchmarks' model (speed does not depend on weights)
-if [ "$INIT_FROM" = 1 ]; then
-  for s in 8 4 16; do
-    mkdir -p ".device/init/x$s"
-    cp "models/x$s"/{manifest.json,phase1.safetensors,phase2.safetensors} ".device/init/x$s/"
-  done
+if [ "$INIT_FROM" = 1 ]; then   # bf16 copies: half the bytes, so more faces travel
+  "$PY" scripts/device/init_weights.py --models models --out .device/init --scales 8 4 16
 fi
 
 budget=$("$PY" scripts/device/plan.py pack-budget "${init[@]}")

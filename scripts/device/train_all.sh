@@ -39,8 +39,13 @@ awk '{print $5}' "/proc/$$/stat" >"$WORK/train_pgid"   # collect.sh stops the gr
 
 train_one() {
   local s=$1 run=$WORK/x$1
-  local init=()
-  [ "$INIT_FROM" = 1 ] && init=(--init-from "$INIT_DIR/x$s")
+  local init=() keep=()
+  if [ "$INIT_FROM" = 1 ]; then
+    init=(--init-from "$INIT_DIR/x$s")
+    # keep the started-from model's transposed convs: balancing them changes what it computes
+    grep -qs '"balanced_deconv": true' "$INIT_DIR/x$s"/{config,manifest}.json \
+      || keep=(--no-balanced-deconv)
+  fi
   local flip=(--no-hflip)
   [ "$HFLIP" = 1 ] && flip=(--hflip)
   mkdir -p "$run"
@@ -50,7 +55,7 @@ train_one() {
     --batch-size "$BATCH" --phase1-steps 100000000 --phase2-steps 100000000 \
     --phase3-steps $((PHASE3 * 100000000)) --time-budget-s "$budget" "${flip[@]}" \
     --log-every 10 --ckpt-every 100000000 --sample-every 500 --no-resume --no-progress \
-    "${init[@]}" $RECIPE $TRAIN_ARGS >"$run/train.log" 2>&1
+    "${init[@]}" $RECIPE "${keep[@]}" $TRAIN_ARGS >"$run/train.log" 2>&1
   echo $? >"$run/exit_code"
 }
 
