@@ -297,11 +297,12 @@ def test_the_wheels_carried_cover_every_import_the_gpu_machine_lacks():
 
 
 @pytest.mark.timeout(900)  # two tiny trainings of ~15 s each on an idle runner
-def test_runs_start_from_bf16_copies_of_the_shipped_weights_keeping_their_deconvs(carried,
-                                                                                 tmp_path):
+def test_runs_start_from_bf16_copies_of_the_shipped_weights_keeping_what_they_were(
+        carried, tmp_path):
     """init_weights.py halves the weights (bf16) and the output moves by a fraction of a grey
-    level; train_all.sh with INIT_FROM=1 starts each scale from them and keeps a plain-deconv
-    model plain and a balanced one balanced, although the recipe asks for balanced ones."""
+    level; train_all.sh with INIT_FROM=1 starts each scale from them, keeps a plain-deconv model
+    plain and a balanced one balanced (the recipe asks for balanced ones), and fits the log
+    sigma^2 of a kl-trained ICAP (floor -1) before phase 2 but not of an nll-trained one."""
     import init_weights
     import torch
 
@@ -312,7 +313,9 @@ def test_runs_start_from_bf16_copies_of_the_shipped_weights_keeping_their_deconv
     x = torch.rand(2, 3, 128, 128) * 2 - 1
     for s, balanced in ((8, False), (4, True)):
         torch.manual_seed(s)
-        model = StochasticSR(ModelConfig.preset("tiny", balanced_deconv=balanced)).eval()
+        model = StochasticSR(ModelConfig.preset("tiny", balanced_deconv=balanced,
+                                                icap_logvar_min=-6.0 if balanced else -1.0))
+        model.eval()
         with torch.no_grad():
             model.sr.decoder.ConvBlock3.weight.normal_(0, 0.05)  # else the output is x
         (tmp_path / "models" / f"x{s}").mkdir(parents=True)
@@ -334,4 +337,7 @@ def test_runs_start_from_bf16_copies_of_the_shipped_weights_keeping_their_deconv
     for s, balanced in ((8, False), (4, True)):
         run_dir = tmp_path / "work" / f"x{s}"
         assert "starting from the weights of" in (run_dir / "train.log").read_text()
-        assert json.loads((run_dir / "config.json").read_text())["balanced_deconv"] is balanced
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["balanced_deconv"] is balanced
+        assert config["icap_logvar_fit_batches"] == (0 if balanced else 4)
+        assert config["phase2_loss"] == "nll" and config["icap_logvar_min"] == -6.0

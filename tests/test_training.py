@@ -179,6 +179,34 @@ def test_init_from_starts_from_a_models_weights(pack, tmp_path):
         train(tiny_cfg(pack, tmp_path / "third", init_from=str(first), scale=4), progress=False)
 
 
+def test_icap_logvar_is_aimed_at_the_log_of_the_squared_error():
+    from training.config import ModelConfig
+    from training.models import ICAP
+
+    torch.manual_seed(0)
+    icap = ICAP(ModelConfig.preset("tiny", icap_logvar_min=-6.0)).train()
+    target = torch.logspace(-2.3, 0.2, icap.Conv2.out_channels, base=10.0)  # e^-5.3 to e^0.46
+    icap.fit_logvar(target)
+    _, logvar = icap(torch.rand(4, 3, 128, 128) * 2 - 1)
+    assert torch.allclose(logvar, target.log()[None, :, None, None].expand_as(logvar),
+                          atol=1e-4)  # the same at every position, for every input
+    icap.fit_logvar(torch.full_like(target, 1e-9))  # below the floor: held inside the range
+    assert icap(torch.zeros(1, 3, 128, 128))[1].min() > -6.0
+
+
+def test_fitting_the_icap_logvar_lowers_phase_2s_first_nll(pack, tmp_path):
+    first = tmp_path / "first"
+    train(tiny_cfg(pack, first, phase2_steps=1), progress=False)  # a kl ICAP, sigma in [e^-1, e]
+    nll = {}
+    for fit in (0, 2):
+        out = tmp_path / f"nll_fit{fit}"
+        train(tiny_cfg(pack, out, init_from=str(first), phase1_steps=0, phase2_steps=1,
+                       phase2_loss="nll", icap_logvar_min=-6.0, icap_logvar_fit_batches=fit),
+              progress=False)
+        nll[fit] = logged(out)[0]["nll"]
+    assert nll[2] < 0.9 * nll[0]
+
+
 def test_l1_deterministic_loss(pack, tmp_path):
     summary = train(tiny_cfg(pack, tmp_path / "run", det_loss="l1", phase2_steps=0),
                     progress=False)

@@ -61,6 +61,9 @@ TRAIN_HELP = {
     "balanced_deconv": "checkerboard-free transposed convs (ours; off keeps a resumed run's "
                        "function; the recipe scripts turn it on)",
     "icap_logvar_min": "floor of the ICAP's log sigma^2 (the paper: -1)",
+    "icap_logvar_fit_batches": "before phase 2, set each latent channel's log sigma^2 to the log "
+                               "of the ICAP mean's squared error on this many batches (for nll "
+                               "from a kl-trained ICAP, whose sigma starts far off); 0: off",
     "phase2_loss": "phase 2's objective: kl (the paper) or nll (ours: the ICAP's Gaussian fitted "
                    "to the REN's mean code)",
     "init_from": "start from this models/<name> or run folder's weights when OUT has no "
@@ -246,6 +249,8 @@ def eval_main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the best-of-n draws (default 0)")
     p.add_argument("--identity", action="store_true", help="identity distance to the HR and "
                    "the same-person share per row (needs the identity extra)")
+    p.add_argument("--flip-ensemble", action="store_true", help="add the row icap_mean_flip: "
+                   "the ICAP mean averaged with the mirrored face's (FACESR_FLIP_ENSEMBLE)")
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.json/.md, figures")
     a = p.parse_args(argv)
     if a.identity:
@@ -263,7 +268,7 @@ def eval_main(argv: list[str] | None = None) -> None:
     results = [evaluate(model, a.pack, scale, a.split, (src,), tuple(a.best_of), a.limit,
                         a.device, a.seed, figures=a.out / f"figures_{src}",
                         best_of_limit=a.best_of_limit, temperature=a.temperature,
-                        with_identity=a.identity)
+                        with_identity=a.identity, flip_ensemble=a.flip_ensemble)
                for src in a.sources]
     write_report(results, a.out)
     print(markdown_table(results))

@@ -74,6 +74,10 @@ class TrainConfig:
     # fitted to the REN's mean code by its likelihood, so sigma is the spread of that code given x)
     phase2_loss: str = "kl"
     icap_logvar_min: float = -1.0  # the ICAP's log sigma^2 floor (ModelConfig.icap_logvar_min)
+    # >0: before phase 2's first step, each latent channel's log sigma^2 is moved to the log of
+    # the ICAP mean's squared error on this many batches (the constant sigma the likelihood
+    # prefers), through the log sigma^2 head's last BatchNorm bias (models.ICAP.fit_logvar)
+    icap_logvar_fit_batches: int = 0
     lambda_s: float = 1.0  # weight of the L1 loss on the z_res path
     # Phase 3 (ours, off by default): theta fine-tuned on the phase-1 loss plus
     # lambda_m * MSE(y, f(x, mu_pred)) with the REN and the ICAP frozen, so that the decoder is

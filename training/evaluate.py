@@ -37,14 +37,19 @@ def psnr_ssim(hr: np.ndarray, sr: np.ndarray) -> dict[str, float]:
 @torch.no_grad()
 def evaluate_face(model, hr: np.ndarray, scale: int, device: torch.device,
                   best_of: tuple[int, ...], gen: torch.Generator,
-                  temperature: float = 1.0,
-                  with_identity: bool = False) -> dict[str, dict[str, float]]:
+                  temperature: float = 1.0, with_identity: bool = False,
+                  flip_ensemble: bool = False) -> dict[str, dict[str, float]]:
     """PSNR/SSIM of every row for one HR face (and identity distances, `with_identity`);
-    best-of-n picks by PSNR among the first n of max(best_of) draws from gen."""
+    best-of-n picks by PSNR among the first n of max(best_of) draws from gen; `flip_ensemble`
+    adds `icap_mean_flip`, the ICAP mean averaged with the mirrored face's, mirrored back (what
+    the service's FACESR_FLIP_ENSEMBLE serves)."""
     x_np, y_np = make_pair(hr, scale)
     x, y = torch.from_numpy(x_np)[None].to(device), torch.from_numpy(y_np)[None].to(device)
     enc = model.encode(x)
     outs = {"bicubic": x, **model.reference_outputs(x, y, enc)}
+    if flip_ensemble:
+        mirrored = model.reference_outputs(x.flip(-1))["icap_mean"].flip(-1)
+        outs["icap_mean_flip"] = (outs["icap_mean"] + mirrored) / 2
     images = {k: from_model_range(v[0].cpu().numpy()) for k, v in outs.items()}
     if best_of:
         eps = standard_normal((max(best_of), *enc.mu.shape[1:]), enc.mu, gen)
@@ -65,7 +70,7 @@ def evaluate(model, pack: Path | str, scale: int, split: str = "test",
              limit: int | None = None, device: str = "cpu", seed: int = 0,
              figures: Path | None = None, progress: bool = True,
              best_of_limit: int | None = None, temperature: float = 1.0,
-             with_identity: bool = False) -> dict:
+             with_identity: bool = False, flip_ensemble: bool = False) -> dict:
     """Mean metrics per row over the split, and optionally the figures.
 
     Best-of-n costs n decoder passes per face; `best_of_limit` runs it on the first faces only.
@@ -73,6 +78,7 @@ def evaluate(model, pack: Path | str, scale: int, split: str = "test",
     best-of-n is always compared like for like. `temperature` scales sigma of the samples (1: the
     paper's draws from the ICAP's Gaussian). `with_identity` adds each row's identity distance
     to the HR and whether it is under the same-person threshold (facesr_core.identity).
+    `flip_ensemble` adds the row `icap_mean_flip` (evaluate_face).
     """
     from tqdm import tqdm
 
@@ -85,7 +91,7 @@ def evaluate(model, pack: Path | str, scale: int, split: str = "test",
     gen = torch.Generator().manual_seed(seed)
     n_best = len(hrs) if best_of_limit is None else min(best_of_limit, len(hrs))
     per_face = [evaluate_face(model, hr, scale, dev, best_of if i < n_best else (), gen,
-                              temperature, with_identity)
+                              temperature, with_identity, flip_ensemble)
                 for i, hr in enumerate(tqdm(hrs, desc=f"eval x{scale} {'+'.join(sources)}",
                                             unit="img", disable=not progress))]
     mean = lambda faces, row: {m: float(np.mean([f[row][m] for f in faces]))  # noqa: E731

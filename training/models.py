@@ -216,6 +216,22 @@ class ICAP(nn.Module):
             logvar = self.logvar_min + (1.0 - self.logvar_min) * 0.5 * (logvar + 1.0)
         return mu, logvar
 
+    @torch.no_grad()
+    def fit_logvar(self, squared_error: Tensor) -> None:
+        """Set each latent channel's log sigma^2 to log(squared_error[c]) (a per-channel mean,
+        clamped inside the head's range), the same at every position and for every input: the
+        constant sigma that maximises the likelihood. The head's last BatchNorm gets that bias
+        and a zero scale; training then learns how sigma varies (a scale starting at zero, as
+        a zero-initialised residual branch does). The spread a kl-trained head had is dropped:
+        mapped onto nll's wider range it put half the positions' sigma far below their error."""
+        lo, hi = self.logvar_min, 1.0
+        target = squared_error.clamp_min(1e-12).log().clamp(lo + 0.05 * (hi - lo),
+                                                             hi - 0.05 * (hi - lo))
+        t = 2.0 * (target - lo) / (hi - lo) - 1.0  # the Tanh output that maps to it
+        bn = self.logvar_head[4]
+        bn.bias.copy_(torch.atanh(t).to(bn.bias.dtype))
+        bn.weight.zero_()
+
 
 class Encoding(NamedTuple):
     """What one input needs before any decoder pass: the encoder features and the ICAP's

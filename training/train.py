@@ -272,6 +272,31 @@ class Trainer:
         self.steps["phase2"] = self.steps["phase3"] = 0  # theta/phi moved: refit what follows
         return losses
 
+    @torch.no_grad()
+    def fit_icap_logvar(self) -> None:
+        """Before phase 2: each channel's log sigma^2 at the log of the ICAP mean's squared
+        error against the REN's mean code over a few batches (ICAP.fit_logvar). An ICAP trained
+        with kl starts nll with sigma far from its optimum, which the Tanh then walks slowly
+        (measured on x8: log sigma^2 -4.5 after 150 steps, against ~-1.7 for a GPU nll ICAP)."""
+        self.model.sr.eval()
+        self.model.ren.eval()
+        self.model.icap.train()  # mu_q as phase 2 sees it (batch statistics) ...
+        kept = {k: v.clone() for k, v in self.model.icap.state_dict().items()}
+        total, count = 0.0, 0
+        for k in range(self.cfg.icap_logvar_fit_batches):
+            x, y = self.batch(2, k)
+            with self.autocast():
+                mu_q, _ = self.model.icap(x)
+                mu_r, _ = self.model.ren(y - self.model.sr(x, None))
+            err = (mu_r.float() - mu_q.float()) ** 2
+            total = total + err.sum((0, 2, 3))
+            count += err.numel() // err.shape[1]
+        self.model.icap.load_state_dict(kept)  # ... without moving its running statistics
+        if self.rt.world > 1:
+            dist.all_reduce(total)
+            count *= self.rt.world
+        self.model.icap.fit_logvar(total / count)
+
     def step_phase2(self) -> dict[str, float]:
         x, y = self.batch(2, self.steps["phase2"])
         self.model.sr.eval()
@@ -322,6 +347,8 @@ class Trainer:
                        disable=not (progress and self.rt.main), dynamic_ncols=True)
             step_fn = (self.step_phase1, self.step_phase2, self.step_phase3)[phase - 1]
             tick = self.phase_started = time.time()
+            if phase == 2 and self.steps[key] == 0 and cfg.icap_logvar_fit_batches > 0:
+                self.fit_icap_logvar()
             if self.ema and self.steps[key] == 0:
                 self.ema.restart(self.model)
             budget = self.phase_budget_s(phase)

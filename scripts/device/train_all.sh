@@ -19,8 +19,10 @@ PHASE3=${PHASE3:-1}          # phase 3 (ours) after phases 1 and 2; 60/20/20 of 
 HFLIP=${HFLIP:-1}            # flips: ~40 passes over ~7k faces, so augment
 INIT_FROM=${INIT_FROM:-0}    # 1: start from INIT_DIR/x<s> (the shipped weights)
 INIT_DIR=${INIT_DIR:-.device/init}
-# the recipe (README "Training recipe"): cosine over each phase's time budget, EMA, no checkerboard
-RECIPE=${RECIPE:-"--lr-schedule cosine --warmup-steps 100 --ema 0.999 --balanced-deconv"}
+# the recipe (README "Training recipe"): cosine over each phase's time budget, EMA, no checkerboard,
+# phase 2 fitted to the REN's mean code (README "Where we depart from the paper")
+RECIPE=${RECIPE:-"--lr-schedule cosine --warmup-steps 100 --ema 0.999 --balanced-deconv
+  --phase2-loss nll --icap-logvar-min -6"}
 TRAIN_ARGS=${TRAIN_ARGS:-}   # more facesr-train flags
 PY=${PY:-python3}
 
@@ -39,12 +41,14 @@ awk '{print $5}' "/proc/$$/stat" >"$WORK/train_pgid"   # collect.sh stops the gr
 
 train_one() {
   local s=$1 run=$WORK/x$1
-  local init=() keep=()
+  local init=() keep=() fit=(--icap-logvar-fit-batches 4)
   if [ "$INIT_FROM" = 1 ]; then
     init=(--init-from "$INIT_DIR/x$s")
     # keep the started-from model's transposed convs: balancing them changes what it computes
     grep -qs '"balanced_deconv": true' "$INIT_DIR/x$s"/{config,manifest}.json \
       || keep=(--no-balanced-deconv)
+    # an ICAP already fitted with nll keeps its sigma; one from scratch or kl starts from the fit
+    grep -qs '"icap_logvar_min": -6' "$INIT_DIR/x$s"/{config,manifest}.json && fit=()
   fi
   local flip=(--no-hflip)
   [ "$HFLIP" = 1 ] && flip=(--hflip)
@@ -55,7 +59,7 @@ train_one() {
     --batch-size "$BATCH" --phase1-steps 100000000 --phase2-steps 100000000 \
     --phase3-steps $((PHASE3 * 100000000)) --time-budget-s "$budget" "${flip[@]}" \
     --log-every 10 --ckpt-every 100000000 --sample-every 500 --no-resume --no-progress \
-    "${init[@]}" $RECIPE "${keep[@]}" $TRAIN_ARGS >"$run/train.log" 2>&1
+    "${init[@]}" $RECIPE "${keep[@]}" "${fit[@]}" $TRAIN_ARGS >"$run/train.log" 2>&1
   echo $? >"$run/exit_code"
 }
 
