@@ -338,7 +338,8 @@ def derived(out: dict) -> dict:
 def cmd_soak(a: argparse.Namespace) -> dict:
     data = lr_face()
     files = {"image": ("lr.png", data, "image/png")}
-    env = {"FACESR_REQUEST_TIMEOUT_S": str(a.request_timeout), **provider_env(a.provider)}
+    env = {"FACESR_REQUEST_TIMEOUT_S": str(a.request_timeout),
+           **provider_env(a.provider, a.cudnn_conv_algo_search)}
     server = start_server(a.model_dir, env, a.logs / "soak.log", a.ort_spin_wait)
     client_timeout = a.request_timeout + 5
     out: dict = {"machine": machine(), "model_dir": str(a.model_dir), "argv": sys.argv[1:],
@@ -467,9 +468,11 @@ def main() -> None:
     load.add_argument("--duration", type=float, default=15.0)
     load.add_argument("--budget-s", type=float, default=4.0)
     load.add_argument("--timeout", type=float, default=60.0)
-    load.add_argument("--cudnn-conv-algo-search", choices=["heuristic", "exhaustive", "default"],
-                      help="FACESR_CUDNN_CONV_ALGO_SEARCH for the servers and the bare pipeline "
-                           "(CUDA only); default: the service's")
+    for name in ("load", "soak"):
+        sub.choices[name].add_argument(
+            "--cudnn-conv-algo-search", choices=["heuristic", "exhaustive", "default"],
+            help="FACESR_CUDNN_CONV_ALGO_SEARCH for the servers and the bare pipeline (CUDA "
+                 "only); default: the service's")
     precision = sub.choices["precision"]
     precision.add_argument("--duration", type=float, default=15.0)
     precision.add_argument("--timeout", type=float, default=60.0)
