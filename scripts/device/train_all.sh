@@ -41,14 +41,12 @@ awk '{print $5}' "/proc/$$/stat" >"$WORK/train_pgid"   # collect.sh stops the gr
 
 train_one() {
   local s=$1 run=$WORK/x$1
-  local init=() keep=() fit=(--icap-logvar-fit-batches 4)
+  local init=() keep=()
   if [ "$INIT_FROM" = 1 ]; then
     init=(--init-from "$INIT_DIR/x$s")
     # keep the started-from model's transposed convs: balancing them changes what it computes
     grep -qs '"balanced_deconv": true' "$INIT_DIR/x$s"/{config,manifest}.json \
       || keep=(--no-balanced-deconv)
-    # an ICAP already fitted with nll keeps its sigma; one from scratch or kl starts from the fit
-    grep -qs '"icap_logvar_min": -6' "$INIT_DIR/x$s"/{config,manifest}.json && fit=()
   fi
   local flip=(--no-hflip)
   [ "$HFLIP" = 1 ] && flip=(--hflip)
@@ -59,7 +57,7 @@ train_one() {
     --batch-size "$BATCH" --phase1-steps 100000000 --phase2-steps 100000000 \
     --phase3-steps $((PHASE3 * 100000000)) --time-budget-s "$budget" "${flip[@]}" \
     --log-every 10 --ckpt-every 100000000 --sample-every 500 --no-resume --no-progress \
-    "${init[@]}" $RECIPE "${keep[@]}" "${fit[@]}" $TRAIN_ARGS >"$run/train.log" 2>&1
+    "${init[@]}" $RECIPE "${keep[@]}" $TRAIN_ARGS >"$run/train.log" 2>&1
   echo $? >"$run/exit_code"
 }
 
