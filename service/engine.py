@@ -163,6 +163,7 @@ class Runner:
     pad: bool = True
     max_rows: int | None = None  # rows per graph call (the CPU chunk); None: no limit
     precision: str = "fp32"
+    flip_ensemble: bool = False  # superresolve averages with the mirrored face (Settings)
     warm_seconds: float | None = None
     calls: dict[str, set[int]] = field(default_factory=lambda: {"icap": set(), "encoder": set(),
                                                                 "decoder": set()})
@@ -207,6 +208,10 @@ class Runner:
 
     def decode(self, features: np.ndarray, z: np.ndarray, x: np.ndarray) -> np.ndarray:
         """The images for all z (M,...); features and x have M rows or one (shared)."""
+        return from_model_range(self._decode_float(features, z, x))
+
+    def _decode_float(self, features: np.ndarray, z: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """decode's outputs in the model's range [-1, 1], float (M,3,128,128)."""
         def part(arr: np.ndarray, rows: slice) -> np.ndarray:
             return arr if len(arr) == 1 else arr[rows]
 
@@ -229,12 +234,20 @@ class Runner:
         if "x" in self.decoder_inputs:
             feeds["x"] = pad_rows(x, size)
         (y,) = self._run("decoder", feeds)
-        return from_model_range(y[:m])
+        return y[:m]
 
     def superresolve(self, x: np.ndarray) -> np.ndarray:
-        """The ICAP-mean output f(x, mu) for each x (N,3,128,128): uint8 (N,128,128,3)."""
+        """The ICAP-mean output f(x, mu) for each x (N,3,128,128): uint8 (N,128,128,3). With
+        flip_ensemble, averaged (before rounding) with the mirrored face's output mirrored back;
+        two calls of N rows, not one of 2N, so the batch buckets stay the ones warmed."""
+        y = self._mean_output(x)
+        if self.flip_ensemble:
+            y = (y + self._mean_output(np.ascontiguousarray(x[..., ::-1]))[..., ::-1]) / 2
+        return from_model_range(y)
+
+    def _mean_output(self, x: np.ndarray) -> np.ndarray:
         mu, _, features = self.encode(x)
-        return self.decode(features, mu, x)
+        return self._decode_float(features, mu, x)
 
     def warmup_sizes(self) -> tuple[list[int], list[int]]:
         """Batch sizes warm-up runs (encoder, decoder): every bucket when calls are padded to
@@ -268,7 +281,7 @@ class Runner:
             "name": m.name, "scale": m.scale, "lr_size": m.lr_size, "version": m.version,
             "preset": m.preset, "latent_shape": list(m.latent_shape),
             "global_residual": m.global_residual, "opset": m.opset,
-            "sample_temperature": m.sample_temperature,
+            "sample_temperature": m.sample_temperature, "flip_ensemble": self.flip_ensemble,
             "provider": self.provider, "providers": self.providers, "precision": self.precision,
             "requested_providers": self.requested,
             "files": {k: {"path": f.path, "sha256": f.sha256}
@@ -365,7 +378,7 @@ def load_runner(root: Path, settings: Settings, requested: list[str]) -> Runner:
             raise ModelError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
     check_graphs(root, manifest, sessions)
     return Runner(root, manifest, sessions, requested, enc_buckets, dec_buckets,
-                  precision=precision)
+                  precision=precision, flip_ensemble=settings.flip_ensemble)
 
 
 def check_provider(runner: Runner, settings: Settings) -> None:

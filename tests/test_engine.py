@@ -118,6 +118,24 @@ def test_cpu_calls_run_in_chunks_with_unchanged_outputs(tiny_model_dir, astronau
     assert runner.calls["decoder"] == {1, 2, 3, 7, 11}
 
 
+def test_flip_ensemble_averages_the_face_and_its_mirror_before_rounding(tiny_model_dir,
+                                                                         astronaut_hr):
+    from facesr_core.degradation import from_model_range
+
+    s = Settings(model_dir=tiny_model_dir / "x8", flip_ensemble=True)
+    runner = engine.load_models(s)[8]
+    assert runner.flip_ensemble and runner.info()["flip_ensemble"] is True
+    hr = Image.fromarray(astronaut_hr)
+    x = np.stack([engine.model_input(degrade(hr.rotate(a), 8)) for a in (0, 20)])
+    ensembled = runner.superresolve(x)
+    plain = runner._mean_output(x)  # float, model range, NCHW
+    mirrored = runner._mean_output(np.ascontiguousarray(x[..., ::-1]))[..., ::-1]
+    assert not np.allclose(plain, mirrored)  # the tiny model is not mirror-symmetric
+    np.testing.assert_array_equal(ensembled, from_model_range((plain + mirrored) / 2))
+    runner.flip_ensemble = False
+    np.testing.assert_array_equal(runner.superresolve(x), from_model_range(plain))
+
+
 def test_warm_up_sizes_and_stopping(tiny_model_dir):
     s = Settings(model_dir=tiny_model_dir / "x8", max_samples=10, max_steps=4, max_batch=4)
     cpu = engine.load_models(s)[8]

@@ -170,8 +170,13 @@ def test_init_from_starts_from_a_models_weights(pack, tmp_path):
     first = tmp_path / "first"
     train(tiny_cfg(pack, first, phase2_steps=1), progress=False)
     second = tmp_path / "second"
-    train(tiny_cfg(pack, second, init_from=str(first), phase1_steps=0, phase2_steps=0),
-          progress=False)
+    summary = train(tiny_cfg(pack, second, init_from=str(first), phase1_steps=0,
+                             phase2_steps=0), progress=False)
+    # the history travels: the first run's steps are in the second's summary (and manifest)
+    assert summary["started_from"] == {"path": str(first),
+                                       "training": json.loads((first / "summary.json")
+                                                              .read_text())}
+    assert summary["started_from"]["training"]["steps"]["phase1"] == 3
     a = torch.load(first / CHECKPOINT, weights_only=True)["model"]
     b = load_model(second)[0].state_dict()  # model.safetensors: no steps, so no checkpoint
     assert all(torch.equal(a[k], b[k]) for k in a)

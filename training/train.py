@@ -34,6 +34,7 @@ from training.weights import (
     load_checkpoint,
     load_model,
     save_model_weights,
+    started_from,
 )
 
 
@@ -421,7 +422,10 @@ class Trainer:
                 "bf16": self.rt.bf16, "wall_s": round(self.wall_before + time.time()
                                                       - self.started, 1),
                 "data": {"pack": str(self.cfg.data), "train_faces": len(self.train_pack),
-                         "pack_meta": self.train_pack.meta}}
+                         "pack_meta": self.train_pack.meta},
+                "phase2_loss": self.cfg.phase2_loss,
+                **({"started_from": started_from(Path(self.cfg.init_from))}
+                   if self.cfg.init_from else {})}
 
 
 def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> dict:

@@ -80,3 +80,16 @@ def _from_manifest(path: Path) -> tuple[StochasticSR, int]:
 def run_summary(path: Path) -> dict:
     summary = Path(path) / "summary.json"
     return json.loads(summary.read_text()) if summary.exists() else {}
+
+
+def started_from(path: Path) -> dict:
+    """What a run that starts from `path`'s weights records of them: the folder and how its
+    weights were trained (a manifest's training record, or a run's summary), so that a model
+    continued session after session keeps its whole history in its manifest."""
+    path = Path(path)
+    if (path / MANIFEST_NAME).exists():
+        record = load_manifest(path, verify=False).training
+    else:
+        record = run_summary(path)
+    return {"path": str(path), "training": record}
+
