@@ -234,6 +234,8 @@ def cmd_load(a: argparse.Namespace) -> dict:
     data = lr_face()
     files = {"image": ("lr.png", data, "image/png")}
     env = provider_env(a.provider, a.cudnn_conv_algo_search)
+    if a.flip_ensemble:
+        env["FACESR_FLIP_ENSEMBLE"] = "true"
     servers = {"on": start_server(a.model_dir, env, a.logs / "batching_on.log", a.ort_spin_wait),
                "off": start_server(a.model_dir, {**env, "FACESR_MAX_BATCH": "1"},
                                    a.logs / "batching_off.log", a.ort_spin_wait)}
@@ -473,6 +475,8 @@ def main() -> None:
             "--cudnn-conv-algo-search", choices=["heuristic", "exhaustive", "default"],
             help="FACESR_CUDNN_CONV_ALGO_SEARCH for the servers and the bare pipeline (CUDA "
                  "only); default: the service's")
+    load.add_argument("--flip-ensemble", action="store_true",
+                      help="FACESR_FLIP_ENSEMBLE=true for the servers and the bare pipeline")
     precision = sub.choices["precision"]
     precision.add_argument("--duration", type=float, default=15.0)
     precision.add_argument("--timeout", type=float, default=60.0)
