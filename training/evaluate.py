@@ -48,7 +48,7 @@ def evaluate_face(model, hr: np.ndarray, scale: int, device: torch.device,
     enc = model.encode(x)
     outs = {"bicubic": x, **model.reference_outputs(x, y, enc)}
     if flip_ensemble:
-        mirrored = model.reference_outputs(x.flip(-1))["icap_mean"].flip(-1)
+        mirrored = model.predict(x.flip(-1)).flip(-1)  # temperature 0: f(x', mu(x'))
         outs["icap_mean_flip"] = (outs["icap_mean"] + mirrored) / 2
     images = {k: from_model_range(v[0].cpu().numpy()) for k, v in outs.items()}
     if best_of:

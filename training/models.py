@@ -93,6 +93,11 @@ class LogVarHead(nn.Sequential):
             nn.Tanh(),
         )
 
+    @property
+    def out_norm(self) -> nn.BatchNorm2d:
+        """The BatchNorm before the Tanh: its bias is each channel's pre-Tanh mean."""
+        return self[4]
+
 
 class Encoder(nn.Module):
     """Table 3, encoder: x (3x128x128) -> features (C x 64 x 64)."""
@@ -228,7 +233,7 @@ class ICAP(nn.Module):
         target = squared_error.clamp_min(1e-12).log().clamp(lo + 0.05 * (hi - lo),
                                                              hi - 0.05 * (hi - lo))
         t = 2.0 * (target - lo) / (hi - lo) - 1.0  # the Tanh output that maps to it
-        bn = self.logvar_head[4]
+        bn = self.logvar_head.out_norm
         bn.bias.copy_(torch.atanh(t).to(bn.bias.dtype))
         bn.weight.zero_()
 

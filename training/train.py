@@ -130,6 +130,9 @@ class Trainer:
                                           drop_last=True)
         self._epoch_cache: tuple[int, list[int]] | None = None
         self.ema = WeightEMA(self.model, cfg.ema) if cfg.ema > 0 else None
+        # read now, not when the run ends: a long run may outlive that folder's contents (a
+        # newer model shipped into models/<scale> meanwhile)
+        self.started_from = started_from(Path(cfg.init_from)) if cfg.init_from else None
         self.phase_started = 0.0  # set when each phase starts (lr_factor, the time budget)
         self.started = time.time()
         self.wall_before = 0.0
@@ -424,8 +427,7 @@ class Trainer:
                 "data": {"pack": str(self.cfg.data), "train_faces": len(self.train_pack),
                          "pack_meta": self.train_pack.meta},
                 "phase2_loss": self.cfg.phase2_loss,
-                **({"started_from": started_from(Path(self.cfg.init_from))}
-                   if self.cfg.init_from else {})}
+                **({"started_from": self.started_from} if self.started_from else {})}
 
 
 def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> dict:
