@@ -206,7 +206,7 @@ def bare_pipeline(model_dir: Path, data: bytes, batch: int, n: int, budget_s: fl
     def samples() -> bytes:
         lr, x = decode_input(data, None, scales, settings.max_pixels)
         runner = runners[lr.scale]
-        result = sample_set(runner, x, 1, n, 1.0)
+        result = sample_set(runner, x, 1, n, runner.draws())
         return render_samples(runner, lr, result, None, 1, 1.0, n, "json")[0]
 
     def runner_only(rows: int) -> float:

@@ -176,7 +176,7 @@ def engine_ab(model_dir: Path, rounds: int, precision: str = "fp32") -> dict:
                 times[name]["one"].append(time.perf_counter() - t)
             for key, n in (("n10", 10), ("n64", 64)):
                 t = time.perf_counter()
-                sample_set(runner, x, 1, n, 1.0)
+                sample_set(runner, x, 1, n, runner.draws())
                 times[name][key].append(time.perf_counter() - t)
     return {name: {k: 1e3 * statistics.median(v) for k, v in t.items()}
             for name, t in times.items()}

@@ -6,6 +6,10 @@ A model directory holds three ONNX graphs and this manifest:
 - decoder.onnx  features, z (and x when the model has a global residual) -> y (N,3,128,128)
 x is the bicubic-upsampled LR face and y the SR face, both float32 in [-1, 1].
 
+Optionally (`principal_draws`) a basis for the samples: float32 (rank, *latent_shape), the rows
+b_i along which `/samples` and `/traverse` draw z = mu + T * sum_i eps_i b_i by default (ours:
+facesr_core/latent.py); a manifest without it draws from the ICAP's Gaussian (the paper).
+
 Optionally (`int8`) the same three graphs statically quantized (icap.int8.onnx, ...: int8
 weights, uint8 activations, calibrated at export), with the quality they lose against the fp32
 graphs on each test split. A manifest without `int8` is as valid as before.
@@ -23,6 +27,7 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 GRAPHS = ("icap", "encoder", "decoder")
 PRECISIONS = ("fp32", "int8")
+PRINCIPAL_BASIS = "principal_basis.npy"  # the file training/principal.py installs
 
 Shape = list[int | str]
 
@@ -90,6 +95,16 @@ def _all_graphs(files: dict[str, ModelFile]) -> dict[str, ModelFile]:
     return files
 
 
+class PrincipalDraws(BaseModel):
+    """The basis of the `principal` draws and their calibrated default temperature."""
+
+    file: ModelFile  # .npy, float32 (rank, *latent_shape): sqrt(lambda_i) v_i
+    rank: int = Field(ge=1)
+    temperature: float = Field(ge=0.0)
+    # how it was fitted and chosen: faces, explained variance, best-of gains per rank and T
+    calibration: dict[str, Any] = Field(default_factory=dict)
+
+
 class Manifest(BaseModel):
     format_version: int = FORMAT_VERSION
     name: str
@@ -110,6 +125,9 @@ class Manifest(BaseModel):
     # on the validation split (`python -m training.diagnostics --calibrate`). Manifests written
     # before it existed get 1.0: the paper's draws from the ICAP's Gaussian.
     sample_temperature: float = Field(1.0, ge=0.0)
+    # When present, the default draws of /samples and /traverse (with its own temperature);
+    # `sample_temperature` stays the temperature of the paper's draws from the ICAP's Gaussian.
+    principal_draws: PrincipalDraws | None = None
     int8: Int8Graphs | None = None
 
     @field_validator("files")
@@ -136,11 +154,13 @@ class Manifest(BaseModel):
     def verify(self, root: Path, precisions: tuple[str, ...] | None = None,
                weights: bool = True) -> None:
         """Raise ManifestError unless the graphs of `precisions` (default: all the manifest
-        lists) and, when `weights`, the weights exist with the recorded sha256."""
+        lists), the principal basis (if any) and, when `weights`, the weights exist with the
+        recorded sha256."""
         graphs = [(g if p == "fp32" else f"{p} {g}", entry)
                   for p in (self.precisions if precisions is None else precisions)
                   for g, entry in self.graph_files(p).items()]
-        for kind, entry in [*graphs, *(self.weights.items() if weights else ())]:
+        basis = [("principal basis", self.principal_draws.file)] if self.principal_draws else []
+        for kind, entry in [*graphs, *basis, *(self.weights.items() if weights else ())]:
             path = root / entry.path
             if not path.is_file():
                 raise ManifestError(f"{root.name}: {kind} file {entry.path} is missing")

@@ -35,8 +35,7 @@ COLUMNS = ("LR", "SR (ICAP mean)", "uncertainty", "real error |SR - HR|")
 
 def row(runner, hr: np.ndarray, n: int) -> list[Image.Image]:
     x = to_model_range(network_input(hr, runner.scale))
-    images = sample_set(runner, x, seed=0, n=n, temperature=runner.manifest.sample_temperature
-                        ).images
+    images = sample_set(runner, x, seed=0, n=n, draws=runner.draws()).images
     error = np.abs(images[0].astype(np.float32) - hr.astype(np.float32)).mean(-1)
     return [Image.fromarray(nearest_lr(hr, runner.scale)), Image.fromarray(images[0]),
             render_png(uncertainty_map(images[1:], images[0])), render_png(error)]

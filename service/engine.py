@@ -32,6 +32,7 @@ import onnxruntime as ort
 
 from facesr_core.degradation import HR_SIZE, bicubic_upsample, from_model_range, to_model_range
 from facesr_core.manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest
+from service.sampling import Draws
 from service.settings import GPU_PROVIDERS, Settings
 
 log = logging.getLogger("facesr.engine")
@@ -164,6 +165,7 @@ class Runner:
     max_rows: int | None = None  # rows per graph call (the CPU chunk); None: no limit
     precision: str = "fp32"
     flip_ensemble: bool = False  # superresolve averages with the mirrored face (Settings)
+    basis: np.ndarray | None = None  # the principal draws' basis, when the manifest has one
     warm_seconds: float | None = None
     calls: dict[str, set[int]] = field(default_factory=lambda: {"icap": set(), "encoder": set(),
                                                                 "decoder": set()})
@@ -185,6 +187,25 @@ class Runner:
     def decoder_inputs(self) -> frozenset[str]:
         """The decoder graph's input names: features, z, and x with the global residual."""
         return frozenset(i.name for i in self.sessions["decoder"].get_inputs())
+
+    @property
+    def default_draws(self) -> str:
+        """`principal` when the model ships a basis, else `icap` (the paper's draws)."""
+        return "icap" if self.basis is None else "principal"
+
+    def draws(self, kind: str | None = None, temperature: float | None = None) -> Draws:
+        """A request's draws: `kind` (default: default_draws) at `temperature` (default: that
+        kind's calibrated temperature in the manifest). LookupError: `principal` on a model
+        without a basis."""
+        kind = kind or self.default_draws
+        if kind == "icap":
+            t = self.manifest.sample_temperature if temperature is None else temperature
+            return Draws("icap", t)
+        if self.basis is None or self.manifest.principal_draws is None:
+            raise LookupError(f"{self.manifest.name} ships no principal basis (its manifest has "
+                              "no principal_draws): use draws=icap")
+        t = self.manifest.principal_draws.temperature if temperature is None else temperature
+        return Draws("principal", t, self.basis)
 
     def _size(self, n: int, buckets: list[int]) -> int:
         size = bucket_for(n, buckets)  # also refuses batches beyond the largest bucket
@@ -282,6 +303,8 @@ class Runner:
             "preset": m.preset, "latent_shape": list(m.latent_shape),
             "global_residual": m.global_residual, "opset": m.opset,
             "sample_temperature": m.sample_temperature, "flip_ensemble": self.flip_ensemble,
+            "default_draws": self.default_draws,
+            "principal_draws": m.principal_draws.model_dump() if m.principal_draws else None,
             "provider": self.provider, "providers": self.providers, "precision": self.precision,
             "requested_providers": self.requested,
             "files": {k: {"path": f.path, "sha256": f.sha256}
@@ -378,7 +401,26 @@ def load_runner(root: Path, settings: Settings, requested: list[str]) -> Runner:
             raise ModelError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
     check_graphs(root, manifest, sessions)
     return Runner(root, manifest, sessions, requested, enc_buckets, dec_buckets,
-                  precision=precision, flip_ensemble=settings.flip_ensemble)
+                  precision=precision, flip_ensemble=settings.flip_ensemble,
+                  basis=load_basis(root, manifest))
+
+
+def load_basis(root: Path, manifest: Manifest) -> np.ndarray | None:
+    """The principal basis its manifest lists (hash already verified), checked against the
+    manifest's rank and latent shape; None when it lists none."""
+    entry = manifest.principal_draws
+    if entry is None:
+        return None
+    path = root / entry.file.path
+    try:
+        basis = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a readable .npy basis: {exc}") from exc
+    want = (entry.rank, *manifest.latent_shape)
+    if basis.shape != want or basis.dtype != np.float32:
+        raise ModelError(f"{path}: basis is {basis.dtype} {basis.shape}, the manifest says "
+                         f"float32 {want}")
+    return basis
 
 
 def check_provider(runner: Runner, settings: Settings) -> None:

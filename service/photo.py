@@ -159,14 +159,12 @@ def superresolve(result: Photo, runners: dict[int, Runner], options: PhotoOption
             for p, image in zip(todo, runner.superresolve(x), strict=True):
                 p.image = image
             continue
-        temperature = options.temperature
-        if temperature is None:
-            temperature = runner.manifest.sample_temperature
-        result.temperature[scale] = temperature
+        draws = runner.draws(None, options.temperature)  # the model's default draws
+        result.temperature[scale] = draws.temperature
         mu, logvar, features = runner.encode(x)
         for k, p in enumerate(todo):  # one decoder call per face: its mean and its draws
             z = mean_and_draws(mu[k:k + 1], logvar[k:k + 1], options.seed, options.samples,
-                               temperature)
+                               draws)
             images = runner.decode(features[k:k + 1], z, x[k:k + 1])
             p.image, p.samples = images[0], images[1:]
     return result

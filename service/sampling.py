@@ -1,9 +1,9 @@
 """Latents for /samples and /traverse, in numpy: randomness never enters the ONNX graphs.
 
-eps for a request is `np.random.default_rng(seed).standard_normal((k, *latent_shape))` in
-float32, so draw i of a seed is the same latent in /samples and /traverse.
-z = mu + temperature * sigma * eps with sigma = exp(logvar / 2) (the ICAP's Gaussian), drawn by
-facesr_core.latent.sample_latent.
+eps for a request is `np.random.default_rng(seed).standard_normal((k, *eps_shape))` in float32,
+so draw i of a seed is the same latent in /samples and /traverse. `Draws` says how eps becomes
+z (facesr_core/latent.py): `icap`, z = mu + T * sigma * eps over the whole latent (the paper),
+or `principal`, z = mu + T * eps @ basis with eps of the basis's rank (ours).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from facesr_core.latent import sample_latent
+from facesr_core.latent import principal_latent, sample_latent
 from service.quality import psnr, ssim
 
 SEED_MAX = 2**63 - 1
@@ -29,6 +29,44 @@ def new_seed() -> int:
 def draw_eps(seed: int, count: int, shape: tuple[int, ...]) -> np.ndarray:
     """The first `count` standard-normal draws of `seed`, float32 (count, *shape)."""
     return np.random.default_rng(seed).standard_normal((count, *shape), dtype=np.float32)
+
+
+DRAW_KINDS = ("principal", "icap")
+
+
+@dataclass(frozen=True)
+class Draws:
+    """How one request turns eps into latents: its kind, its temperature and, for `principal`,
+    the model's basis (rank, *latent_shape)."""
+
+    kind: str
+    temperature: float
+    basis: np.ndarray | None = None
+
+    def eps_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(latent_shape) if self.basis is None else (len(self.basis),)
+
+    def latents(self, mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        """z for draws eps (k, *eps_shape) around one input's mu and logvar (latent_shape)."""
+        if self.basis is None:
+            return sample_latent(mu, logvar, eps, self.temperature)
+        return principal_latent(mu, self.basis, eps, self.temperature)
+
+    def log_density(self, z: np.ndarray, mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+        """log-density of each z (k, ...) at temperature 1: under the ICAP's Gaussian (`icap`),
+        or under the basis's Gaussian in its own subspace (`principal`)."""
+        if self.basis is None:
+            return log_density(z, mu, logvar)
+        return basis_log_density(z, mu, self.basis)
+
+
+def basis_log_density(z: np.ndarray, mu: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """log N(a; 0, I) - sum log |b_i| in nats, where a are z - mu's coordinates on the basis's
+    (orthogonal) rows b_i, so a_i = T eps_i for a principal draw."""
+    b = basis.reshape(len(basis), -1).astype(np.float64)
+    norms2 = (b * b).sum(axis=1)
+    a = (z.reshape(len(z), -1).astype(np.float64) - mu.reshape(1, -1)) @ b.T / norms2
+    return (-0.5 * (a * a + LOG_2PI).sum(axis=1) - 0.5 * np.log(norms2).sum())
 
 
 def log_density(z: np.ndarray, mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
@@ -55,13 +93,14 @@ def traversal(z_start: np.ndarray, z_end: np.ndarray, steps: int) -> tuple[np.nd
 
 
 def traversal_endpoints(mu: np.ndarray, logvar: np.ndarray, seed: int, seed_end: int | None,
-                        temperature: float) -> tuple[np.ndarray, np.ndarray]:
+                        draws: Draws) -> tuple[np.ndarray, np.ndarray]:
     """z_start, z_end: draws 0 and 1 of `seed`, or draw 0 of `seed` and draw 0 of `seed_end`."""
+    shape = draws.eps_shape(mu.shape)
     if seed_end is None:
-        eps = draw_eps(seed, 2, mu.shape)
+        eps = draw_eps(seed, 2, shape)
     else:
-        eps = np.concatenate([draw_eps(seed, 1, mu.shape), draw_eps(seed_end, 1, mu.shape)])
-    z = sample_latent(mu, logvar, eps, temperature)
+        eps = np.concatenate([draw_eps(seed, 1, shape), draw_eps(seed_end, 1, shape)])
+    z = draws.latents(mu, logvar, eps)
     return z[0], z[1]
 
 
@@ -74,18 +113,18 @@ class SampleSet:
 
 
 def mean_and_draws(mu: np.ndarray, logvar: np.ndarray, seed: int, n: int,
-                   temperature: float) -> np.ndarray:
+                   draws: Draws) -> np.ndarray:
     """The latents of one input's answer (mu, logvar of shape (1, ...)): its mean, then draws
     0..n-1 of `seed`; (n+1, ...)."""
-    eps = draw_eps(seed, n, mu.shape[1:])
-    return np.concatenate([mu, sample_latent(mu[0], logvar[0], eps, temperature)])
+    eps = draw_eps(seed, n, draws.eps_shape(mu.shape[1:]))
+    return np.concatenate([mu, draws.latents(mu[0], logvar[0], eps)])
 
 
-def sample_set(runner: Any, x: np.ndarray, seed: int, n: int, temperature: float) -> SampleSet:
+def sample_set(runner: Any, x: np.ndarray, seed: int, n: int, draws: Draws) -> SampleSet:
     """One ICAP pass, one encoder pass, one decoder call for the mean and all n samples."""
     mu, logvar, features = runner.encode(x[None])
-    z = mean_and_draws(mu, logvar, seed, n, temperature)
-    return SampleSet(runner.decode(features, z, x[None]), log_density(z, mu[0], logvar[0]))
+    z = mean_and_draws(mu, logvar, seed, n, draws)
+    return SampleSet(runner.decode(features, z, x[None]), draws.log_density(z, mu[0], logvar[0]))
 
 
 def arrange(samples: SampleSet, reference: np.ndarray | None) -> list[dict[str, Any]]:
@@ -112,9 +151,9 @@ def arrange(samples: SampleSet, reference: np.ndarray | None) -> list[dict[str, 
 
 
 def traverse_frames(runner: Any, x: np.ndarray, seed: int, seed_end: int | None,
-                    temperature: float, steps: int) -> tuple[np.ndarray, np.ndarray]:
+                    draws: Draws, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """(alphas, uint8 frames): one ICAP and encoder pass, one decoder call for all frames."""
     mu, logvar, features = runner.encode(x[None])
-    z_start, z_end = traversal_endpoints(mu[0], logvar[0], seed, seed_end, temperature)
+    z_start, z_end = traversal_endpoints(mu[0], logvar[0], seed, seed_end, draws)
     alphas, z = traversal(z_start, z_end, steps)
     return alphas, runner.decode(features, z, x[None])

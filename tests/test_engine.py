@@ -107,11 +107,11 @@ def test_cpu_calls_run_in_chunks_with_unchanged_outputs(tiny_model_dir, astronau
     assert runner.max_rows == 3 and not runner.pad
     hr = Image.fromarray(astronaut_hr)
     x = np.stack([engine.model_input(degrade(hr.rotate(a), 8)) for a in range(0, 35, 5)])
-    chunked = sampling.sample_set(runner, x[0], 4, 10, 1.0)
+    chunked = sampling.sample_set(runner, x[0], 4, 10, runner.draws("icap", 1.0))
     faces = runner.superresolve(x)
     assert runner.calls["decoder"] == {1, 2, 3} and runner.calls["encoder"] == {1, 3}
     runner.max_rows = None
-    whole = sampling.sample_set(runner, x[0], 4, 10, 1.0)
+    whole = sampling.sample_set(runner, x[0], 4, 10, runner.draws("icap", 1.0))
     np.testing.assert_array_equal(chunked.images, whole.images)
     np.testing.assert_array_equal(chunked.log_density, whole.log_density)
     np.testing.assert_array_equal(faces, runner.superresolve(x))

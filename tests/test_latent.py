@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from facesr_core.latent import sample_latent
+from facesr_core.latent import principal_latent, sample_latent
 from training import latent as torch_latent
 from training.config import ModelConfig
 from training.models import StochasticSR
@@ -50,3 +50,19 @@ def test_predict_decodes_the_drawn_latents():
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(got[0], got[1])  # draws of one input differ
     torch.testing.assert_close(model.predict(x), model.sr(x, mu), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.6])
+def test_principal_draws_agree_and_stay_in_the_basis_span(temperature):
+    rng = np.random.default_rng(1)
+    mu = rng.uniform(-1, 1, (4, 8, 8)).astype(np.float32)
+    basis = rng.standard_normal((3, 4, 8, 8)).astype(np.float32)
+    eps = rng.standard_normal((5, 3)).astype(np.float32)
+    z_np = principal_latent(mu, basis, eps, temperature)
+    z_torch = torch_latent.principal_latent(torch.from_numpy(mu)[None], torch.from_numpy(basis),
+                                            torch.from_numpy(eps), temperature)
+    assert z_np.shape == (5, 4, 8, 8) and z_np.dtype == np.float32
+    np.testing.assert_allclose(z_np, z_torch.numpy(), rtol=1e-5, atol=1e-5)
+    offsets = (z_np - mu).reshape(5, -1)
+    coef, *_ = np.linalg.lstsq(basis.reshape(3, -1).T, offsets.T, rcond=None)
+    np.testing.assert_allclose(coef.T, temperature * eps, atol=1e-4)  # z - mu = T eps @ basis

@@ -175,7 +175,7 @@ def heavy_seconds(model_dir: Path, n: int) -> float:
     took = []
     for seed in range(3):
         start = time.perf_counter()
-        sample_set(runner, x, seed, n, 1.0)
+        sample_set(runner, x, seed, n, runner.draws("icap", 1.0))
         took.append(time.perf_counter() - start)
     return statistics.median(took)
 

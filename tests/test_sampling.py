@@ -65,9 +65,30 @@ def test_traversal_is_eq8_with_exact_ends():
 
 def test_traversal_endpoints_come_from_seeds():
     mu, logvar = np.zeros((2, 2, 2), np.float32), np.zeros((2, 2, 2), np.float32)
-    z0, z1 = sampling.traversal_endpoints(mu, logvar, 3, None, 1.0)
+    z0, z1 = sampling.traversal_endpoints(mu, logvar, 3, None, sampling.Draws("icap", 1.0))
     eps = sampling.draw_eps(3, 2, (2, 2, 2))
     np.testing.assert_array_equal(z0, eps[0])
     np.testing.assert_array_equal(z1, eps[1])
-    z0, z1 = sampling.traversal_endpoints(mu, logvar, 3, 9, 1.0)
+    z0, z1 = sampling.traversal_endpoints(mu, logvar, 3, 9, sampling.Draws("icap", 1.0))
     np.testing.assert_array_equal(z1, sampling.draw_eps(9, 1, (2, 2, 2))[0])
+
+
+def test_principal_draws_and_their_log_density():
+    rng = np.random.default_rng(2)
+    mu, logvar = rng.uniform(-1, 1, (2, 3, 3)), np.zeros((2, 3, 3))
+    q, _ = np.linalg.qr(rng.standard_normal((18, 2)))  # two orthonormal directions
+    scales = np.array([2.0, 0.5])
+    basis = (q.T * scales[:, None]).reshape(2, 2, 3, 3).astype(np.float32)
+    draws = sampling.Draws("principal", 0.7, basis)
+    assert draws.eps_shape((2, 3, 3)) == (2,)
+    assert sampling.Draws("icap", 1.0).eps_shape((2, 3, 3)) == (2, 3, 3)
+    z = sampling.mean_and_draws(mu[None].astype(np.float32), logvar[None], 4, 3, draws)
+    eps = sampling.draw_eps(4, 3, (2,))
+    np.testing.assert_allclose(z[1:], mu + 0.7 * np.tensordot(eps, basis, axes=1), atol=1e-5)
+    a = 0.7 * eps  # z - mu's coordinates on the unit directions, in units of each scale
+    want = (-0.5 * (a ** 2).sum(1) - np.log(scales).sum() - np.log(2 * np.pi))
+    dens = draws.log_density(z, mu, logvar)
+    np.testing.assert_allclose(dens[1:], want, rtol=1e-5)
+    assert dens[0] == dens.max()  # the mean is the mode
+    z0, z1 = sampling.traversal_endpoints(mu.astype(np.float32), logvar, 4, None, draws)
+    np.testing.assert_allclose(np.stack([z0, z1]), z[1:3], atol=1e-6)

@@ -645,3 +645,83 @@ def test_samples_default_to_the_manifests_calibrated_temperature(tiny_model_dir,
         want = ref.decode(ref.sample_z(5, e["draw"], 0.3))
         np.testing.assert_array_equal(b64pixels(e["image"]), want)
     assert body["samples"][1]["image"] != explicit["samples"][1]["image"]
+
+
+def test_principal_draws_are_the_default_where_the_model_ships_a_basis(tiny_model_dir, hr,
+                                                                       tmp_path):
+    """A basis in the manifest makes /samples and /traverse draw z = mu + T eps @ basis (with
+    its own temperature); draws=icap still gives the paper's draws at sample_temperature; a
+    model without a basis refuses draws=principal with a 422."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from facesr_core.manifest import MANIFEST_NAME, PRINCIPAL_BASIS, ModelFile, PrincipalDraws
+    from facesr_core.manifest import sha256_of as sha
+
+    shutil.copytree(tiny_model_dir / "x8", tmp_path / "x8")
+    manifest = load_manifest(tmp_path / "x8")
+    basis = np.random.default_rng(0).standard_normal((3, *manifest.latent_shape),
+                                                     dtype=np.float32)
+    np.save(tmp_path / "x8" / PRINCIPAL_BASIS, basis)
+    draws = PrincipalDraws(file=ModelFile(path=PRINCIPAL_BASIS,
+                                          sha256=sha(tmp_path / "x8" / PRINCIPAL_BASIS)),
+                           rank=3, temperature=0.6)
+    (tmp_path / "x8" / MANIFEST_NAME).write_text(manifest.model_copy(
+        update={"principal_draws": draws, "sample_temperature": 0.3}).model_dump_json())
+    lr = degrade(hr, 8)
+    ref = Reference(tmp_path / "x8", lr)
+    with TestClient(create_app(settings_for(tmp_path)), raise_server_exceptions=False) as client:
+        wait_ready(client)
+        info = client.get("/v1/models").json()["models"][0]
+        assert info["default_draws"] == "principal"
+        assert info["principal_draws"]["rank"] == 3
+        r = client.post("/samples?n=3&seed=5", files=upload(png(lr)))
+        body = r.json()
+        assert (body["draws"], body["temperature"]) == ("principal", 0.6)
+        assert r.headers["x-facesr-draws"] == "principal"
+        icap = client.post("/samples?n=3&seed=5&draws=icap", files=upload(png(lr))).json()
+        assert (icap["draws"], icap["temperature"]) == ("icap", 0.3)
+        frames = client.post("/traverse?steps=2&seed=5", files=upload(png(lr))).json()
+        assert (frames["draws"], frames["temperature"]) == ("principal", 0.6)
+    eps = np.random.default_rng(5).standard_normal((3, 3), dtype=np.float32)
+    z = ref.mu[0] + np.float32(0.6) * np.tensordot(eps, basis, axes=1)
+    for e in body["samples"][1:]:
+        np.testing.assert_array_equal(b64pixels(e["image"]), ref.decode(z[e["draw"]]))
+    for e in icap["samples"][1:]:
+        np.testing.assert_array_equal(b64pixels(e["image"]),
+                                      ref.decode(ref.sample_z(5, e["draw"], 0.3)))
+    np.testing.assert_array_equal(b64pixels(frames["frames"][0]["image"]),
+                                  b64pixels(next(e for e in body["samples"]
+                                                 if e["draw"] == 0)["image"]))
+
+
+def test_principal_draws_on_a_model_without_a_basis_are_refused(inprocess, lr8):
+    r = inprocess.post("/samples?n=2&draws=principal", files=upload(lr8))
+    assert r.status_code == 422 and "principal" in r.json()["detail"]
+    r = inprocess.post("/samples?n=2&seed=1", files=upload(lr8))
+    assert r.json()["draws"] == "icap"
+    assert inprocess.get("/v1/models").json()["models"][0]["default_draws"] == "icap"
+
+
+def test_a_basis_that_does_not_fit_the_latent_stops_the_load(tiny_model_dir, tmp_path):
+    import shutil
+
+    from facesr_core.manifest import MANIFEST_NAME, PRINCIPAL_BASIS, ModelFile, PrincipalDraws
+    from facesr_core.manifest import sha256_of as sha
+    from service.engine import ModelError, load_runner
+    from service.settings import Settings
+
+    shutil.copytree(tiny_model_dir / "x8", tmp_path / "x8")
+    manifest = load_manifest(tmp_path / "x8")
+    np.save(tmp_path / "x8" / PRINCIPAL_BASIS, np.zeros((2, 3, 4, 4), np.float32))
+    draws = PrincipalDraws(file=ModelFile(path=PRINCIPAL_BASIS,
+                                          sha256=sha(tmp_path / "x8" / PRINCIPAL_BASIS)),
+                           rank=2, temperature=0.5)
+    (tmp_path / "x8" / MANIFEST_NAME).write_text(
+        manifest.model_copy(update={"principal_draws": draws}).model_dump_json())
+    with pytest.raises(ModelError, match="basis is float32 \\(2, 3, 4, 4\\)"):
+        load_runner(tmp_path / "x8", Settings(), ["CPUExecutionProvider"])
+    (tmp_path / "x8" / PRINCIPAL_BASIS).write_bytes(b"changed")
+    with pytest.raises(ModelError, match="principal basis file .* has sha256"):
+        load_runner(tmp_path / "x8", Settings(), ["CPUExecutionProvider"])

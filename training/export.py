@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from facesr_core.degradation import lr_size
-from facesr_core.manifest import Manifest, ModelFile, sha256_of, write_manifest
+from facesr_core.manifest import PRINCIPAL_BASIS, Manifest, ModelFile, sha256_of, write_manifest
 from training.models import StochasticSR
 
 OPSET = 17
@@ -126,5 +126,6 @@ def export_model(model: StochasticSR, out_dir: Path | str, *, scale: int, preset
     )
     for stale in out_dir.glob("*.int8.onnx"):  # quantized from graphs that are now replaced
         stale.unlink()
+    (out_dir / PRINCIPAL_BASIS).unlink(missing_ok=True)  # fitted to the replaced model
     write_manifest(out_dir, manifest)
     return manifest

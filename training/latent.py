@@ -1,4 +1,4 @@
-"""The latent draw z = mu + T * sigma * eps in PyTorch: the twin of facesr_core/latent.py.
+"""The latent draws in PyTorch: the twin of facesr_core/latent.py.
 
 eps is always drawn on the CPU in float32 and then moved to mu's device and dtype, so a seeded
 CPU generator gives the same latents on any device.
@@ -19,3 +19,9 @@ def standard_normal(shape: tuple[int, ...] | torch.Size, like: Tensor,
 def sample_latent(mu: Tensor, logvar: Tensor, eps: Tensor, temperature: float = 1.0) -> Tensor:
     """z = mu + T * exp(logvar / 2) * eps; the three tensors broadcast together."""
     return mu + temperature * torch.exp(0.5 * logvar) * eps
+
+
+def principal_latent(mu: Tensor, basis: Tensor, eps: Tensor, temperature: float = 1.0) -> Tensor:
+    """z = mu + T * eps @ basis: eps (N, rank), basis (rank, *latent_shape), mu (N or 1, ...)."""
+    offset = (eps @ basis.flatten(1)).view(len(eps), *basis.shape[1:])
+    return mu + temperature * offset

@@ -99,7 +99,7 @@ def run_face(runner: Runner, hr: np.ndarray, n: int, seed: int) -> dict:
     bicubic = network_input(hr, runner.scale)
     x = to_model_range(bicubic)
     mu, logvar, features = runner.encode(x[None])
-    z = mean_and_draws(mu, logvar, seed, n, runner.manifest.sample_temperature)
+    z = mean_and_draws(mu, logvar, seed, n, runner.draws())
     images = runner.decode(features, z, x[None])
     served, samples = images[0], images[1:]
     error = np.abs(served.astype(np.float32) - hr.astype(np.float32)).mean(axis=-1)

@@ -19,6 +19,7 @@ from service import contact_sheet
 from service.admission import Ticket
 from service.api.inference_route import InferenceRouter, admit
 from service.api.params import (
+    DrawsParam,
     IdentityReferenceField,
     ImageField,
     ReferenceField,
@@ -41,7 +42,7 @@ from service.api.schemas import (
     UncertaintyMap,
 )
 from service.engine import Runner, model_input
-from service.errors import PayloadTooLarge
+from service.errors import InvalidParameter, PayloadTooLarge
 from service.imaging import (
     MEDIA_TYPES,
     LRInput,
@@ -60,7 +61,7 @@ from service.insight import (
     require_identity,
     uncertainty_body,
 )
-from service.sampling import SampleSet, arrange, new_seed, sample_set, traverse_frames
+from service.sampling import Draws, SampleSet, arrange, new_seed, sample_set, traverse_frames
 from service.state import ServiceState, StateDep
 
 router = InferenceRouter()
@@ -129,18 +130,25 @@ async def prepare(state: ServiceState, image: UploadFile, scale: Scale | None,
                                        state.scales, s.max_pixels)
 
 
+def request_draws(runner: Runner, kind: str | None, temperature: float | None) -> Draws:
+    """The request's draws (Runner.draws); 422 for principal draws on a model without a basis."""
+    try:
+        return runner.draws(kind, temperature)
+    except LookupError as exc:
+        raise InvalidParameter(f"query.draws: {exc}") from exc
+
+
 async def draw_samples(state: ServiceState, work: Ticket, runner: Runner, x: np.ndarray,
-                       seed: int | None, n: int, temperature: float | None,
-                       timings: Timings) -> tuple[SampleSet, int, float]:
-    """The mean and n samples of x in the inference pool: (the set, its seed, its temperature),
-    a random seed and the model's calibrated temperature where none was given."""
+                       seed: int | None, n: int, draws: Draws,
+                       timings: Timings) -> tuple[SampleSet, int]:
+    """The mean and n samples of x in the inference pool: (the set, its seed), a random seed
+    where none was given."""
     seed = new_seed() if seed is None else seed
-    temperature = runner.manifest.sample_temperature if temperature is None else temperature
     state.metrics.samples.labels(endpoint=timings.endpoint).observe(n)
-    result, queued, ran = await state.infer(work, sample_set, runner, x, seed, n, temperature)
+    result, queued, ran = await state.infer(work, sample_set, runner, x, seed, n, draws)
     timings.add("queue", queued)
     timings.add("inference", ran)
-    return result, seed, temperature
+    return result, seed
 
 
 def headers(runner: Runner, lr: LRInput, timings: Timings, **extra: Any) -> dict[str, str]:
@@ -174,19 +182,21 @@ async def superresolve(
     fmt: Annotated[Literal["png", "jpeg", "webp"], Query(alias="format")] = "png",
     seed: SeedParam = None,
     temperature: TemperatureParam = None,
+    draws: DrawsParam = None,
 ) -> Response:
-    """With uncertainty=true, `n`, `seed` and `temperature` set the samples behind the map."""
+    """With uncertainty=true, `n`, `seed`, `draws` and `temperature` set the samples behind the
+    map."""
     timings = Timings(request, state)
     lr, x = await prepare(state, image, scale, timings)
     runner = state.runners[lr.scale]
     if uncertainty:  # n samples beside the mean: the /samples path, not the micro-batcher
-        result, seed, temperature = await draw_samples(state, work, runner, x, seed, n,
-                                                       temperature, timings)
+        how = request_draws(runner, draws, temperature)
+        result, seed = await draw_samples(state, work, runner, x, seed, n, how, timings)
         with timings.stage("encode"):
             body = await asyncio.to_thread(render_uncertain_face, runner, lr, result.images,
-                                           seed, temperature, n, fmt)
+                                           seed, how, n, fmt)
         return Response(body, media_type="application/json",
-                        headers=headers(runner, lr, timings, seed=seed))
+                        headers=headers(runner, lr, timings, seed=seed, draws=how.kind))
     result = await state.batchers[lr.scale].submit(x, state.settings.retry_after_s)
     # encoding holds up no one's call
     work.ran_in_batch(result.started_at, result.batch_size, result.inference_s)
@@ -215,6 +225,7 @@ async def samples(
     identity_reference: IdentityReferenceField = None,
     seed: SeedParam = None,
     temperature: TemperatureParam = None,
+    draws: DrawsParam = None,
     scale: ScaleParam = None,
     fmt: Annotated[Literal["json", "png"], Query(alias="format")] = "json",
 ) -> Response:
@@ -234,14 +245,13 @@ async def samples(
         with timings.stage("decode"):
             ref = await asyncio.to_thread(prepare_reference, ref_data, s.max_pixels)
     runner = state.runners[lr.scale]
-    result, seed, temperature = await draw_samples(state, work, runner, x, seed, n, temperature,
-                                                   timings)
+    how = request_draws(runner, draws, temperature)
+    result, seed = await draw_samples(state, work, runner, x, seed, n, how, timings)
     with timings.stage("encode"):
         body, media, extra = await asyncio.to_thread(
-            render_samples, runner, lr, result, ref, seed, temperature, n, fmt, uncertainty,
-            id_ref)
+            render_samples, runner, lr, result, ref, seed, how, n, fmt, uncertainty, id_ref)
     return Response(body, media_type=media,
-                    headers=headers(runner, lr, timings, seed=seed, **extra))
+                    headers=headers(runner, lr, timings, seed=seed, draws=how.kind, **extra))
 
 
 @router.post(
@@ -260,6 +270,7 @@ async def traverse(
     seed: SeedParam = None,
     seed_end: SeedEndParam = None,
     temperature: TemperatureParam = None,
+    draws: DrawsParam = None,
     scale: ScaleParam = None,
     fmt: Annotated[Literal["json", "gif", "webp", "png"], Query(alias="format")] = "json",
     duration_ms: Annotated[int, Query(ge=20, le=10_000, description="per frame")] = 100,
@@ -268,23 +279,23 @@ async def traverse(
     lr, x = await prepare(state, image, scale, timings)
     seed = new_seed() if seed is None else seed
     runner = state.runners[lr.scale]
-    temperature = runner.manifest.sample_temperature if temperature is None else temperature
+    how = request_draws(runner, draws, temperature)
     state.metrics.samples.labels(endpoint=timings.endpoint).observe(steps)
     (alphas, frames), queued, ran = await state.infer(
-        work, traverse_frames, runner, x, seed, seed_end, temperature, steps)
+        work, traverse_frames, runner, x, seed, seed_end, how, steps)
     timings.add("queue", queued)
     timings.add("inference", ran)
     with timings.stage("encode"):
         body, media = await asyncio.to_thread(
-            render_traverse, runner, lr, alphas, frames, seed, seed_end, temperature, fmt,
-            duration_ms)
+            render_traverse, runner, lr, alphas, frames, seed, seed_end, how, fmt, duration_ms)
     return Response(body, media_type=media,
-                    headers=headers(runner, lr, timings, seed=seed, seed_end=seed_end))
+                    headers=headers(runner, lr, timings, seed=seed, seed_end=seed_end,
+                                    draws=how.kind))
 
 
 
 def render_samples(runner: Runner, lr: LRInput, result: SampleSet, ref: np.ndarray | None,
-                   seed: int, temperature: float, n: int, fmt: str, uncertainty: bool = False,
+                   seed: int, draws: Draws, n: int, fmt: str, uncertainty: bool = False,
                    id_ref: np.ndarray | None = None) -> tuple[bytes, str, dict[str, Any]]:
     """Order and score the samples (by identity when id_ref is given), then the JSON body (a
     SamplesResponse) or the contact sheet."""
@@ -301,7 +312,8 @@ def render_samples(runner: Runner, lr: LRInput, result: SampleSet, ref: np.ndarr
         return encode_pil(contact_sheet.render(tiles), "png"), "image/png", {"best": best}
     body = SamplesResponse(
         model=runner.manifest.name, version=runner.manifest.version, scale=lr.scale, seed=seed,
-        temperature=temperature, n=n, reference=ref is not None, best=best,
+        draws=draws.kind, temperature=draws.temperature, n=n, reference=ref is not None,
+        best=best,
         adjustments=lr.adjustments, identity_reference=id_ref is not None,
         uncertainty=UncertaintyMap(**uncertainty_body(result.images)) if uncertainty else None,
         samples=[SampleEntry(**{k: v for k, v in e.items() if k != "index"},
@@ -310,18 +322,19 @@ def render_samples(runner: Runner, lr: LRInput, result: SampleSet, ref: np.ndarr
 
 
 def render_uncertain_face(runner: Runner, lr: LRInput, images: np.ndarray, seed: int,
-                          temperature: float, n: int, fmt: str) -> bytes:
+                          draws: Draws, n: int, fmt: str) -> bytes:
     """/superresolve?uncertainty=true: the served face (images[0]) and the map of the samples."""
     body = SuperresolveUncertainty(
         model=runner.manifest.name, version=runner.manifest.version, scale=lr.scale, seed=seed,
-        temperature=temperature, n=n, format=fmt, adjustments=lr.adjustments,
+        draws=draws.kind, temperature=draws.temperature, n=n, format=fmt,
+        adjustments=lr.adjustments,
         image=encode_b64(images[0], fmt),
         uncertainty=UncertaintyMap(**uncertainty_body(images)))
     return body.model_dump_json().encode()
 
 
 def render_traverse(runner: Runner, lr: LRInput, alphas: np.ndarray, frames: np.ndarray,
-                    seed: int, seed_end: int | None, temperature: float, fmt: str,
+                    seed: int, seed_end: int | None, draws: Draws, fmt: str,
                     duration_ms: int) -> tuple[bytes, str]:
     """The animation, the strip, or the JSON body (a TraverseResponse)."""
     if fmt in ("gif", "webp"):
@@ -330,7 +343,7 @@ def render_traverse(runner: Runner, lr: LRInput, alphas: np.ndarray, frames: np.
         return encode_pil(strip(frames), "png"), "image/png"
     body = TraverseResponse(
         model=runner.manifest.name, version=runner.manifest.version, scale=lr.scale, seed=seed,
-        seed_end=seed_end, temperature=temperature, steps=len(frames),
+        seed_end=seed_end, draws=draws.kind, temperature=draws.temperature, steps=len(frames),
         adjustments=lr.adjustments,
         frames=[Frame(alpha=float(a), image=encode_b64(f))
                 for a, f in zip(alphas, frames, strict=True)])

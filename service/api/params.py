@@ -6,7 +6,7 @@ value the endpoint gets (FastAPI solves it once per request)."""
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import File, Query, UploadFile
 
@@ -41,8 +41,12 @@ SeedParam = Annotated[int | None, Query(ge=0, le=SEED_MAX, description=(
 SeedEndParam = Annotated[int | None, Query(ge=0, le=SEED_MAX,
                                            description="z_end: draw 0 of this seed")]
 TemperatureParam = Annotated[float | None, Query(ge=0.0, le=MAX_TEMPERATURE, description=(
-    "scales sigma; 0 gives the mean; default: the model's calibrated temperature "
-    "(sample_temperature in /v1/models)"))]
+    "scales the draws; 0 gives the mean; default: the model's calibrated temperature for "
+    "the draws used (/v1/models: principal_draws.temperature, or sample_temperature for icap)"))]
+DrawsParam = Annotated[Literal["principal", "icap"] | None, Query(description=(
+    "principal: a few draws along the model's principal directions of the ICAP mean's code "
+    "error (ours; the default where the model ships a basis, /v1/models default_draws); "
+    "icap: the paper's draws from the ICAP's Gaussian over the whole latent"))]
 
 
 def within_limit(name: str, value: int | None, default: int, limit: int, setting: str) -> int:

@@ -57,6 +57,7 @@ class SampledAnswer(BaseModel):
     version: str
     scale: int
     seed: int
+    draws: str  # principal or icap (the paper's)
     temperature: float
     n: int
 
@@ -88,6 +89,7 @@ class TraverseResponse(BaseModel):
     scale: int
     seed: int
     seed_end: int | None
+    draws: str
     temperature: float
     steps: int
     adjustments: list[str]

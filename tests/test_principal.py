@@ -1,0 +1,85 @@
+"""training/principal.py: the basis of the principal draws, its calibration and its install."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from facesr_core.manifest import PRINCIPAL_BASIS, load_manifest
+from training import principal
+
+
+def test_the_basis_is_the_top_principal_directions_of_the_code_error():
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(32, 3, generator=gen, dtype=torch.float64))
+    coords = torch.randn(4000, 3, generator=gen, dtype=torch.float64) * torch.tensor(
+        [3.0, 2.0, 1.0], dtype=torch.float64)
+    errors = coords @ q.T + 0.01 * torch.randn(4000, 32, generator=gen, dtype=torch.float64)
+    basis, explained = principal.fit_basis(errors, 2, (2, 4, 4))
+    assert basis.shape == (2, 2, 4, 4) and basis.dtype == np.float32
+    rows = basis.reshape(2, -1).astype(np.float64)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), [3.0, 2.0], rtol=0.05)
+    for row, direction in zip(rows, q.T[:2].numpy(), strict=True):  # up to sign
+        assert abs(row @ direction) / np.linalg.norm(row) > 0.999
+    assert abs(rows[0] @ rows[1]) < 1e-6 * np.linalg.norm(rows[0]) * np.linalg.norm(rows[1])
+    np.testing.assert_allclose(explained, [9 / 14, 13 / 14], atol=0.03)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from training.config import ModelConfig
+    from training.export import export_model
+    from training.models import StochasticSR
+
+    torch.manual_seed(0)
+    model = StochasticSR(ModelConfig.preset("tiny"))
+    with torch.no_grad():
+        model.sr.decoder.ConvBlock3.weight.normal_(0.0, 0.05)
+    out = tmp_path_factory.mktemp("principal") / "x8"
+    export_model(model, out, scale=8, preset="tiny", version="test-1")
+    return out
+
+
+def test_the_cli_calibrates_and_installs_a_basis_the_service_loads(tiny_run, pack, tmp_path):
+    from service.engine import load_runner
+    from service.settings import Settings
+
+    report = tmp_path / "report.json"
+    principal.main(["--model", str(tiny_run), "--pack", str(pack), "--sources", "utkface",
+                    "--train-faces", "12", "--ranks", "1", "2", "--temperatures", "0.5", "1",
+                    "--test-limit", "2", "--install", "--out", str(report), "--no-progress"])
+    got = json.loads(report.read_text())
+    gains = got["val_best_of_10_minus_mean_db"]
+    assert set(gains) == {"k1_T0.5", "k1_T1", "k2_T0.5", "k2_T1", "icap_T1"}  # the manifest's T
+    assert gains[f"k{got['rank']}_T{got['temperature']:g}"] == max(
+        v for k, v in gains.items() if not k.startswith("icap"))
+    assert got["val_faces"] == 4 and got["test"]["utkface"]["faces"] == 2
+    spread = got["val_samples_spread"]
+    assert all(v["rms_from_mean"] > 0 and 0 <= v["low_frequency_share"] <= 1
+               for v in spread.values())
+    assert spread["k1_T1"]["rms_from_mean"] > spread["k1_T0.5"]["rms_from_mean"]
+    manifest = load_manifest(tiny_run)  # verifies the basis's sha256 too
+    entry = manifest.principal_draws
+    assert (entry.rank, entry.temperature) == (got["rank"], got["temperature"])
+    assert entry.calibration == got
+    basis = np.load(tiny_run / PRINCIPAL_BASIS)
+    assert basis.shape == (got["rank"], *manifest.latent_shape)
+    runner = load_runner(tiny_run, Settings(), ["CPUExecutionProvider"])
+    assert runner.default_draws == "principal"
+    assert runner.draws().temperature == got["temperature"]
+    np.testing.assert_array_equal(runner.draws().basis, basis)
+
+
+def test_a_new_export_drops_the_basis_of_the_replaced_model(tiny_run, tmp_path):
+    import shutil
+
+    from training.export import export_model
+    from training.weights import load_model
+
+    shutil.copytree(tiny_run, tmp_path / "x8")
+    (tmp_path / "x8" / PRINCIPAL_BASIS).write_bytes(b"old")
+    model, _ = load_model(tiny_run)
+    export_model(model, tmp_path / "x8", scale=8, preset="tiny", version="test-2")
+    assert not (tmp_path / "x8" / PRINCIPAL_BASIS).exists()
+    assert load_manifest(tmp_path / "x8").principal_draws is None

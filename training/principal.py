@@ -1,0 +1,202 @@
+"""Principal draws (ours): samples along the few directions in which the ICAP mean's code is
+most often wrong.
+
+The REN's mean code mu_r (it sees the HR face) is the code the decoder was trained on; the
+ICAP's mean mu_q is its prediction from the LR face alone. Over training faces, the error
+d = mu_r - mu_q has a second-moment matrix E[d d^T] (4,096 x 4,096 at paper size) whose top
+eigenvectors v_i, with eigenvalues lambda_i, are the directions of largest code error. The
+basis rows b_i = sqrt(lambda_i) v_i give the draws z = mu_q + T * sum_i eps_i b_i
+(facesr_core/latent.py), which the service uses by default when a model ships a basis.
+
+Why: ten draws of the ICAP's diagonal Gaussian spread over all 4,096 dimensions, and in so many
+dimensions a random offset almost never points towards the HR's code; ten draws along a handful
+of directions that carry the typical error do, so best-of-n can beat the mean (docs/method.md).
+
+    python -m training.principal --model models/x8 --pack packs/faces_all.npz \
+        --ranks 2 4 8 --temperatures 0.35 0.5 0.7 1 --install
+
+fits the basis on training faces, picks the rank and temperature with the highest best-of-10
+minus the ICAP mean on the validation split, checks that choice on the first test faces, and
+(--install) writes `principal_basis.npy` and `principal_draws` into the model folder's
+manifest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from facesr_core.degradation import from_model_range
+from facesr_core.manifest import (
+    MANIFEST_NAME,
+    PRINCIPAL_BASIS,
+    ModelFile,
+    PrincipalDraws,
+    load_manifest,
+    sha256_of,
+    write_manifest,
+)
+from facesr_core.quality import psnr
+from training.data import FacePack, make_pair
+from training.diagnostics import low_frequency_share
+from training.latent import principal_latent, standard_normal
+
+
+def _pairs(hr: np.ndarray, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*(make_pair(h, scale) for h in hr), strict=True)
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+@torch.no_grad()
+def code_errors(model, hr: np.ndarray, scale: int, batch: int = 16,
+                progress: bool = True) -> torch.Tensor:
+    """d = mu_r - mu_q for each face (N, latent size), float64: the REN's mean code of the
+    residual y - f(x, 0) minus the ICAP's mean."""
+    rows = []
+    for i in tqdm(range(0, len(hr), batch), desc="code errors", unit="batch", disable=not progress):
+        x, y = _pairs(hr[i:i + batch], scale)
+        enc = model.encode(x)
+        mu_r = model.ren(y - model.sr.decoder(enc.features, None, x))[0]
+        rows.append((mu_r - enc.mu).flatten(1).double())
+    return torch.cat(rows)
+
+
+def fit_basis(errors: torch.Tensor, rank: int, latent_shape: tuple[int, ...]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(basis float32 (rank, *latent_shape): rows sqrt(lambda_i) v_i by decreasing lambda_i,
+    the share of E|d|^2 that the first k rows explain, for k = 1..rank)."""
+    second_moment = errors.T @ errors / len(errors)
+    lam, vec = torch.linalg.eigh(second_moment)  # ascending
+    lam, vec = lam.flip(0)[:rank].clamp_min(0), vec.flip(1)[:, :rank]
+    basis = (vec * lam.sqrt()).T.reshape(rank, *latent_shape)
+    explained = (lam.cumsum(0) / second_moment.trace()).numpy()
+    return basis.float().numpy(), explained
+
+
+@torch.no_grad()
+def best_of_gains(model, hr: np.ndarray, scale: int, basis: np.ndarray, ranks: list[int],
+                  temperatures: list[float], n: int = 10, seed: int = 0,
+                  icap_temperature: float = 1.0, progress: bool = True
+                  ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """(gains, spread). Gains: mean over faces of best-of-n PSNR minus the ICAP mean's, for
+    principal draws at each
+    rank k (the basis's first k rows) and temperature, and for the ICAP's own draws at
+    `icap_temperature` (`icap_T<t>`; 1 is the paper's). Each face's draws eps (n, max rank)
+    are shared by every rank and temperature, so the settings differ only in how they use
+    them. Spread: how far the samples are from the mean (RMS, grey levels) and the share of
+    that difference at low spatial frequency (shapes, not texture: training.diagnostics)."""
+    b = torch.from_numpy(basis)
+    gen = torch.Generator().manual_seed(seed)
+    names = [f"k{k}_T{t:g}" for k in ranks for t in temperatures] + [f"icap_T{icap_temperature:g}"]
+    gains: dict[str, list[float]] = {name: [] for name in names}
+    rms: dict[str, list[float]] = {name: [] for name in names}
+    low: dict[str, list[float]] = {name: [] for name in names}
+    for face in tqdm(hr, desc=f"best-of-{n} x{scale}", unit="img", disable=not progress):
+        x, _ = _pairs(face[None], scale)
+        enc = model.encode(x)
+        eps = standard_normal((n, len(b)), enc.mu, gen)
+        z = [enc.mu]
+        for k in ranks:
+            z += [principal_latent(enc.mu, b[:k], eps[:, :k], t) for t in temperatures]
+        z.append(enc.mu + icap_temperature * torch.exp(0.5 * enc.logvar) * standard_normal(
+            (n, *enc.mu.shape[1:]), enc.mu, gen))
+        z = torch.cat(z)
+        out = model.sr.decoder(enc.features.expand(len(z), -1, -1, -1), z,
+                               x.expand(len(z), -1, -1, -1))
+        images = from_model_range(out.numpy())
+        scores = psnr(face, images)
+        diffs = images[1:].astype(np.float64) - images[0].astype(np.float64)
+        for j, name in enumerate(names):
+            rows = slice(j * n, (j + 1) * n)
+            gains[name].append(float(scores[1:][rows].max() - scores[0]))
+            rms[name].append(float(np.sqrt(np.mean(diffs[rows] ** 2))))
+            low[name].append(low_frequency_share(diffs[rows]))
+    mean = lambda d: {k: float(np.mean(v)) for k, v in d.items()}  # noqa: E731
+    rms_mean, low_mean = mean(rms), mean(low)
+    return mean(gains), {k: {"rms_from_mean": rms_mean[k], "low_frequency_share": low_mean[k]}
+                         for k in names}
+
+
+def install(model_dir: Path, basis: np.ndarray, temperature: float, calibration: dict) -> None:
+    """Write the basis into an exported model folder and list it in its manifest."""
+    manifest = load_manifest(model_dir, verify=False)
+    if tuple(basis.shape[1:]) != tuple(manifest.latent_shape):
+        raise SystemExit(f"{model_dir}: latent {manifest.latent_shape}, basis {basis.shape[1:]}")
+    path = model_dir / PRINCIPAL_BASIS
+    np.save(path, basis.astype(np.float32), allow_pickle=False)
+    manifest.principal_draws = PrincipalDraws(
+        file=ModelFile(path=PRINCIPAL_BASIS, sha256=sha256_of(path)), rank=len(basis),
+        temperature=temperature, calibration=calibration)
+    write_manifest(model_dir, manifest)
+
+
+def _served_icap_temperature(folder: Path) -> float:
+    """The temperature of the ICAP's draws that the service uses for this model: its manifest's
+    sample_temperature (1, the paper's, for a run folder)."""
+    if (folder / MANIFEST_NAME).exists():
+        return load_manifest(folder, verify=False).sample_temperature
+    return 1.0
+
+
+def main(argv: list[str] | None = None) -> None:
+    from training.weights import load_model
+
+    p = argparse.ArgumentParser("python -m training.principal", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, required=True,
+                   help="an exported model folder (or a run folder, without --install)")
+    p.add_argument("--pack", type=Path, required=True)
+    p.add_argument("--sources", nargs="+", default=["celeba", "utkface"])
+    p.add_argument("--train-faces", type=int, default=1200,
+                   help="training faces the basis is fitted on (a seeded sample)")
+    p.add_argument("--ranks", type=int, nargs="+", default=[2, 4, 8])
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.35, 0.5, 0.7, 1.0])
+    p.add_argument("--val-limit", type=int, default=200, help="validation faces per choice")
+    p.add_argument("--test-limit", type=int, default=100,
+                   help="first test faces of each source the choice is checked on (0: none)")
+    p.add_argument("--install", action="store_true",
+                   help="write the chosen basis and temperature into --model's manifest")
+    p.add_argument("--out", type=Path, help="the report as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    progress = not a.no_progress
+    model, scale = load_model(a.model)
+    model = model.float().eval()
+    torch.set_grad_enabled(False)
+    train = FacePack(a.pack, split="train", sources=a.sources, sample=a.train_faces, seed=1)
+    latent_shape = tuple(model.icap(torch.zeros(1, 3, 128, 128))[0].shape[1:])
+    basis, explained = fit_basis(code_errors(model, train.hr, scale, progress=progress),
+                                 max(a.ranks), latent_shape)
+    t_icap = _served_icap_temperature(a.model)
+    val = FacePack(a.pack, split="val", sources=a.sources).hr[:a.val_limit]
+    gains, spread = best_of_gains(model, val, scale, basis, a.ranks, a.temperatures,
+                                  icap_temperature=t_icap, progress=progress)
+    pick = max((g, k, t) for k in a.ranks for t in a.temperatures
+               for g in [gains[f"k{k}_T{t:g}"]])
+    _, rank, temperature = pick
+    report = {"train_faces": len(train), "explained": {k: float(explained[k - 1])
+                                                      for k in a.ranks},
+              "val_faces": len(val), "val_best_of_10_minus_mean_db": gains,
+              "val_samples_spread": spread,
+              "rank": rank, "temperature": temperature, "test": {}}
+    for source in a.sources if a.test_limit else ():
+        test = FacePack(a.pack, split="test", sources=[source]).hr[:a.test_limit]
+        checked, spread = best_of_gains(model, test, scale, basis[:rank], [rank], [temperature],
+                                        icap_temperature=t_icap, progress=progress)
+        report["test"][source] = {"faces": len(test), "best_of_10_minus_mean_db": checked,
+                                  "samples_spread": spread}
+    print(json.dumps(report, indent=2))
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(report, indent=2))
+    if a.install:
+        install(a.model, basis[:rank], temperature, report)
+
+
+if __name__ == "__main__":
+    main()
