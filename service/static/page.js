@@ -174,7 +174,8 @@ async function runFace(file, pixels) {
 
   status("sampling…");
   const answer = await post("/samples",
-    { scale, n: $("n").value, seed: $("seed").value, temperature: $("temperature").value },
+    { scale, n: $("n").value, seed: $("seed").value, temperature: $("temperature").value,
+      draws: $("draws").value },
     { image: file, reference });
   const seed = answer.headers.get("X-FaceSR-Seed");  // a string: seeds go up to 2^63 - 1
   const samples = await answer.json();
@@ -184,7 +185,7 @@ async function runFace(file, pixels) {
     return figure([[png64(entry.image), name]], name + psnr + (entry.best ? " (best)" : ""),
       entry.best);
   }));
-  $("samples-summary").textContent = `seed ${seed}, temperature ` +
+  $("samples-summary").textContent = `seed ${seed}, ${samples.draws} draws, temperature ` +
     `${samples.temperature.toFixed(2)}` + (samples.reference
       ? "; PSNR against the reference, the best sample framed in green" : "");
   $("samples-section").hidden = false;
@@ -192,7 +193,7 @@ async function runFace(file, pixels) {
   status("traversing…");
   const walk = await post("/traverse",
     { scale, format: "gif", steps: $("steps").value, seed,
-      temperature: $("temperature").value }, { image: file });
+      temperature: $("temperature").value, draws: $("draws").value }, { image: file });
   $("traverse").src = await blobUrl(walk);
   $("traverse-caption").textContent =
     `from draw 0 to draw 1 of seed ${seed}, ${$("steps").value} frames`;
