@@ -94,12 +94,13 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
 
 
-def run_face(runner: Runner, hr: np.ndarray, n: int, seed: int) -> dict:
+def run_face(runner: Runner, hr: np.ndarray, n: int, seed: int, draws: str | None = None
+             ) -> dict:
     """The served mean, n samples and every map of one face, scored against its HR."""
     bicubic = network_input(hr, runner.scale)
     x = to_model_range(bicubic)
     mu, logvar, features = runner.encode(x[None])
-    z = mean_and_draws(mu, logvar, seed, n, runner.draws())
+    z = mean_and_draws(mu, logvar, seed, n, runner.draws(draws))
     images = runner.decode(features, z, x[None])
     served, samples = images[0], images[1:]
     error = np.abs(served.astype(np.float32) - hr.astype(np.float32)).mean(axis=-1)
@@ -136,8 +137,8 @@ def identity_ranking(faces: FacePack, runs: list[dict], rng: np.random.Generator
 
 
 def evaluate_split(runner: Runner, faces: FacePack, n: int, seed: int,
-                   with_identity: bool) -> dict:
-    runs = [run_face(runner, hr, n, seed + i) for i, hr in enumerate(faces.hr)]
+                   with_identity: bool, draws: str | None = None) -> dict:
+    runs = [run_face(runner, hr, n, seed + i, draws) for i, hr in enumerate(faces.hr)]
     names = list(runs[0]["scores"])
     summary = {}
     for name in names:
@@ -198,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="also the identity ranking experiment (needs the identity extra)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"),
                    help="graphs, as FACESR_PRECISION (default auto: what the service serves)")
+    p.add_argument("--draws", choices=("principal", "icap"),
+                   help="the samples' draws, as /samples?draws= (default: each model's default)")
     p.add_argument("--out", type=Path, required=True, help="folder for uncertainty.json/.md")
     a = p.parse_args(argv)
     if a.identity and not identity.available():
@@ -209,9 +212,10 @@ def main(argv: list[str] | None = None) -> None:
             faces = FacePack(a.pack, split=a.split, sources=(source,), sample=a.limit,
                              seed=a.seed)
             res = evaluate_split(runners[scale], faces, a.n, a.seed,
-                                 a.identity and source == "celeba")
+                                 a.identity and source == "celeba", a.draws)
             results.append({"scale": scale, "source": source, "split": a.split,
-                            "precision": runners[scale].precision, **res})
+                            "precision": runners[scale].precision,
+                            "draws": runners[scale].draws(a.draws).kind, **res})
             print(markdown(results[-1:]), flush=True)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "uncertainty.json").write_text(json.dumps(results, indent=1))
