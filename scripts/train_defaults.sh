@@ -34,4 +34,6 @@ for s in $SCALES; do
   facesr-eval --model "runs/x$s" --pack "$PACK" --sources celeba utkface \
     --best-of "$BEST_OF" --best-of-limit "$BEST_OF_LIMIT" --out "runs/x$s/eval"
   facesr-export --model "runs/x$s" --out "models/x$s" --metrics "runs/x$s/eval/metrics.json"
+  python -m training.principal --model "models/x$s" --pack "$PACK" --install --no-progress \
+    --out "runs/x$s/principal.json"
 done

@@ -5,7 +5,7 @@
 #   SHIP=1 FILES=... scripts/device/after.sh                      # and replace models/x<s>
 #   FILES=runs/gpu scripts/device/after.sh       # after train_all.sh runs/gpu on your own GPU
 # FILES holds x<s>/model.safetensors (and x<s>/run.tar.gz, bench.tar.gz from the device).
-# Evaluates and exports in runs/gpu/x<s>.
+# Evaluates and exports in runs/gpu/x<s>, and fits each export's principal basis.
 # Evaluation is the shipped models' protocol (scripts/train_defaults.sh): both test splits,
 # best-of-10 on 100 faces each.
 set -euo pipefail
@@ -14,6 +14,7 @@ FILES=${FILES:?set FILES to the folder the finish call brought back}
 PACK=${PACK:-packs/faces_all.npz}
 SCALES=${SCALES:-"8 4 16"}
 SHIP=${SHIP:-0}
+PRINCIPAL=${PRINCIPAL:-1}   # 0: ship without a principal basis (~30 min of CPU per scale)
 [ -f models/x8/manifest.json ] || { echo "models/ is out: scripts/device/models_out.sh back" >&2; exit 1; }
 ship=()
 [ "$SHIP" = 1 ] && ship=(--ship)
@@ -33,5 +34,9 @@ for s in $SCALES; do
     --best-of-limit 100 --out "$run/eval"
   facesr-export --model "$run" --out "$run/export" --metrics "$run/eval/metrics.json" \
     --pack "$PACK"
+  if [ "$PRINCIPAL" = 1 ]; then   # the basis of the default draws (README "Principal draws")
+    python3 -m training.principal --model "$run/export" --pack "$PACK" --install \
+      --out "$run/principal.json" --no-progress
+  fi
   python3 scripts/device/compare.py "$run/export" "models/x$s" "${ship[@]}"
 done
