@@ -79,47 +79,53 @@ def fit_basis(errors: torch.Tensor, rank: int, latent_shape: tuple[int, ...]
 
 
 @torch.no_grad()
+def face_draws(model, face: np.ndarray, scale: int, basis: torch.Tensor, ranks: list[int],
+               temperatures: list[float], n: int, icap_temperature: float,
+               gen: torch.Generator) -> np.ndarray:
+    """uint8 images of one face: its ICAP mean, then n draws per setting (each rank with each
+    temperature, then the ICAP's own draws), all from one encoder pass and one decoder call.
+    The principal settings share the face's eps (n, max rank)."""
+    x, _ = _pairs(face[None], scale)
+    enc = model.encode(x)
+    eps = standard_normal((n, len(basis)), enc.mu, gen)
+    z = [enc.mu]
+    for k in ranks:
+        z += [principal_latent(enc.mu, basis[:k], eps[:, :k], t) for t in temperatures]
+    z.append(enc.mu + icap_temperature * torch.exp(0.5 * enc.logvar) * standard_normal(
+        (n, *enc.mu.shape[1:]), enc.mu, gen))
+    z = torch.cat(z)
+    out = model.sr.decoder(enc.features.expand(len(z), -1, -1, -1), z,
+                           x.expand(len(z), -1, -1, -1))
+    return from_model_range(out.numpy())
+
+
 def best_of_gains(model, hr: np.ndarray, scale: int, basis: np.ndarray, ranks: list[int],
                   temperatures: list[float], n: int = 10, seed: int = 0,
                   icap_temperature: float = 1.0, progress: bool = True
                   ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """(gains, spread). Gains: mean over faces of best-of-n PSNR minus the ICAP mean's, for
-    principal draws at each
-    rank k (the basis's first k rows) and temperature, and for the ICAP's own draws at
-    `icap_temperature` (`icap_T<t>`; 1 is the paper's). Each face's draws eps (n, max rank)
-    are shared by every rank and temperature, so the settings differ only in how they use
-    them. Spread: how far the samples are from the mean (RMS, grey levels) and the share of
-    that difference at low spatial frequency (shapes, not texture: training.diagnostics)."""
-    b = torch.from_numpy(basis)
+    """(gains, spread), per setting `k<rank>_T<t>` and `icap_T<t>` (the ICAP's own draws at
+    `icap_temperature`; 1 is the paper's). Gains: the mean over faces of best-of-n PSNR minus
+    the ICAP mean's, in dB. Spread: how far the samples are from the mean (RMS, grey levels)
+    and the share of that difference at low spatial frequency (shapes, not texture:
+    training.diagnostics)."""
     gen = torch.Generator().manual_seed(seed)
-    names = [f"k{k}_T{t:g}" for k in ranks for t in temperatures] + [f"icap_T{icap_temperature:g}"]
-    gains: dict[str, list[float]] = {name: [] for name in names}
-    rms: dict[str, list[float]] = {name: [] for name in names}
-    low: dict[str, list[float]] = {name: [] for name in names}
+    names = [f"k{k}_T{t:g}" for k in ranks for t in temperatures]
+    names.append(f"icap_T{icap_temperature:g}")
+    per_face: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
     for face in tqdm(hr, desc=f"best-of-{n} x{scale}", unit="img", disable=not progress):
-        x, _ = _pairs(face[None], scale)
-        enc = model.encode(x)
-        eps = standard_normal((n, len(b)), enc.mu, gen)
-        z = [enc.mu]
-        for k in ranks:
-            z += [principal_latent(enc.mu, b[:k], eps[:, :k], t) for t in temperatures]
-        z.append(enc.mu + icap_temperature * torch.exp(0.5 * enc.logvar) * standard_normal(
-            (n, *enc.mu.shape[1:]), enc.mu, gen))
-        z = torch.cat(z)
-        out = model.sr.decoder(enc.features.expand(len(z), -1, -1, -1), z,
-                               x.expand(len(z), -1, -1, -1))
-        images = from_model_range(out.numpy())
+        images = face_draws(model, face, scale, torch.from_numpy(basis), ranks, temperatures,
+                            n, icap_temperature, gen)
         scores = psnr(face, images)
         diffs = images[1:].astype(np.float64) - images[0].astype(np.float64)
         for j, name in enumerate(names):
             rows = slice(j * n, (j + 1) * n)
-            gains[name].append(float(scores[1:][rows].max() - scores[0]))
-            rms[name].append(float(np.sqrt(np.mean(diffs[rows] ** 2))))
-            low[name].append(low_frequency_share(diffs[rows]))
-    mean = lambda d: {k: float(np.mean(v)) for k, v in d.items()}  # noqa: E731
-    rms_mean, low_mean = mean(rms), mean(low)
-    return mean(gains), {k: {"rms_from_mean": rms_mean[k], "low_frequency_share": low_mean[k]}
-                         for k in names}
+            per_face[name].append((float(scores[1:][rows].max() - scores[0]),
+                                   float(np.sqrt(np.mean(diffs[rows] ** 2))),
+                                   low_frequency_share(diffs[rows])))
+    means = {name: np.mean(v, axis=0) for name, v in per_face.items()}
+    return ({name: float(m[0]) for name, m in means.items()},
+            {name: {"rms_from_mean": float(m[1]), "low_frequency_share": float(m[2])}
+             for name, m in means.items()})
 
 
 def install(model_dir: Path, basis: np.ndarray, temperature: float, calibration: dict) -> None:
