@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from facesr_core.degradation import to_model_range  # noqa: E402
 from facesr_core.uncertainty import render_png, uncertainty_map  # noqa: E402
 from service.engine import load_models  # noqa: E402
-from service.sampling import sample_set  # noqa: E402
+from service.sampling import MAP_DRAWS, sample_set  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from training.data import network_input  # noqa: E402
 from training.visuals import nearest_lr  # noqa: E402
@@ -35,7 +35,7 @@ COLUMNS = ("LR", "SR (ICAP mean)", "uncertainty", "real error |SR - HR|")
 
 def row(runner, hr: np.ndarray, n: int) -> list[Image.Image]:
     x = to_model_range(network_input(hr, runner.scale))
-    images = sample_set(runner, x, seed=0, n=n, draws=runner.draws()).images
+    images = sample_set(runner, x, seed=0, n=n, draws=runner.draws(MAP_DRAWS)).images
     error = np.abs(images[0].astype(np.float32) - hr.astype(np.float32)).mean(-1)
     return [Image.fromarray(nearest_lr(hr, runner.scale)), Image.fromarray(images[0]),
             render_png(uncertainty_map(images[1:], images[0])), render_png(error)]

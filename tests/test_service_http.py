@@ -684,6 +684,15 @@ def test_principal_draws_are_the_default_where_the_model_ships_a_basis(tiny_mode
         assert (icap["draws"], icap["temperature"]) == ("icap", 0.3)
         frames = client.post("/traverse?steps=2&seed=5", files=upload(png(lr))).json()
         assert (frames["draws"], frames["temperature"]) == ("principal", 0.6)
+        # an uncertainty map is drawn from the ICAP's Gaussian unless the request says otherwise
+        for path in ("/samples?n=3&seed=5&uncertainty=true",
+                     "/superresolve?n=3&seed=5&uncertainty=true"):
+            mapped = client.post(path, files=upload(png(lr))).json()
+            assert (mapped["draws"], mapped["temperature"]) == ("icap", 0.3), path
+        mapped = client.post("/samples?n=3&seed=5&uncertainty=true&draws=principal",
+                             files=upload(png(lr))).json()
+        assert mapped["draws"] == "principal"
+        assert mapped["samples"][1]["image"] == body["samples"][1]["image"]
     eps = np.random.default_rng(5).standard_normal((3, 3), dtype=np.float32)
     z = ref.mu[0] + np.float32(0.6) * np.tensordot(eps, basis, axes=1)
     for e in body["samples"][1:]:

@@ -33,7 +33,7 @@ from facesr_core import identity
 from facesr_core.degradation import to_model_range
 from facesr_core.uncertainty import uncertainty_map
 from service.engine import Runner, load_models
-from service.sampling import mean_and_draws
+from service.sampling import MAP_DRAWS, mean_and_draws
 from service.settings import Settings
 from training.data import FacePack, network_input
 
@@ -199,8 +199,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="also the identity ranking experiment (needs the identity extra)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"),
                    help="graphs, as FACESR_PRECISION (default auto: what the service serves)")
-    p.add_argument("--draws", choices=("principal", "icap"),
-                   help="the samples' draws, as /samples?draws= (default: each model's default)")
+    p.add_argument("--draws", choices=("principal", "icap"), default=MAP_DRAWS,
+                   help=f"the samples' draws, as ?draws= (default {MAP_DRAWS}: what the service "
+                        "draws for a map when a request names none)")
     p.add_argument("--out", type=Path, required=True, help="folder for uncertainty.json/.md")
     a = p.parse_args(argv)
     if a.identity and not identity.available():

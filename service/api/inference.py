@@ -61,7 +61,15 @@ from service.insight import (
     require_identity,
     uncertainty_body,
 )
-from service.sampling import Draws, SampleSet, arrange, new_seed, sample_set, traverse_frames
+from service.sampling import (
+    MAP_DRAWS,
+    Draws,
+    SampleSet,
+    arrange,
+    new_seed,
+    sample_set,
+    traverse_frames,
+)
 from service.state import ServiceState, StateDep
 
 router = InferenceRouter()
@@ -190,7 +198,7 @@ async def superresolve(
     lr, x = await prepare(state, image, scale, timings)
     runner = state.runners[lr.scale]
     if uncertainty:  # n samples beside the mean: the /samples path, not the micro-batcher
-        how = request_draws(runner, draws, temperature)
+        how = request_draws(runner, draws or MAP_DRAWS, temperature)
         result, seed = await draw_samples(state, work, runner, x, seed, n, how, timings)
         with timings.stage("encode"):
             body = await asyncio.to_thread(render_uncertain_face, runner, lr, result.images,
@@ -245,7 +253,7 @@ async def samples(
         with timings.stage("decode"):
             ref = await asyncio.to_thread(prepare_reference, ref_data, s.max_pixels)
     runner = state.runners[lr.scale]
-    how = request_draws(runner, draws, temperature)
+    how = request_draws(runner, draws or (MAP_DRAWS if uncertainty else None), temperature)
     result, seed = await draw_samples(state, work, runner, x, seed, n, how, timings)
     with timings.stage("encode"):
         body, media, extra = await asyncio.to_thread(
