@@ -49,6 +49,7 @@ def test_the_cli_calibrates_and_installs_a_basis_the_service_loads(tiny_run, pac
     principal.main(["--model", str(tiny_run), "--pack", str(pack), "--sources", "utkface",
                     "--train-faces", "12", "--ranks", "1", "2", "--temperatures", "0.5", "1",
                     "--test-limit", "2", "--install", "--out", str(report), "--no-progress"])
+    assert torch.is_grad_enabled()  # the CLI leaves the process's autograd mode as it was
     got = json.loads(report.read_text())
     gains = got["val_best_of_10_minus_mean_db"]
     assert set(gains) == {"k1_T0.5", "k1_T1", "k2_T0.5", "k2_T1", "icap_T1"}  # the manifest's T

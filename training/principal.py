@@ -173,9 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     progress = not a.no_progress
     model, scale = load_model(a.model)
     model = model.float().eval()
-    torch.set_grad_enabled(False)
     train = FacePack(a.pack, split="train", sources=a.sources, sample=a.train_faces, seed=1)
-    latent_shape = tuple(model.icap(torch.zeros(1, 3, 128, 128))[0].shape[1:])
+    with torch.no_grad():
+        latent_shape = tuple(model.icap(torch.zeros(1, 3, 128, 128))[0].shape[1:])
     basis, explained = fit_basis(code_errors(model, train.hr, scale, progress=progress),
                                  max(a.ranks), latent_shape)
     t_icap = _served_icap_temperature(a.model)
