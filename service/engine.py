@@ -201,11 +201,12 @@ class Runner:
         if kind == "icap":
             t = self.manifest.sample_temperature if temperature is None else temperature
             return Draws("icap", t)
-        if self.basis is None or self.manifest.principal_draws is None:
+        if self.basis is None:  # load_basis: set exactly when the manifest lists one
             raise LookupError(f"{self.manifest.name} ships no principal basis (its manifest has "
                               "no principal_draws): use draws=icap")
-        t = self.manifest.principal_draws.temperature if temperature is None else temperature
-        return Draws("principal", t, self.basis)
+        if temperature is None:
+            temperature = self.manifest.principal_draws.temperature
+        return Draws("principal", temperature, self.basis)
 
     def _size(self, n: int, buckets: list[int]) -> int:
         size = bucket_for(n, buckets)  # also refuses batches beyond the largest bucket

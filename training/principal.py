@@ -42,14 +42,13 @@ from facesr_core.manifest import (
     write_manifest,
 )
 from facesr_core.quality import psnr
-from training.data import FacePack, make_pair
+from training.data import FacePack, PairDataset
 from training.diagnostics import low_frequency_share
 from training.latent import principal_latent, standard_normal
 
 
 def _pairs(hr: np.ndarray, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*(make_pair(h, scale) for h in hr), strict=True)
-    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+    return PairDataset(hr, scale).batch(range(len(hr)))
 
 
 @torch.no_grad()

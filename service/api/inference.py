@@ -138,8 +138,12 @@ async def prepare(state: ServiceState, image: UploadFile, scale: Scale | None,
                                        state.scales, s.max_pixels)
 
 
-def request_draws(runner: Runner, kind: str | None, temperature: float | None) -> Draws:
-    """The request's draws (Runner.draws); 422 for principal draws on a model without a basis."""
+def request_draws(runner: Runner, kind: str | None, temperature: float | None,
+                  uncertainty: bool = False) -> Draws:
+    """The request's draws (Runner.draws; MAP_DRAWS when it asks for an uncertainty map and
+    names none); 422 for principal draws on a model without a basis."""
+    if kind is None and uncertainty:
+        kind = MAP_DRAWS
     try:
         return runner.draws(kind, temperature)
     except LookupError as exc:
@@ -198,7 +202,7 @@ async def superresolve(
     lr, x = await prepare(state, image, scale, timings)
     runner = state.runners[lr.scale]
     if uncertainty:  # n samples beside the mean: the /samples path, not the micro-batcher
-        how = request_draws(runner, draws or MAP_DRAWS, temperature)
+        how = request_draws(runner, draws, temperature, uncertainty=True)
         result, seed = await draw_samples(state, work, runner, x, seed, n, how, timings)
         with timings.stage("encode"):
             body = await asyncio.to_thread(render_uncertain_face, runner, lr, result.images,
@@ -253,7 +257,7 @@ async def samples(
         with timings.stage("decode"):
             ref = await asyncio.to_thread(prepare_reference, ref_data, s.max_pixels)
     runner = state.runners[lr.scale]
-    how = request_draws(runner, draws or (MAP_DRAWS if uncertainty else None), temperature)
+    how = request_draws(runner, draws, temperature, uncertainty)
     result, seed = await draw_samples(state, work, runner, x, seed, n, how, timings)
     with timings.stage("encode"):
         body, media, extra = await asyncio.to_thread(
