@@ -45,6 +45,7 @@ class PhotoOptions:
     samples: int = 0  # draws per face besides the mean
     seed: int = 0
     temperature: float | None = None  # None: each model's calibrated temperature
+    draws: str | None = None  # principal or icap; None: each model's default
     max_faces: int = DEFAULT_MAX_FACES
     max_output_pixels: int = 40_000_000
 
@@ -70,6 +71,7 @@ class Photo:
     dropped: int  # faces found beyond max_faces (the lowest scores)
     upscale: int = 0
     temperature: dict[int, float] = field(default_factory=dict)  # per scale, with samples
+    draws: dict[int, str] = field(default_factory=dict)  # per scale, with samples
     image: np.ndarray | None = None
 
 
@@ -159,8 +161,8 @@ def superresolve(result: Photo, runners: dict[int, Runner], options: PhotoOption
             for p, image in zip(todo, runner.superresolve(x), strict=True):
                 p.image = image
             continue
-        draws = runner.draws(None, options.temperature)  # the model's default draws
-        result.temperature[scale] = draws.temperature
+        draws = runner.draws(options.draws, options.temperature)
+        result.temperature[scale], result.draws[scale] = draws.temperature, draws.kind
         mu, logvar, features = runner.encode(x)
         for k, p in enumerate(todo):  # one decoder call per face: its mean and its draws
             z = mean_and_draws(mu[k:k + 1], logvar[k:k + 1], options.seed, options.samples,
@@ -235,6 +237,7 @@ def describe(result: Photo, runners: dict[int, Runner], options: PhotoOptions) -
                             "version": runners[s].manifest.version} for s in used},
         "samples": options.samples, "seed": options.seed if options.samples else None,
         "temperature": {str(s): t for s, t in result.temperature.items()},
+        "draws": {str(s): k for s, k in result.draws.items()},
         "faces_found": len(result.faces) + result.dropped, "faces_dropped": result.dropped,
         "faces": faces,
     }

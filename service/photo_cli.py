@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, help="seed of the draws (default: random)")
     ap.add_argument("--temperature", type=float,
                     help="scales sigma of the draws (default: the model's calibrated one)")
+    ap.add_argument("--draws", choices=("principal", "icap"),
+                    help="principal (ours) or icap (the paper's) draws (default: each model's, "
+                         "principal where it ships a basis)")
     ap.add_argument("--max-faces", type=int, default=DEFAULT_MAX_FACES,
                     help=f"faces super-resolved per photo, best-scoring first "
                          f"(default {DEFAULT_MAX_FACES})")
@@ -81,10 +84,16 @@ def main(argv: list[str] | None = None) -> None:
         detector = FaceDetector()
     except (EngineError, ServiceError) as exc:
         sys.exit(f"facesr-photo: cannot start: {getattr(exc, 'detail', exc)}")
+    for scale, runner in runners.items():
+        try:
+            runner.draws(args.draws, args.temperature)
+        except LookupError as exc:
+            sys.exit(f"facesr-photo: --draws: x{scale}: {exc}")
     args.out.mkdir(parents=True, exist_ok=True)
     options = PhotoOptions(scale=args.scale, upscale=args.upscale, samples=args.samples,
                            seed=new_seed() if args.seed is None else args.seed,
-                           temperature=args.temperature, max_faces=args.max_faces,
+                           temperature=args.temperature, draws=args.draws,
+                           max_faces=args.max_faces,
                            max_output_pixels=settings.max_output_pixels)
     failed = 0
     for path in tqdm(files, desc="photos", unit="photo", disable=args.no_progress):

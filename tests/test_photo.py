@@ -208,6 +208,9 @@ def test_photo_json_has_boxes_scores_scales_and_crops(app_client, scene):
         lr = 128 // face["scale"]
         assert pixels(base64.b64decode(face["input"])).shape == (lr, lr, 3)
         assert len(face["samples"]) == 2
+    used = {str(f["scale"]) for f in body["faces"] if f["scale"]}
+    assert body["draws"] == {s: "icap" for s in used}  # the test models ship no basis
+    assert set(body["temperature"]) == used
     again = app_client.post("/photo?format=json&samples=2&seed=5",
                             files={"image": ("s.png", png(scene.photo))})
     assert again.content == r.content  # the seed replays the draws
@@ -215,7 +218,8 @@ def test_photo_json_has_boxes_scores_scales_and_crops(app_client, scene):
 
 @pytest.mark.parametrize(("query", "status"), [
     ("samples=2", 422), ("upscale=17", 422), ("max_faces=17", 422), ("scale=3", 422),
-    ("upscale=16", 413)])
+    ("upscale=16", 413), ("format=json&samples=2&draws=principal", 422),
+    ("draws=sideways", 422)])
 def test_photo_refusals(app_client, scene, query, status):
     r = app_client.post(f"/photo?{query}", files={"image": ("s.png", png(scene.photo))})
     assert r.status_code == status, r.text
@@ -228,7 +232,8 @@ def test_photo_needs_the_api_key_and_is_in_the_schema(app_client):
     assert r.status_code == 401
     schema = app_client.get("/openapi.json").json()
     params = {p["name"] for p in schema["paths"]["/photo"]["post"]["parameters"]}
-    assert {"scale", "upscale", "samples", "seed", "temperature", "max_faces", "format"} <= params
+    assert {"scale", "upscale", "samples", "seed", "temperature", "draws", "max_faces",
+            "format"} <= params
 
 
 def test_cli_writes_what_the_endpoint_returns(app_client, scene, tiny_model_dir, tmp_path,
@@ -248,3 +253,12 @@ def test_cli_writes_what_the_endpoint_returns(app_client, scene, tiny_model_dir,
     assert (tmp_path / "out" / "group.json").read_bytes() == http_json.content
     empty = json.loads((tmp_path / "out" / "empty.json").read_text())
     assert empty["faces"] == [] and empty["output_width"] == 200
+
+
+def test_cli_refuses_principal_draws_where_a_model_ships_no_basis(scene, tiny_model_dir,
+                                                                  tmp_path):
+    (tmp_path / "group.png").write_bytes(png(scene.photo))
+    with pytest.raises(SystemExit, match="--draws: x.*ships no principal basis"):
+        photo_cli([str(tmp_path / "group.png"), "--out", str(tmp_path / "out"),
+                   "--model-dir", str(tiny_model_dir), "--samples", "1", "--draws", "principal"])
+    assert not (tmp_path / "out").exists()  # refused before any work

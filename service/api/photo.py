@@ -18,9 +18,15 @@ from fastapi import Depends, File, Query, Request, UploadFile
 from fastapi.responses import Response
 
 from service.admission import Ticket
-from service.api.inference import Timings, read_upload
+from service.api.inference import Timings, read_upload, request_draws
 from service.api.inference_route import InferenceRouter, admit
-from service.api.params import ScaleParam, SeedParam, TemperatureParam, within_limit
+from service.api.params import (
+    DrawsParam,
+    ScaleParam,
+    SeedParam,
+    TemperatureParam,
+    within_limit,
+)
 from service.api.schemas import BINARY
 from service.errors import ErrorBody, InvalidParameter
 from service.faces import FaceDetector
@@ -97,11 +103,16 @@ async def photo(
         "face"))] = None,
     seed: SeedParam = None,
     temperature: TemperatureParam = None,
+    draws: DrawsParam = None,
     fmt: Annotated[Literal["png", "jpeg", "webp", "json"], Query(alias="format")] = "png",
 ) -> Response:
     if samples and fmt != "json":
         raise InvalidParameter("samples are returned in the JSON answer only: add format=json, "
                                "or leave samples out")
+    candidates = state.runners if scale is None else {
+        k: r for k, r in state.runners.items() if k == int(scale)}
+    for runner in candidates.values():  # 422 before any work where a model lacks the draws
+        request_draws(runner, draws, temperature)
     s = state.settings
     timings = Timings(request, state)
     faces_detector = detector()
@@ -109,7 +120,7 @@ async def photo(
     options = PhotoOptions(
         scale=None if scale is None else int(scale), upscale=upscale, samples=samples,
         seed=new_seed() if seed is None else seed, temperature=temperature,
-        max_faces=max_faces, max_output_pixels=s.max_output_pixels)
+        draws=draws, max_faces=max_faces, max_output_pixels=s.max_output_pixels)
     with timings.stage("decode"):
         pixels, adjustments = await asyncio.to_thread(decode_photo, data, s.max_pixels)
     with timings.stage("detect"):
