@@ -40,19 +40,47 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.parametrize("bench", [False, True])
 @pytest.mark.parametrize("init_from", [True, False])
-def test_every_call_fits_the_tool_and_the_time_plan_fits_15_minutes(init_from):
+def test_every_call_fits_the_tool_and_the_time_plan_fits_15_minutes(init_from, bench):
     """Tree without models/ plus each call's carried paths (their caps: CI has no .device/)
     within 64 MiB; files back within 8 x 16 MiB; the time plan, start included, with margin."""
-    failures = plan.check(init_from, real=False)
+    failures = plan.check(init_from, real=False, bench=bench)
     assert failures == []
     assert plan.tree_bytes() < 2.0 * MIB  # what leaves ~60 MiB for the pack or an ORT part
-    rows = plan.time_plan(plan.calls(), plan.tree_bytes(), {
-        c: plan.carried_bytes(c, real=False)[0] for call in plan.calls() for c in call.carry})
+    seq = plan.calls(init_from, bench=bench, real=False)
+    rows = plan.time_plan(seq, plan.tree_bytes(), {
+        c: plan.carried_bytes(c, real=False, init_from=init_from)[0]
+        for call in seq for c in call.carry})
     assert rows[0]["end_s"] == plan.START_S >= 60
     assert max(r["end_s"] for r in rows) + plan.MARGIN_S <= 15 * 60
-    for name in ("on_device.sh", "train_all.sh"):  # the scripts' default is the plan's
+    for name in ("on_device.sh", "train_all.sh"):  # the scripts' default is the --bench plan's
         assert f"TRAIN_S=${{TRAIN_S:-{plan.TRAIN_S}}}" in (DEVICE / name).read_text()
+
+
+def test_a_training_only_session_gives_training_every_second_the_plan_leaves():
+    """Without --bench: train and finish only (no ort calls, no benchmarks), and the train
+    call passes a TRAIN_S that is longer than the --bench plan's yet still fits: 10 s more
+    would break the margin or the finish call's timeout."""
+    seq = plan.calls(real=False)
+    assert [c.name for c in seq] == ["train", "finish"]
+    train_s = seq[0].train_s
+    assert train_s > plan.TRAIN_S + 100
+    assert seq[0].command.startswith(f"INIT_FROM=1 TRAIN_S={train_s} ")
+    assert seq[1].command.startswith("BENCH=0 ") and seq[1].carry == []
+    with_bench = plan.calls(real=False, bench=True)
+    assert with_bench[0].train_s == plan.TRAIN_S and "TRAIN_S=" not in with_bench[0].command
+    assert any(c.name.startswith("ort") for c in with_bench)
+
+    def fits(seconds: int) -> bool:
+        seq[0].train_s = seconds
+        rows = plan.time_plan(seq, plan.tree_bytes(), {
+            c: plan.carried_bytes(c, real=False)[0] for call in seq for c in call.carry})
+        finish = next(r for r in rows if r["step"] == "finish")
+        return (max(r["end_s"] for r in rows) + plan.MARGIN_S <= plan.DEVICE_BUDGET_S
+                and finish["command_s"] <= finish["timeout_s"] - 30)
+
+    assert fits(train_s) and not fits(train_s + 10)
 
 
 def test_paper_size_weights_fit_one_returned_file():

@@ -120,6 +120,8 @@ step_finish() {
   [ -f "$WORK/train_started" ] || { echo "no training on this machine ($WORK): it was replaced; README 'GPU' has the fallback" >&2; exit 1; }
   started=$(cat "$WORK/train_started")
   deadline=$((started + $(cat "$WORK/train_s") + FINISH_SLACK_S))   # its TRAIN_S, and slack
+  # and early enough to collect within this call's timeout
+  [ $deadline -le $((FINISH_END - 60)) ] || deadline=$((FINISH_END - 60))
   while [ ! -f "$WORK/done" ] && [ "$(date +%s)" -lt $deadline ]; do sleep 5; done
   [ -f "$WORK/done" ] || say "training not done by its deadline: collecting what there is"
   status

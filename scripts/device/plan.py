@@ -3,7 +3,12 @@ must fit, and the time plan. `check` measures what would travel; `calls` prints 
 
     python scripts/device/plan.py check   # sizes of every call, files back, the time plan
     python scripts/device/plan.py calls   # the device calls to make, as JSON, in order
+    python scripts/device/plan.py calls --bench   # with the onnxruntime-gpu check and benchmarks
     python scripts/device/plan.py pack-budget   # MiB left for the pack in the train call
+
+Without --bench (the default) the session only trains: the calls are train and finish, and
+training gets every second the time plan leaves (train_seconds). --bench adds the ort calls and
+the finish call's service benchmarks on CUDA, which leave TRAIN_S (400 s) to training.
 
 What travels in a call: the files in the working tree that git tracks or does not ignore, plus
 the carried (ignored) paths. models/ and docs/*.png are out of the tree during the sequence
@@ -37,7 +42,7 @@ DEVICE_BUDGET_S = 900
 START_S = 120                # a fresh machine: "1-2 minutes"
 GAP_S = 20                   # from one call's answer to the next call (warm for WARM_S only)
 TRANSFER_S = (10, 0.35)      # per call: fixed + per MiB carried (upload), either way
-TRAIN_S = 400                # on_device.sh / train_all.sh default: wall time per scale
+TRAIN_S = 400                # on_device.sh / train_all.sh default: wall time per scale (--bench)
 TRAIN_END_S = 20             # after the budget: checkpoint, weights, loss curve
 WATCH_S = 75                 # `train` watches the first steps (START_WAIT_S)
 ORT_STAGE_S, ORT_INSTALL_S = 5, 60
@@ -63,6 +68,8 @@ class Call:
     timeout_s: int
     command_s: float  # expected, without transfers
     back: dict[str, float] = field(default_factory=dict)
+    train_s: int = 0  # the train call: the training's wall seconds it starts
+    benchmarks: bool = False  # the finish call: runs the service benchmarks after collecting
 
     def tool_args(self) -> dict:
         return {"command": self.command, "carry": self.carry, "timeout_s": self.timeout_s}
@@ -74,18 +81,44 @@ def ort_parts(root: Path = ROOT) -> list[str]:
     return found or [f"{ORT}/onnxruntime-gpu.tar.xz.part01"]
 
 
-def calls(init_from: bool = True, root: Path = ROOT) -> list[Call]:
-    env = "INIT_FROM=1 " if init_from else ""
+def calls(init_from: bool = True, root: Path = ROOT, bench: bool = False,
+          train_s: int | None = None, real: bool = True) -> list[Call]:
+    """The sequence: train, (with `bench`) the ort calls, finish. `train_s`: the training's
+    wall seconds (default: TRAIN_S with `bench`, else train_seconds())."""
+    if train_s is None:
+        train_s = TRAIN_S if bench else train_seconds(init_from, root, real)
+    env = ("INIT_FROM=1 " if init_from else "") + (f"TRAIN_S={train_s} " if train_s != TRAIN_S
+                                                   else "")
     train = Call("train", f"{env}bash scripts/device/on_device.sh train",
-                 [PACK, WHEELS] + ([INIT] if init_from else []), 240, WATCH_S + 15)
+                 [PACK, WHEELS] + ([INIT] if init_from else []), 240, WATCH_S + 15,
+                 train_s=train_s)
+    if not bench:
+        return [train, Call("finish", "BENCH=0 bash scripts/device/on_device.sh finish", [],
+                            CALL_LIMIT_S, 0.0, BACK_FILES)]
     parts = ort_parts(root)
     ort = [Call(f"ort{k + 1}", "bash scripts/device/on_device.sh ort",
                 [part] + ([SUMS] if k == len(parts) - 1 else []), 240,
                 ORT_INSTALL_S if k == len(parts) - 1 else ORT_STAGE_S)
            for k, part in enumerate(parts)]
     finish = Call("finish", "bash scripts/device/on_device.sh finish", [BENCH_MODELS],
-                  CALL_LIMIT_S, 0.0, BACK_FILES)  # command_s: set by time_plan
+                  CALL_LIMIT_S, 0.0, BACK_FILES, benchmarks=True)  # command_s: by time_plan
     return [train, *ort, finish]
+
+
+def train_seconds(init_from: bool = True, root: Path = ROOT, real: bool = True) -> int:
+    """The longest training (a multiple of 10 s) whose train-and-finish sequence leaves
+    MARGIN_S of the device budget and keeps the finish call 30 s within its timeout."""
+    seq = calls(init_from, root, bench=False, train_s=0, real=real)
+    tree = tree_bytes(root)
+    carried = {c: carried_bytes(c, root, real, init_from)[0] for call in seq for c in call.carry}
+    for train_s in range(DEVICE_BUDGET_S, 0, -10):
+        seq[0].train_s = train_s
+        rows = time_plan(seq, tree, carried)
+        if (max(r["end_s"] for r in rows) + MARGIN_S <= DEVICE_BUDGET_S
+                and all(r.get("command_s", 0) <= r.get("timeout_s", 0) - 30 for r in rows
+                        if "timeout_s" in r)):
+            return train_s
+    raise SystemExit("plan.py: no training time fits the device budget")
 
 
 def size_of(path: Path) -> int:
@@ -131,22 +164,25 @@ def time_plan(plan: list[Call], tree: int, carried: dict[str, int]) -> list[dict
         t0 = t + (GAP_S if k else 0)
         up = transfer_s(tree + sum(carried[c] for c in call.carry))
         if call.name == "train":
-            train_end = t0 + up + 10 + TRAIN_S + TRAIN_END_S
+            train_s = call.train_s
+            train_end = t0 + up + 10 + train_s + TRAIN_END_S
         if call.name == "finish":
-            call.command_s = max(0.0, train_end - (t0 + up)) + COLLECT_S + BENCH_S
+            call.command_s = (max(0.0, train_end - (t0 + up)) + COLLECT_S
+                              + (BENCH_S if call.benchmarks else 0))
         back = transfer_s(sum(call.back.values()) * MIB) if call.back else 0.0
         t = t0 + up + call.command_s + back
         rows.append({"step": call.name, "start_s": round(t0), "end_s": round(t),
                      "command_s": round(call.command_s), "transfer_s": round(up + back),
                      "timeout_s": call.timeout_s})
-    rows.append({"step": "training (detached)", "start_s": round(train_end - TRAIN_S - TRAIN_END_S),
+    rows.append({"step": "training (detached)", "start_s": round(train_end - train_s - TRAIN_END_S),
                  "end_s": round(train_end)})
     return rows
 
 
-def check(init_from: bool = True, root: Path = ROOT, real: bool = True) -> list[str]:
+def check(init_from: bool = True, root: Path = ROOT, real: bool = True,
+          bench: bool = False) -> list[str]:
     """Every limit the sequence must fit; the list of failures (empty: all fit). Prints a table."""
-    plan = calls(init_from, root)
+    plan = calls(init_from, root, bench, real=real)
     tree = tree_bytes(root)
     failures: list[str] = []
     carried: dict[str, int] = {}
@@ -197,15 +233,19 @@ def main() -> None:
                         "--no-init-from: from scratch (INIT_FROM=0 prepare.sh)")
     p.add_argument("--caps", action="store_true",
                    help="check with the caps, not the files in .device/ (as CI does)")
+    p.add_argument("--bench", action="store_true",
+                   help="also check onnxruntime-gpu and time the service on CUDA (the ort "
+                        "calls, benchmarks in finish); training then gets TRAIN_S, not "
+                        "every second the plan leaves")
     a = p.parse_args()
     if a.what == "pack-budget":
         print(pack_budget_mib(a.init_from))
         return
     if a.what == "calls":
-        for call in calls(a.init_from):
+        for call in calls(a.init_from, bench=a.bench):
             print(json.dumps(call.tool_args()))
         return
-    failures = check(a.init_from, real=not a.caps)
+    failures = check(a.init_from, real=not a.caps, bench=a.bench)
     for f in failures:
         print(f"FAIL {f}", file=sys.stderr)
     sys.exit(1 if failures else 0)
