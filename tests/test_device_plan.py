@@ -368,3 +368,22 @@ def test_runs_start_from_bf16_copies_of_the_shipped_weights_keeping_what_they_we
         config = json.loads((run_dir / "config.json").read_text())
         assert config["balanced_deconv"] is balanced
         assert config["phase2_loss"] == "nll" and config["icap_logvar_min"] == -6.0
+
+
+@pytest.mark.parametrize(("device", "compiled"), [("cuda", {8}), ("cpu", set())])
+def test_train_all_compiles_x8_alone_on_cuda(tmp_path, device, compiled):
+    """The in-session A/B: on CUDA x8 trains with --compile and x4, x16 without; never on the
+    CPU (inductor's C++ build takes minutes there). A stand-in python records each command."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/usr/bin/env bash\nargs=("$@")\n'
+                    'for ((i = 0; i < $#; i++)); do [ "${args[i]}" = --scale ] && '
+                    's=${args[i+1]}; done\necho "$*" >"$ARGS_DIR/x$s"\n')
+    fake.chmod(0o755)
+    done = run("bash", str(DEVICE / "train_all.sh"), str(tmp_path / "work"), "pack.npz",
+               env={"PY": str(fake), "DEVICE": device, "TRAIN_S": "100",
+                    "ARGS_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    for s in (8, 4, 16):
+        args = (tmp_path / f"x{s}").read_text().split()
+        assert args[:3] == ["-m", "training.cli", "train"]
+        assert ("--compile" in args) == (s in compiled), s

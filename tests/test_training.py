@@ -231,3 +231,42 @@ def test_phase2_nll_fits_a_lower_sigma_floor(pack, tmp_path):
     assert logvar.min() >= -6.0 and logvar.max() <= 1.0
     with pytest.raises(ValueError, match="phase-2 loss"):
         phase2_losses(model.sr, model.ren, *model.icap(x), x, x, loss="mse")
+
+
+def test_compiled_phase1_gives_the_eager_losses_and_weights(pack, tmp_path, monkeypatch,
+                                                            capsys):
+    """--compile (torch.compile of phase 1's networks): the first step's losses match eager
+    (same weights, same batch, same draws), and the checkpoint holds the same parameters by
+    the same names, so exports and --init-from see no difference. Traced by TorchDynamo and
+    AOTAutograd as on a GPU, but run by the aot_eager backend: inductor's C++ code generation
+    takes minutes on a 2-core CPU, and a GPU uses its Triton code generation instead."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile",
+                        lambda module, **kw: compile_(module, backend="aot_eager", **kw))
+    eager = train(tiny_cfg(pack, tmp_path / "eager", phase1_steps=2, phase2_steps=1),
+                  progress=False)
+    compiled = train(tiny_cfg(pack, tmp_path / "compiled", phase1_steps=2, phase2_steps=1,
+                              compile=True), progress=False)
+    assert "--compile failed" not in capsys.readouterr().out  # it ran compiled
+    assert compiled["steps"] == eager["steps"]
+    first = [logged(tmp_path / run)[0] for run in ("eager", "compiled")]
+    for key in ("loss", "loss_d", "loss_s"):
+        assert first[1][key] == pytest.approx(first[0][key], rel=1e-4), key
+    a = torch.load(tmp_path / "eager" / CHECKPOINT, weights_only=True)["model"]
+    b = torch.load(tmp_path / "compiled" / CHECKPOINT, weights_only=True)["model"]
+    assert a.keys() == b.keys()
+
+
+def test_a_failing_compile_falls_back_to_eager(pack, tmp_path, monkeypatch, capsys):
+    class Broken(torch.nn.Module):
+        def forward(self, *args):
+            raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: Broken())
+    fallback = train(tiny_cfg(pack, tmp_path / "fallback", compile=True), progress=False)
+    assert "--compile failed (RuntimeError: no C++ compiler); phase 1 runs eager" in (
+        capsys.readouterr().out)
+    eager = train(tiny_cfg(pack, tmp_path / "eager"), progress=False)
+    assert fallback["steps"] == eager["steps"]
+    assert [r["loss"] for r in logged(tmp_path / "fallback")] == [
+        r["loss"] for r in logged(tmp_path / "eager")]

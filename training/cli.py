@@ -74,6 +74,8 @@ TRAIN_HELP = {
     "warmup_steps": "linear learning-rate warm-up steps at the start of each phase",
     "det_loss": "the deterministic term of phase 1: mse (the paper) or l1",
     "channels_last": "channels_last memory format (default: on)",
+    "compile": "torch.compile phase 1's networks (SR encoder and decoder, REN; its first step "
+               "pays the compilation); if compiling fails, phase 1 says so and runs eager",
     "seed": "random seed (data order, initialisation, sampling)",
     "time_budget_s": "stop each phase early so that the whole run fits in this many seconds; "
                      "0: no budget",

@@ -94,6 +94,9 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool | None = None  # None: on for CUDA, and on CPUs with native bf16 (fast_bf16)
     channels_last: bool | None = None
+    # torch.compile the networks of the phase-1 objective (SR encoder, decoder, REN); phases 2,
+    # 3 and the sample grids stay eager, so it compiles once. A failure falls back to eager.
+    compile: bool = False
     # None: on for CUDA. All (x, y) pairs made once and kept as uint8 on the device (CachedPairs)
     pair_cache: bool | None = None
     seed: int = 0

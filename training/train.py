@@ -89,6 +89,17 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     return Runtime(device, rank, world, bf16, channels_last)
 
 
+def compiled_objective(objective: ReconstructionObjective) -> ReconstructionObjective:
+    """The same objective over torch.compile'd SR encoder, decoder and REN: they share the
+    parameters (the optimiser, EMA and checkpoints see no difference), and only this objective
+    calls them, so phases 2 and 3 and the sample grids never trigger a recompilation."""
+    sr = nn.Module()
+    sr.encoder = torch.compile(objective.sr.encoder)
+    sr.decoder = torch.compile(objective.sr.decoder)
+    return ReconstructionObjective(sr, torch.compile(objective.ren), objective.lambda_s,
+                                   objective.icap, objective.lambda_m, objective.det_loss)
+
+
 def build_model(cfg: TrainConfig) -> StochasticSR:
     return StochasticSR(ModelConfig.preset(cfg.preset, global_residual=cfg.global_residual,
                                            balanced_deconv=cfg.balanced_deconv,
@@ -118,12 +129,14 @@ class Trainer:
         self.objective1 = ReconstructionObjective(self.model.sr, self.model.ren, cfg.lambda_s,
                                           det_loss=cfg.det_loss)
         self.wrapped1: nn.Module = self.objective1
+        if cfg.compile:
+            self.wrapped1 = compiled_objective(self.objective1)
         self.wrapped_icap: nn.Module = self.model.icap
         self.objective3 = ReconstructionObjective(self.model.sr, self.model.ren, cfg.lambda_s,
                                           self.model.icap, cfg.lambda_m, cfg.det_loss)
         self.wrapped3: nn.Module | None = None  # built when phase 3 starts (phi, omega frozen)
         if rt.world > 1:
-            self.wrapped1 = DDP(self.objective1, device_ids=self.device_ids)
+            self.wrapped1 = DDP(self.wrapped1, device_ids=self.device_ids)
             self.wrapped_icap = DDP(self.model.icap, device_ids=self.device_ids)
         self.sampler = DistributedSampler(range(len(self.data)), num_replicas=rt.world,
                                           rank=rt.rank, shuffle=True, seed=cfg.seed,
@@ -270,11 +283,25 @@ class Trainer:
         self.model.sr.train()
         self.model.ren.train()
         with self.autocast():
-            losses = self.wrapped1(x, y, self.generator(1, step))
+            losses = self.phase1_losses(x, y, self.generator(1, step))
         losses = self.optimise(self.opt1, losses, 1)  # backward outside autocast, as recommended
         self.steps["phase1"] += 1
         self.steps["phase2"] = self.steps["phase3"] = 0  # theta/phi moved: refit what follows
         return losses
+
+    def phase1_losses(self, x: torch.Tensor, y: torch.Tensor,
+                      gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """The phase-1 objective; a compiled one that fails (no compiler, an unsupported op)
+        is dropped for the eager one, which then runs this step and every later one."""
+        if self.wrapped1 is self.objective1 or self.rt.world > 1:
+            return self.wrapped1(x, y, gen)
+        try:
+            return self.wrapped1(x, y, gen)
+        except Exception as exc:  # noqa: BLE001 -- any compiler failure; eager then decides
+            print(f"warning: --compile failed ({type(exc).__name__}: {str(exc)[:300]}); phase 1 "
+                  "runs eager", flush=True)
+            self.wrapped1 = self.objective1
+            return self.wrapped1(x, y, gen)
 
     @torch.no_grad()
     def fit_icap_logvar(self) -> None:

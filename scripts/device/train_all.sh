@@ -24,6 +24,11 @@ INIT_DIR=${INIT_DIR:-.device/init}
 RECIPE=${RECIPE:-"--lr-schedule cosine --warmup-steps 100 --ema 0.999 --balanced-deconv
   --phase2-loss nll --icap-logvar-min -6"}
 TRAIN_ARGS=${TRAIN_ARGS:-}   # more facesr-train flags
+# --compile (torch.compile of phase 1's networks) for these scales: on CUDA, x8 by default, an
+# A/B inside the session (its phase-1 images/s against x4's and x16's in log.jsonl); a failed
+# compile falls back to eager. Not on the CPU, where inductor's C++ build takes minutes.
+[[ $DEVICE == cuda* ]] && compile_default=8 || compile_default=
+COMPILE_SCALES=${COMPILE_SCALES-$compile_default}
 PY=${PY:-python3}
 
 n=$(wc -w <<<"$SCALES")
@@ -50,6 +55,8 @@ train_one() {
   fi
   local flip=(--no-hflip)
   [ "$HFLIP" = 1 ] && flip=(--hflip)
+  local compile=()
+  [[ " $COMPILE_SCALES " == *" $s "* ]] && compile=(--compile)
   mkdir -p "$run"
   # shellcheck disable=SC2086  # RECIPE and TRAIN_ARGS are lists of flags
   FACESR_NO_MALLOC_TUNING=1 PYTHONUNBUFFERED=1 "$PY" -m training.cli train --data "$PACK" \
@@ -57,11 +64,11 @@ train_one() {
     --batch-size "$BATCH" --phase1-steps 100000000 --phase2-steps 100000000 \
     --phase3-steps $((PHASE3 * 100000000)) --time-budget-s "$budget" "${flip[@]}" \
     --log-every 10 --ckpt-every 100000000 --sample-every 500 --no-resume --no-progress \
-    "${init[@]}" $RECIPE "${keep[@]}" $TRAIN_ARGS >"$run/train.log" 2>&1
+    "${init[@]}" "${compile[@]}" $RECIPE "${keep[@]}" $TRAIN_ARGS >"$run/train.log" 2>&1
   echo $? >"$run/exit_code"
 }
 
-echo "scales $SCALES on $DEVICE, batch $BATCH, $budget s of training each, concurrent=$CONCURRENT"
+echo "scales $SCALES on $DEVICE, batch $BATCH, $budget s of training each, concurrent=$CONCURRENT, compiled: ${COMPILE_SCALES:-none}"
 for s in $SCALES; do
   if [ "$CONCURRENT" = 1 ]; then train_one "$s" & else train_one "$s"; fi
 done
