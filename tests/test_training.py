@@ -257,12 +257,33 @@ def test_compiled_phase1_gives_the_eager_losses_and_weights(pack, tmp_path, monk
     assert a.keys() == b.keys()
 
 
-def test_a_failing_compile_falls_back_to_eager(pack, tmp_path, monkeypatch, capsys):
-    class Broken(torch.nn.Module):
-        def forward(self, *args):
-            raise RuntimeError("no C++ compiler")
+class FailsBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t):
+        return t.clone()
 
-    monkeypatch.setattr(torch, "compile", lambda module, **kw: Broken())
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("no C++ compiler")
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_a_failing_compile_falls_back_to_eager(pack, tmp_path, monkeypatch, capsys, where):
+    """A compiler failure in the first step's forward, or in its backward (compiled on its first
+    call), leaves phase 1 to the eager objective, which redoes that step with the same draws:
+    the run logs exactly the eager run's losses."""
+    class Broken(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args):
+            if where == "forward":
+                raise RuntimeError("no C++ compiler")
+            out = self.module(*args)
+            return FailsBackward.apply(out) if isinstance(out, torch.Tensor) else out
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: Broken(module))
     fallback = train(tiny_cfg(pack, tmp_path / "fallback", compile=True), progress=False)
     assert "--compile failed (RuntimeError: no C++ compiler); phase 1 runs eager" in (
         capsys.readouterr().out)

@@ -129,6 +129,7 @@ class Trainer:
         self.objective1 = ReconstructionObjective(self.model.sr, self.model.ren, cfg.lambda_s,
                                           det_loss=cfg.det_loss)
         self.wrapped1: nn.Module = self.objective1
+        self.compile_proven = False  # a compiled phase-1 step has completed
         if cfg.compile:
             self.wrapped1 = compiled_objective(self.objective1)
         self.wrapped_icap: nn.Module = self.model.icap
@@ -282,26 +283,38 @@ class Trainer:
         x, y = self.batch(1, step)
         self.model.sr.train()
         self.model.ren.train()
-        with self.autocast():
-            losses = self.phase1_losses(x, y, self.generator(1, step))
-        losses = self.optimise(self.opt1, losses, 1)  # backward outside autocast, as recommended
+        losses = self.phase1_update(x, y, self.generator(1, step))
         self.steps["phase1"] += 1
         self.steps["phase2"] = self.steps["phase3"] = 0  # theta/phi moved: refit what follows
         return losses
 
-    def phase1_losses(self, x: torch.Tensor, y: torch.Tensor,
-                      gen: torch.Generator) -> dict[str, torch.Tensor]:
-        """The phase-1 objective; a compiled one that fails (no compiler, an unsupported op)
-        is dropped for the eager one, which then runs this step and every later one."""
-        if self.wrapped1 is self.objective1 or self.rt.world > 1:
-            return self.wrapped1(x, y, gen)
+    def phase1_update(self, x: torch.Tensor, y: torch.Tensor,
+                      gen: torch.Generator) -> dict[str, float]:
+        """One optimiser step on the phase-1 objective. A compiled objective that fails in its
+        forward or backward (no compiler, an unsupported op; the backward is compiled on its
+        first call) is dropped for the eager one, which redoes the step (optimise zeroes the
+        gradients first) and every later one."""
+        def update() -> dict[str, float]:
+            with self.autocast():
+                losses = self.wrapped1(x, y, gen)
+            return self.optimise(self.opt1, losses, 1)  # backward outside autocast
+
+        if self.compile_proven or self.wrapped1 is self.objective1 or self.rt.world > 1:
+            return update()
+        state, buffers = gen.get_state(), [b.clone() for b in self.objective1.buffers()]
         try:
-            return self.wrapped1(x, y, gen)
+            losses = update()
         except Exception as exc:  # noqa: BLE001 -- any compiler failure; eager then decides
             print(f"warning: --compile failed ({type(exc).__name__}: {str(exc)[:300]}); phase 1 "
                   "runs eager", flush=True)
             self.wrapped1 = self.objective1
-            return self.wrapped1(x, y, gen)
+            gen.set_state(state)  # the same draws as the failed try, and the BatchNorm
+            with torch.no_grad():  # statistics from before its forward
+                for b, kept in zip(self.objective1.buffers(), buffers, strict=True):
+                    b.copy_(kept)
+            return update()
+        self.compile_proven = True  # from now on an error is the step's own: it propagates
+        return losses
 
     @torch.no_grad()
     def fit_icap_logvar(self) -> None:
