@@ -27,6 +27,8 @@ import pack as device_pack  # noqa: E402
 import parts  # noqa: E402
 import plan  # noqa: E402
 
+from training import principal  # noqa: E402
+
 MIB = 2**20
 NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -158,6 +160,8 @@ def carried(pack, tmp_path_factory) -> Path:
     assert 0 < sum(n for k, n in counts.items() if k.endswith("/train")) < 16
     assert counts == FacePack.split_counts(root / ".device" / "pack.npz")
     assert (root / ".device" / "pack.npz").stat().st_size <= budget * MIB  # cut to the budget
+    judging = device_pack.write(pack, root / ".device" / "judge.npz", budget_mib=20, judge=True)
+    assert judging["by_split"] == FacePack.split_counts(pack)  # all of 24 faces: 16 train (< 1200)
     return root / ".device"
 
 
@@ -173,10 +177,12 @@ def work(tmp_path):
 
 @pytest.mark.timeout(1800)  # ~30 s on an idle CI runner; a shared machine may pause it
 def test_dry_run_trains_detached_then_finish_returns_files_within_limits(carried, work, tmp_path):
-    """on_device.sh train (detached), status, finish (wait, collect) with --device cpu."""
+    """on_device.sh train (detached), status, finish (wait, collect, judge) with --device cpu."""
     env = {"CARRIED": str(carried), "WORK": str(work), "OUT": str(tmp_path / "out"),
            "DEVICE": "cpu", "PRESET": "tiny", "BATCH": "4", "TRAIN_S": "16", "STARTUP_S": "6",
-           "START_WAIT_S": "60", "BENCH": "0", "FINISH_SLACK_S": "1500"}
+           "START_WAIT_S": "60", "BENCH": "0", "FINISH_SLACK_S": "1500",
+           "JUDGE_SOURCES": "utkface",  # the synthetic faces' only source
+           "JUDGE_PRINCIPAL_ARGS": "--ranks 1 2 --temperatures 0.5 --train-faces 12"}
     started = run("bash", str(DEVICE / "on_device.sh"), "train", env=env)
     assert started.returncode == 0, started.stdout + started.stderr
     assert "training started" in started.stdout
@@ -198,9 +204,17 @@ def test_dry_run_trains_detached_then_finish_returns_files_within_limits(carried
         with tarfile.open(tmp_path / "out" / f"x{s}" / "run.tar.gz") as tar:
             names = tar.getnames()
             summary = json.load(tar.extractfile("summary.json"))
-        assert {"train.log", "log.jsonl", "summary.json"} <= set(names)
+            metrics = json.load(tar.extractfile("eval/metrics.json"))
+            report = json.load(tar.extractfile("principal/principal.json"))
+        assert {"train.log", "log.jsonl", "summary.json", "judge.log",
+                "principal/principal_basis.npy"} <= set(names)
         assert summary["steps"]["phase1"] > 0 and summary["steps"]["phase3"] > 0
         assert summary["data"]["train_faces"] < 16  # trained on the cut pack
+        # judged: the test split evaluated (4 faces), the basis fitted on these weights
+        assert [(r["split"], r["sources"], r["count"]) for r in metrics] == [
+            ("test", ["utkface"], 4)]
+        assert report["weights_sha256"] == principal.weights_fingerprint(model)
+        assert report["test"]["utkface"]["faces"] == 4
 
 
 def test_ort_step_waits_for_every_part_then_joins_and_unpacks(tmp_path):
@@ -306,7 +320,8 @@ def test_the_wheels_carried_cover_every_import_the_gpu_machine_lacks():
     one stops a device call after its upload: pydantic did once (training imports the manifest),
     then fastapi-offline (the service's local /docs)."""
     code = ("import sys, json, importlib.metadata as md\n"
-            "import training.cli, training.export, service.app, service.__main__, bench.service\n"
+            "import training.cli, training.export, training.evaluate, training.principal, "
+            "service.app, service.__main__, bench.service\n"
             "dists = md.packages_distributions()\n"
             "top = {m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names)\n"
             "print(json.dumps(sorted({d for m in top for d in dists.get(m, [])})))\n")

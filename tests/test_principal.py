@@ -84,3 +84,38 @@ def test_a_new_export_drops_the_basis_of_the_replaced_model(tiny_run, tmp_path):
     export_model(model, tmp_path / "x8", scale=8, preset="tiny", version="test-2")
     assert not (tmp_path / "x8" / PRINCIPAL_BASIS).exists()
     assert load_manifest(tmp_path / "x8").principal_draws is None
+
+
+def test_a_basis_saved_in_one_place_installs_in_another_only_for_the_same_weights(
+        tiny_run, pack, tmp_path):
+    """--save-basis (the GPU machine fits it on the run folder) then --install-from (here, into
+    the export of the same weights): the same basis, rank, temperature and report as a fit with
+    --install; into a model with other weights it is refused."""
+    import shutil
+
+    from training.export import export_model
+    from training.weights import load_model
+
+    fitted = tmp_path / "fitted"
+    principal.main(["--model", str(tiny_run), "--pack", str(pack), "--sources", "utkface",
+                    "--train-faces", "12", "--ranks", "1", "2", "--temperatures", "0.5",
+                    "--test-limit", "0", "--save-basis", str(fitted), "--no-progress"])
+    report = json.loads((fitted / principal.PRINCIPAL_REPORT).read_text())
+    same = tmp_path / "same"
+    model, _ = load_model(tiny_run)
+    export_model(model, same, scale=8, preset="tiny", version="test-3")
+    principal.main(["--model", str(same), "--install-from", str(fitted)])
+    entry = load_manifest(same).principal_draws
+    assert (entry.rank, entry.temperature, entry.calibration) == (
+        report["rank"], report["temperature"], report)
+    np.testing.assert_array_equal(np.load(same / PRINCIPAL_BASIS),
+                                  np.load(fitted / PRINCIPAL_BASIS))
+
+    other = tmp_path / "other"
+    shutil.copytree(same, other)
+    with torch.no_grad():
+        model.sr.decoder.ConvBlock3.weight.add_(0.01)
+    export_model(model, other, scale=8, preset="tiny", version="test-4")
+    with pytest.raises(SystemExit, match="fitted on other weights"):
+        principal.main(["--model", str(other), "--install-from", str(fitted)])
+    assert load_manifest(other).principal_draws is None

@@ -23,6 +23,14 @@ from training.latent import standard_normal
 from training.visuals import figure4, figure7, figure8
 
 
+def exact_fp32(device: torch.device) -> None:
+    """On CUDA, no TF32 in convolutions and matmuls (PyTorch allows it in cuDNN by default):
+    figures measured there then match the CPU's fp32 ones."""
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def psnr_ssim(hr: np.ndarray, sr: np.ndarray) -> dict[str, float]:
     """RGB and Y-channel PSNR/SSIM of one uint8 HWC pair."""
     y_hr, y_sr = rgb2ycbcr(hr)[..., 0], rgb2ycbcr(sr)[..., 0]
@@ -83,6 +91,7 @@ def evaluate(model, pack: Path | str, scale: int, split: str = "test",
     from tqdm import tqdm
 
     dev = torch.device(device)
+    exact_fp32(dev)
     model = model.float().to(dev).eval()
     faces = FacePack(pack, split=split, sources=sources)
     hrs = faces.hr[:limit] if limit else faces.hr

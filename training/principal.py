@@ -24,6 +24,7 @@ manifest.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -44,11 +45,16 @@ from facesr_core.manifest import (
 from facesr_core.quality import psnr
 from training.data import FacePack, PairDataset
 from training.diagnostics import low_frequency_share
+from training.evaluate import exact_fp32
 from training.latent import principal_latent, standard_normal
 
+PRINCIPAL_REPORT = "principal.json"  # beside a --save-basis file: what --install-from reads
 
-def _pairs(hr: np.ndarray, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return PairDataset(hr, scale).batch(range(len(hr)))
+
+def _pairs(hr: np.ndarray, scale: int, device: torch.device
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = PairDataset(hr, scale).batch(range(len(hr)))
+    return x.to(device), y.to(device)
 
 
 @torch.no_grad()
@@ -56,12 +62,12 @@ def code_errors(model, hr: np.ndarray, scale: int, batch: int = 16,
                 progress: bool = True) -> torch.Tensor:
     """d = mu_r - mu_q for each face (N, latent size), float64: the REN's mean code of the
     residual y - f(x, 0) minus the ICAP's mean."""
-    rows = []
+    rows, device = [], next(model.parameters()).device
     for i in tqdm(range(0, len(hr), batch), desc="code errors", unit="batch", disable=not progress):
-        x, y = _pairs(hr[i:i + batch], scale)
+        x, y = _pairs(hr[i:i + batch], scale, device)
         enc = model.encode(x)
         mu_r = model.ren(y - model.sr.decoder(enc.features, None, x))[0]
-        rows.append((mu_r - enc.mu).flatten(1).double())
+        rows.append((mu_r - enc.mu).flatten(1).double().cpu())
     return torch.cat(rows)
 
 
@@ -84,7 +90,7 @@ def face_draws(model, face: np.ndarray, scale: int, basis: torch.Tensor, ranks: 
     """uint8 images of one face: its ICAP mean, then n draws per setting (each rank with each
     temperature, then the ICAP's own draws), all from one encoder pass and one decoder call.
     The principal settings share the face's eps (n, max rank)."""
-    x, _ = _pairs(face[None], scale)
+    x, _ = _pairs(face[None], scale, next(model.parameters()).device)
     enc = model.encode(x)
     eps = standard_normal((n, len(basis)), enc.mu, gen)
     z = [enc.mu]
@@ -95,7 +101,7 @@ def face_draws(model, face: np.ndarray, scale: int, basis: torch.Tensor, ranks: 
     z = torch.cat(z)
     out = model.sr.decoder(enc.features.expand(len(z), -1, -1, -1), z,
                            x.expand(len(z), -1, -1, -1))
-    return from_model_range(out.numpy())
+    return from_model_range(out.cpu().numpy())
 
 
 def best_of_gains(model, hr: np.ndarray, scale: int, basis: np.ndarray, ranks: list[int],
@@ -107,13 +113,13 @@ def best_of_gains(model, hr: np.ndarray, scale: int, basis: np.ndarray, ranks: l
     the ICAP mean's, in dB. Spread: how far the samples are from the mean (RMS, grey levels)
     and the share of that difference at low spatial frequency (shapes, not texture:
     training.diagnostics)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen, device = torch.Generator().manual_seed(seed), next(model.parameters()).device
     names = [f"k{k}_T{t:g}" for k in ranks for t in temperatures]
     names.append(f"icap_T{icap_temperature:g}")
     per_face: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
     for face in tqdm(hr, desc=f"best-of-{n} x{scale}", unit="img", disable=not progress):
-        images = face_draws(model, face, scale, torch.from_numpy(basis), ranks, temperatures,
-                            n, icap_temperature, gen)
+        images = face_draws(model, face, scale, torch.from_numpy(basis).to(device), ranks,
+                            temperatures, n, icap_temperature, gen)
         scores = psnr(face, images)
         diffs = images[1:].astype(np.float64) - images[0].astype(np.float64)
         for j, name in enumerate(names):
@@ -140,6 +146,30 @@ def install(model_dir: Path, basis: np.ndarray, temperature: float, calibration:
     write_manifest(model_dir, manifest)
 
 
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the model's float32 state (names and values): the same for a run folder and
+    the export made from it, whatever files hold the weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def install_fitted(model_dir: Path, model: torch.nn.Module, fitted: Path) -> dict:
+    """Install a basis fitted elsewhere (`--save-basis`, e.g. on a GPU machine): FITTED's
+    principal.json and principal_basis.npy, refused unless they were fitted on these weights."""
+    report = json.loads((fitted / PRINCIPAL_REPORT).read_text())
+    if report.get("weights_sha256") != weights_fingerprint(model):
+        raise SystemExit(f"{fitted}: its basis was fitted on other weights than {model_dir}'s")
+    basis = np.load(fitted / PRINCIPAL_BASIS, allow_pickle=False)
+    if len(basis) != report["rank"]:
+        raise SystemExit(f"{fitted}: {PRINCIPAL_BASIS} has {len(basis)} rows, the report "
+                         f"chose rank {report['rank']}")
+    install(model_dir, basis, report["temperature"], report)
+    return report
+
+
 def _served_icap_temperature(folder: Path) -> float:
     """The temperature of the ICAP's draws that the service uses for this model: its manifest's
     sample_temperature (1, the paper's, for a run folder)."""
@@ -155,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True,
                    help="an exported model folder (or a run folder, without --install)")
-    p.add_argument("--pack", type=Path, required=True)
+    p.add_argument("--pack", type=Path, help="a pack made by facesr-prepare (required unless "
+                                              "--install-from)")
     p.add_argument("--sources", nargs="+", default=["celeba", "utkface"])
     p.add_argument("--train-faces", type=int, default=1200,
                    help="training faces the basis is fitted on (a seeded sample)")
@@ -167,14 +198,32 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--install", action="store_true",
                    help="write the chosen basis and temperature into --model's manifest")
     p.add_argument("--out", type=Path, help="the report as JSON")
+    p.add_argument("--save-basis", type=Path, metavar="DIR",
+                   help=f"write the chosen basis and the report into DIR ({PRINCIPAL_BASIS}, "
+                        f"{PRINCIPAL_REPORT}), for --install-from")
+    p.add_argument("--install-from", type=Path, metavar="DIR",
+                   help="fit nothing: install the basis that --save-basis wrote into DIR "
+                        "(refused unless it was fitted on --model's weights); --pack unused")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    if a.pack is None and a.install_from is None:
+        p.error("--pack is required (unless --install-from)")
     progress = not a.no_progress
     model, scale = load_model(a.model)
-    model = model.float().eval()
+    if a.install_from:
+        report = install_fitted(a.model, model, a.install_from)
+        print(f"{a.model}: installed the rank-{report['rank']} basis at T = "
+              f"{report['temperature']:g} from {a.install_from}")
+        return
+    device = torch.device(a.device)
+    exact_fp32(device)
+    model = model.float().to(device).eval()
+    fingerprint = weights_fingerprint(model)
     train = FacePack(a.pack, split="train", sources=a.sources, sample=a.train_faces, seed=1)
     with torch.no_grad():
-        latent_shape = tuple(model.icap(torch.zeros(1, 3, 128, 128))[0].shape[1:])
+        latent_shape = tuple(model.icap(torch.zeros(1, 3, 128, 128, device=device))[0]
+                             .shape[1:])
     basis, explained = fit_basis(code_errors(model, train.hr, scale, progress=progress),
                                  max(a.ranks), latent_shape)
     t_icap = _served_icap_temperature(a.model)
@@ -188,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
                                                       for k in a.ranks},
               "val_faces": len(val), "val_best_of_10_minus_mean_db": gains,
               "val_samples_spread": spread,
-              "rank": rank, "temperature": temperature, "test": {}}
+              "rank": rank, "temperature": temperature, "weights_sha256": fingerprint,
+              "test": {}}
     for source in a.sources if a.test_limit else ():
         test = FacePack(a.pack, split="test", sources=[source]).hr[:a.test_limit]
         checked, spread = best_of_gains(model, test, scale, basis[:rank], [rank], [temperature],
@@ -199,6 +249,10 @@ def main(argv: list[str] | None = None) -> None:
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(report, indent=2))
+    if a.save_basis:
+        a.save_basis.mkdir(parents=True, exist_ok=True)
+        np.save(a.save_basis / PRINCIPAL_BASIS, basis[:rank], allow_pickle=False)
+        (a.save_basis / PRINCIPAL_REPORT).write_text(json.dumps(report, indent=2))
     if a.install:
         install(a.model, basis[:rank], temperature, report)
 

@@ -7,7 +7,9 @@
 # FILES holds x<s>/model.safetensors (and x<s>/run.tar.gz, bench.tar.gz from the device).
 # Evaluates and exports in runs/gpu/x<s>, and fits each export's principal basis.
 # Evaluation is the shipped models' protocol (scripts/train_defaults.sh): both test splits,
-# best-of-10 on 100 faces each.
+# best-of-10 on 100 faces each. Where the device judged a scale (its run.tar.gz holds
+# eval/metrics.json and principal/), those are used as they are and only the export and the
+# comparison run here: minutes instead of hours on a 2-core CPU.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 FILES=${FILES:?set FILES to the folder the finish call brought back}
@@ -27,14 +29,21 @@ for s in $SCALES; do
   run=runs/gpu/x$s
   mkdir -p "$run"
   if [ "$(realpath "$FILES/x$s")" != "$(realpath "$run")" ]; then   # else: trained here
+    rm -rf "$run/eval" "$run/principal"   # an earlier run's, never to be taken for this one's
     cp "$FILES/x$s/model.safetensors" "$run/"
     if [ -f "$FILES/x$s/run.tar.gz" ]; then tar -xzf "$FILES/x$s/run.tar.gz" -C "$run"; fi
   fi
-  facesr-eval --model "$run" --pack "$PACK" --sources celeba utkface --best-of 10 \
-    --best-of-limit 100 --out "$run/eval"
+  if [ -f "$run/eval/metrics.json" ]; then
+    echo "x$s: evaluated on the device ($run/eval/metrics.json)"
+  else
+    facesr-eval --model "$run" --pack "$PACK" --sources celeba utkface --best-of 10 \
+      --best-of-limit 100 --out "$run/eval"
+  fi
   facesr-export --model "$run" --out "$run/export" --metrics "$run/eval/metrics.json" \
     --pack "$PACK"
-  if [ "$PRINCIPAL" = 1 ]; then   # the basis of the default draws (README "Principal draws")
+  if [ "$PRINCIPAL" = 1 ] && [ -f "$run/principal/principal_basis.npy" ]; then
+    python3 -m training.principal --model "$run/export" --install-from "$run/principal"
+  elif [ "$PRINCIPAL" = 1 ]; then   # the basis of the default draws (README "Principal draws")
     python3 -m training.principal --model "$run/export" --pack "$PACK" --install \
       --out "$run/principal.json" --no-progress
   fi

@@ -35,7 +35,8 @@ PY
   mkdir -p "$OUT/x$s"
   [ -f "$run/model.safetensors" ] && cp "$run/model.safetensors" "$OUT/x$s/"
   files=()
-  for f in train.log log.jsonl summary.json config.json loss_curve.png exit_code; do
+  for f in train.log log.jsonl summary.json config.json loss_curve.png exit_code judge.log \
+      eval/metrics.json eval/metrics.md principal/principal.json principal/principal_basis.npy; do
     [ -f "$run/$f" ] && files+=("$f")
   done
   if [ -d "$run/samples" ]; then

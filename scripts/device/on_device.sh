@@ -18,6 +18,10 @@ START_WAIT_S=${START_WAIT_S:-75}   # train: how long to watch for every scale's 
 BENCH_S=${BENCH_S:-200}            # finish: a cap on each of the two benchmarks
 FINISH_LIMIT_S=${FINISH_LIMIT_S:-570}  # finish: end by then (its timeout_s is 600)
 BENCH=${BENCH:-1}                  # finish: 0 skips the benchmarks (the CPU dry run)
+JUDGE=${JUDGE:-1}                  # finish: evaluate and fit the principal bases here (judge)
+JUDGE_DEVICE=${JUDGE_DEVICE:-${DEVICE:-cuda}}
+JUDGE_SOURCES=${JUDGE_SOURCES:-"celeba utkface"}   # the held-out sources in judge.npz
+JUDGE_PRINCIPAL_ARGS=${JUDGE_PRINCIPAL_ARGS:-}   # more training.principal flags (the dry run's grid)
 FINISH_SLACK_S=${FINISH_SLACK_S:-90}  # finish: wait this long past TRAIN_S, then stop training
 SCALES=${SCALES:-"8 4 16"}
 export SCALES TRAIN_S
@@ -126,10 +130,43 @@ step_finish() {
   [ -f "$WORK/done" ] || say "training not done by its deadline: collecting what there is"
   status
   bash scripts/device/collect.sh "$WORK" "$out"
+  if judge; then bash scripts/device/collect.sh "$WORK" "$out"; fi   # and what judge wrote
   mkdir -p "$WORK/bench"
   tar -czf "$out/bench.tar.gz" -C "$WORK" bench
   if [ "$BENCH" = 1 ]; then bench "$CARRIED/models" "$out"; fi
   find "$out" -type f -exec ls -la {} +
+}
+
+# What scripts/device/after.sh would otherwise do for hours on a 2-core CPU, on the GPU in a
+# minute or two: evaluate each scale with the shipped models' protocol (both test splits,
+# best-of-10 on 100 faces each) and fit its principal basis, on the faces of judge.npz (val and
+# test faces, and the basis's training sample: prepare.sh). The scales run at once; each gets
+# what is left of this call. Returns 1 when there was nothing to judge.
+judge() {
+  local pack=$CARRIED/judge.npz limit s
+  if [ "$JUDGE" != 1 ] || [ ! -f "$pack" ]; then say "not judging (JUDGE=$JUDGE; $pack)"; return 1; fi
+  limit=$((FINISH_END - $(date +%s) - 45))
+  if [ "$limit" -lt 30 ]; then say "no time left to judge"; return 1; fi
+  say "judging on $JUDGE_DEVICE, at most $limit s"
+  local n threads deadline=$(($(date +%s) + limit))
+  n=$(wc -w <<<"$SCALES")
+  threads=$(( $(nproc) / n ))   # the scales run at once: no oversubscribed CPU threads
+  for s in $SCALES; do
+    [ -f "$WORK/x$s/model.safetensors" ] || continue
+    (  # shellcheck disable=SC2086  # JUDGE_SOURCES and JUDGE_PRINCIPAL_ARGS are lists
+      export PYTHONPATH=$WORK/train_site${PYTHONPATH:+:$PYTHONPATH}   # the train call's wheels
+      export OMP_NUM_THREADS=$((threads > 0 ? threads : 1))
+      timeout "$limit" "$PY" -m training.cli eval --model "$WORK/x$s" --pack "$pack" \
+        --sources $JUDGE_SOURCES --best-of 10 --best-of-limit 100 --device "$JUDGE_DEVICE" \
+        --out "$WORK/x$s/eval" >"$WORK/x$s/judge.log" 2>&1 || say "x$s: evaluation failed"
+      timeout "$((deadline - $(date +%s)))" "$PY" -m training.principal --model "$WORK/x$s" \
+        --pack "$pack" --sources $JUDGE_SOURCES --device "$JUDGE_DEVICE" \
+        --save-basis "$WORK/x$s/principal" --no-progress $JUDGE_PRINCIPAL_ARGS \
+        >>"$WORK/x$s/judge.log" 2>&1 || say "x$s: principal basis failed"
+    ) &
+  done
+  wait
+  say "judged: $(ls "$WORK"/x*/eval/metrics.json "$WORK"/x*/principal/principal.json 2>/dev/null | tr '\n' ' ')"
 }
 
 # Seconds a benchmark may take: BENCH_S, or less so that the call ends by FINISH_END.

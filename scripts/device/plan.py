@@ -47,13 +47,16 @@ TRAIN_END_S = 20             # after the budget: checkpoint, weights, loss curve
 WATCH_S = 75                 # `train` watches the first steps (START_WAIT_S)
 ORT_STAGE_S, ORT_INSTALL_S = 5, 60
 COLLECT_S, BENCH_S = 20, 170
+JUDGE_S = 120                # on_device.sh judge: evaluation + principal basis, three at once
 MARGIN_S = 90                # what must be left of DEVICE_BUDGET_S at the end
 
 # What may be carried: the files prepare.sh writes, and their caps.
 PACK, WHEELS, INIT, BENCH_MODELS, ORT = (".device/pack.npz", ".device/wheels", ".device/init",
                                          ".device/models", ".device/ort")
+JUDGE = ".device/judge.npz"  # pack.py --judge: the held-out faces, for judging on the GPU
 SUMS = f"{ORT}/SHA256SUMS"
-CAPS_MIB = {PACK: 58.0, WHEELS: 4.0, INIT: 14.5, BENCH_MODELS: 18.0, SUMS: 0.01, ORT: 61.0}
+CAPS_MIB = {PACK: 58.0, WHEELS: 4.0, INIT: 14.5, BENCH_MODELS: 18.0, SUMS: 0.01, ORT: 61.0,
+            JUDGE: 20.0}
 INIT_PACK_MIB = CAPS_MIB[PACK] - CAPS_MIB[INIT]  # the pack's cap when the weights travel too
 BACK_FILES = {"x8/model.safetensors": 9.4, "x8/run.tar.gz": 4, "x4/model.safetensors": 9.4,
               "x4/run.tar.gz": 4, "x16/model.safetensors": 9.4, "x16/run.tar.gz": 4,
@@ -70,6 +73,7 @@ class Call:
     back: dict[str, float] = field(default_factory=dict)
     train_s: int = 0  # the train call: the training's wall seconds it starts
     benchmarks: bool = False  # the finish call: runs the service benchmarks after collecting
+    judges: bool = False  # the finish call: evaluates and fits the bases on the GPU (judge)
 
     def tool_args(self) -> dict:
         return {"command": self.command, "carry": self.carry, "timeout_s": self.timeout_s}
@@ -93,8 +97,8 @@ def calls(init_from: bool = True, root: Path = ROOT, bench: bool = False,
                  [PACK, WHEELS] + ([INIT] if init_from else []), 240, WATCH_S + 15,
                  train_s=train_s)
     if not bench:
-        return [train, Call("finish", "BENCH=0 bash scripts/device/on_device.sh finish", [],
-                            CALL_LIMIT_S, 0.0, BACK_FILES)]
+        return [train, Call("finish", "BENCH=0 bash scripts/device/on_device.sh finish", [JUDGE],
+                            CALL_LIMIT_S, 0.0, BACK_FILES, judges=True)]
     parts = ort_parts(root)
     ort = [Call(f"ort{k + 1}", "bash scripts/device/on_device.sh ort",
                 [part] + ([SUMS] if k == len(parts) - 1 else []), 240,
@@ -168,7 +172,8 @@ def time_plan(plan: list[Call], tree: int, carried: dict[str, int]) -> list[dict
             train_end = t0 + up + 10 + train_s + TRAIN_END_S
         if call.name == "finish":
             call.command_s = (max(0.0, train_end - (t0 + up)) + COLLECT_S
-                              + (BENCH_S if call.benchmarks else 0))
+                              + (BENCH_S if call.benchmarks else 0)
+                              + (JUDGE_S if call.judges else 0))
         back = transfer_s(sum(call.back.values()) * MIB) if call.back else 0.0
         t = t0 + up + call.command_s + back
         rows.append({"step": call.name, "start_s": round(t0), "end_s": round(t),

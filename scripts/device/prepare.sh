@@ -45,5 +45,6 @@ fi
 
 budget=$("$PY" scripts/device/plan.py pack-budget "${init[@]}")
 "$PY" scripts/device/pack.py --pack "$PACK" --out .device/pack.npz --budget-mib "$budget"
+"$PY" scripts/device/pack.py --judge --pack "$PACK" --out .device/judge.npz --budget-mib 20
 "$PY" scripts/device/plan.py check "${init[@]}"
 echo "ready: now scripts/device/models_out.sh out, then the calls of: python3 scripts/device/plan.py calls"
