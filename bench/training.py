@@ -1,8 +1,9 @@
 """Training throughput (images/s) of a phase-1 step on the current device, per variant:
 
 naive:     fp32, contiguous tensors, the encoder run twice (once per phase-1 path)
-optimised: the encoder run once for both paths, channels_last, bf16 autocast (what facesr-train
-           does on CUDA)
+optimised: the encoder run once for both paths, channels_last, bf16 autocast where facesr-train
+           uses it (CUDA, and CPUs with native bf16: training.train.fast_bf16), else fp32: what
+           facesr-train does on this device
 compiled:  optimised, with the SR network and the REN through torch.compile (its first step,
            the compilation, is not timed)
 The malloc settings of `facesr-train` (docs/method.md) are a property of the process: run this
@@ -32,6 +33,7 @@ from training.cli import MALLOC_ENV
 from training.config import ModelConfig
 from training.losses import reconstruction_losses, reparameterize
 from training.models import StochasticSR
+from training.train import fast_bf16
 
 
 def naive_phase1(model: StochasticSR, x, y, gen):
@@ -60,7 +62,7 @@ def time_steps(preset: str, variant: str, batch: int, steps: int, device: torch.
     if optimised:
         model = model.to(memory_format=torch.channels_last)
         x, y = (t.contiguous(memory_format=torch.channels_last) for t in (x, y))
-    cast = (torch.autocast(device.type, dtype=torch.bfloat16) if optimised
+    cast = (torch.autocast(device.type, dtype=torch.bfloat16) if optimised and fast_bf16(device)
             else contextlib.nullcontext())
     times = []
     for _ in range(steps + 1):  # the first step is warm-up
@@ -111,7 +113,7 @@ def main() -> None:
                   {**os.environ, **MALLOC_ENV})
     device = torch.device(a.device)
     head = (f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
-            f"steps={a.steps} malloc={a.malloc}")
+            f"steps={a.steps} malloc={a.malloc} native_bf16={fast_bf16(device)}")
     if device.type == "cuda":
         head += f" gpu={torch.cuda.get_device_name(device)}"
     print(head)
