@@ -16,7 +16,7 @@ FILES=${FILES:?set FILES to the folder the finish call brought back}
 PACK=${PACK:-packs/faces_all.npz}
 SCALES=${SCALES:-"8 4 16"}
 SHIP=${SHIP:-0}
-PRINCIPAL=${PRINCIPAL:-1}   # 0: ship without a principal basis (~30 min of CPU per scale)
+PRINCIPAL=${PRINCIPAL:-1}   # 0: ship without a principal basis (if not judged: 30-90 min of CPU a scale)
 [ -f models/x8/manifest.json ] || { echo "models/ is out: scripts/device/models_out.sh back" >&2; exit 1; }
 ship=()
 [ "$SHIP" = 1 ] && ship=(--ship)
