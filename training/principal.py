@@ -13,7 +13,7 @@ dimensions a random offset almost never points towards the HR's code; ten draws 
 of directions that carry the typical error do, so best-of-n can beat the mean (docs/method.md).
 
     python -m training.principal --model models/x8 --pack packs/faces_all.npz \
-        --ranks 2 4 8 --temperatures 0.35 0.5 0.7 1 --install
+        --ranks 2 4 8 --temperatures 0.25 0.35 0.5 0.7 --install
 
 fits the basis on training faces, picks the rank and temperature with the highest best-of-10
 minus the ICAP mean on the validation split, checks that choice on the first test faces, and
@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-faces", type=int, default=1200,
                    help="training faces the basis is fitted on (a seeded sample)")
     p.add_argument("--ranks", type=int, nargs="+", default=[2, 4, 8])
-    p.add_argument("--temperatures", type=float, nargs="+", default=[0.35, 0.5, 0.7, 1.0])
+    # the shipped picks: x4 0.25, x8 and x16 0.35; T = 1 never won, nor did T < 0.25 (x8)
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.25, 0.35, 0.5, 0.7])
     p.add_argument("--val-limit", type=int, default=200, help="validation faces per choice")
     p.add_argument("--test-limit", type=int, default=100,
                    help="first test faces of each source the choice is checked on (0: none)")
