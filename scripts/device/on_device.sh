@@ -148,25 +148,27 @@ judge() {
   limit=$((FINISH_END - $(date +%s) - 45))
   if [ "$limit" -lt 30 ]; then say "no time left to judge"; return 1; fi
   say "judging on $JUDGE_DEVICE, at most $limit s"
-  local n threads deadline=$(($(date +%s) + limit))
+  local n threads deadline=$(($(date +%s) + limit)) sources extra
+  read -ra sources <<<"$JUDGE_SOURCES"
+  read -ra extra <<<"$JUDGE_PRINCIPAL_ARGS"
   n=$(wc -w <<<"$SCALES")
   threads=$(( $(nproc) / n ))   # the scales run at once: no oversubscribed CPU threads
   for s in $SCALES; do
     [ -f "$WORK/x$s/model.safetensors" ] || continue
-    (  # shellcheck disable=SC2086  # JUDGE_SOURCES and JUDGE_PRINCIPAL_ARGS are lists
+    (
       export PYTHONPATH=$WORK/train_site${PYTHONPATH:+:$PYTHONPATH}   # the train call's wheels
       export OMP_NUM_THREADS=$((threads > 0 ? threads : 1))
       timeout "$limit" "$PY" -m training.cli eval --model "$WORK/x$s" --pack "$pack" \
-        --sources $JUDGE_SOURCES --best-of 10 --best-of-limit 100 --device "$JUDGE_DEVICE" \
+        --sources "${sources[@]}" --best-of 10 --best-of-limit 100 --device "$JUDGE_DEVICE" \
         --out "$WORK/x$s/eval" >"$WORK/x$s/judge.log" 2>&1 || say "x$s: evaluation failed"
       timeout "$((deadline - $(date +%s)))" "$PY" -m training.principal --model "$WORK/x$s" \
-        --pack "$pack" --sources $JUDGE_SOURCES --device "$JUDGE_DEVICE" \
-        --save-basis "$WORK/x$s/principal" --no-progress $JUDGE_PRINCIPAL_ARGS \
+        --pack "$pack" --sources "${sources[@]}" --device "$JUDGE_DEVICE" \
+        --save-basis "$WORK/x$s/principal" --no-progress "${extra[@]}" \
         >>"$WORK/x$s/judge.log" 2>&1 || say "x$s: principal basis failed"
     ) &
   done
   wait
-  say "judged: $(ls "$WORK"/x*/eval/metrics.json "$WORK"/x*/principal/principal.json 2>/dev/null | tr '\n' ' ')"
+  say "judged: $(find "$WORK" -path '*/eval/metrics.json' -o -path '*/principal/principal.json' | sort | tr '\n' ' ')"
 }
 
 # Seconds a benchmark may take: BENCH_S, or less so that the call ends by FINISH_END.
