@@ -161,7 +161,9 @@ judge() {
       timeout "$limit" "$PY" -m training.cli eval --model "$WORK/x$s" --pack "$pack" \
         --sources "${sources[@]}" --best-of 10 --best-of-limit 100 --device "$JUDGE_DEVICE" \
         --out "$WORK/x$s/eval" >"$WORK/x$s/judge.log" 2>&1 || say "x$s: evaluation failed"
-      timeout "$((deadline - $(date +%s)))" "$PY" -m training.principal --model "$WORK/x$s" \
+      left=$((deadline - $(date +%s)))   # (timeout 0 would mean no limit at all)
+      if [ "$left" -lt 10 ]; then say "x$s: no time left for the principal basis"; exit 0; fi
+      timeout "$left" "$PY" -m training.principal --model "$WORK/x$s" \
         --pack "$pack" --sources "${sources[@]}" --device "$JUDGE_DEVICE" \
         --save-basis "$WORK/x$s/principal" --no-progress "${extra[@]}" \
         >>"$WORK/x$s/judge.log" 2>&1 || say "x$s: principal basis failed"
