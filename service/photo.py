@@ -150,6 +150,17 @@ def find_faces(photo: np.ndarray, detector: FaceDetector, options: PhotoOptions,
     return result
 
 
+def check_draws(runners: dict[int, Runner], options: PhotoOptions) -> None:
+    """LookupError, naming the scale, where a model that could serve the photo (options.scale's,
+    else any) lacks options.draws: so a request fails before any work, not halfway."""
+    for scale, runner in runners.items():
+        if options.scale in (None, scale):
+            try:
+                runner.draws(options.draws, options.temperature)
+            except LookupError as exc:
+                raise LookupError(f"x{scale}: {exc}") from exc
+
+
 def superresolve(result: Photo, runners: dict[int, Runner], options: PhotoOptions) -> Photo:
     """Step 3: one batched model call per scale (the inference pool runs this)."""
     for scale, runner in runners.items():

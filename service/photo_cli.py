@@ -23,6 +23,7 @@ from service.photo import (
     DEFAULT_MAX_FACES,
     MAX_UPSCALE,
     PhotoOptions,
+    check_draws,
     decode_photo,
     describe_json,
     process,
@@ -84,17 +85,16 @@ def main(argv: list[str] | None = None) -> None:
         detector = FaceDetector()
     except (EngineError, ServiceError) as exc:
         sys.exit(f"facesr-photo: cannot start: {getattr(exc, 'detail', exc)}")
-    for scale, runner in runners.items():
-        try:
-            runner.draws(args.draws, args.temperature)
-        except LookupError as exc:
-            sys.exit(f"facesr-photo: --draws: x{scale}: {exc}")
-    args.out.mkdir(parents=True, exist_ok=True)
     options = PhotoOptions(scale=args.scale, upscale=args.upscale, samples=args.samples,
                            seed=new_seed() if args.seed is None else args.seed,
                            temperature=args.temperature, draws=args.draws,
                            max_faces=args.max_faces,
                            max_output_pixels=settings.max_output_pixels)
+    try:
+        check_draws(runners, options)
+    except LookupError as exc:
+        sys.exit(f"facesr-photo: --draws: {exc}")
+    args.out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for path in tqdm(files, desc="photos", unit="photo", disable=args.no_progress):
         try:

@@ -18,7 +18,7 @@ from fastapi import Depends, File, Query, Request, UploadFile
 from fastapi.responses import Response
 
 from service.admission import Ticket
-from service.api.inference import Timings, read_upload, request_draws
+from service.api.inference import Timings, read_upload
 from service.api.inference_route import InferenceRouter, admit
 from service.api.params import (
     DrawsParam,
@@ -35,6 +35,7 @@ from service.photo import (
     DEFAULT_MAX_FACES,
     MAX_UPSCALE,
     PhotoOptions,
+    check_draws,
     decode_photo,
     describe_json,
     find_faces,
@@ -109,18 +110,18 @@ async def photo(
     if samples and fmt != "json":
         raise InvalidParameter("samples are returned in the JSON answer only: add format=json, "
                                "or leave samples out")
-    candidates = state.runners if scale is None else {
-        k: r for k, r in state.runners.items() if k == int(scale)}
-    for runner in candidates.values():  # 422 before any work where a model lacks the draws
-        request_draws(runner, draws, temperature)
     s = state.settings
-    timings = Timings(request, state)
-    faces_detector = detector()
-    data = await read_upload(image, "image", s.max_upload_bytes)
     options = PhotoOptions(
         scale=None if scale is None else int(scale), upscale=upscale, samples=samples,
         seed=new_seed() if seed is None else seed, temperature=temperature,
         draws=draws, max_faces=max_faces, max_output_pixels=s.max_output_pixels)
+    try:
+        check_draws(state.runners, options)
+    except LookupError as exc:
+        raise InvalidParameter(f"query.draws: {exc}") from exc
+    timings = Timings(request, state)
+    faces_detector = detector()
+    data = await read_upload(image, "image", s.max_upload_bytes)
     with timings.stage("decode"):
         pixels, adjustments = await asyncio.to_thread(decode_photo, data, s.max_pixels)
     with timings.stage("detect"):
