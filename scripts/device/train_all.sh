@@ -24,11 +24,9 @@ INIT_DIR=${INIT_DIR:-.device/init}
 RECIPE=${RECIPE:-"--lr-schedule cosine --warmup-steps 100 --ema 0.999 --balanced-deconv
   --phase2-loss nll --icap-logvar-min -6"}
 TRAIN_ARGS=${TRAIN_ARGS:-}   # more facesr-train flags
-# --compile (torch.compile of phase 1's networks) for these scales: on CUDA, x8 by default, an
-# A/B inside the session (its phase-1 images/s against x4's and x16's in log.jsonl); a failed
-# compile falls back to eager. Not on the CPU, where inductor's C++ build takes minutes.
-[[ $DEVICE == cuda* ]] && compile_default=8 || compile_default=
-COMPILE_SCALES=${COMPILE_SCALES-$compile_default}
+# --compile (torch.compile of phase 1's networks) for these scales; none by default: on an H100
+# (2026-11-28) the compiled x8 ran at the eager scales' 218 images/s and lost 48 s compiling.
+COMPILE_SCALES=${COMPILE_SCALES:-}
 PY=${PY:-python3}
 
 n=$(wc -w <<<"$SCALES")
