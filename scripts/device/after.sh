@@ -20,7 +20,7 @@ PRINCIPAL=${PRINCIPAL:-1}   # 0: ship without a principal basis (if not judged: 
 [ -f models/x8/manifest.json ] || { echo "models/ is out: scripts/device/models_out.sh back" >&2; exit 1; }
 ship=()
 [ "$SHIP" = 1 ] && ship=(--ship)
-if [ -f "$FILES/bench.tar.gz" ]; then
+if [ -f "$FILES/bench.tar.gz" ] && tar -tzf "$FILES/bench.tar.gz" | grep -q .; then   # empty: BENCH=0
   mkdir -p runs/gpu && tar -xzf "$FILES/bench.tar.gz" -C runs/gpu
   echo "benchmarks: runs/gpu/bench/ (model_cuda.json, service_cuda_heuristic.json, service_cuda_exhaustive.json)"
 fi
@@ -39,8 +39,11 @@ for s in $SCALES; do
     facesr-eval --model "$run" --pack "$PACK" --sources celeba utkface --best-of 10 \
       --best-of-limit 100 --out "$run/eval"
   fi
+  # the shipped model's calibrated temperature of the ICAP's draws carries over (x16: 4)
+  t=$(python3 -c 'import sys; from facesr_core.manifest import load_manifest as m
+print(m(sys.argv[1], verify=False).sample_temperature)' "models/x$s")
   facesr-export --model "$run" --out "$run/export" --metrics "$run/eval/metrics.json" \
-    --pack "$PACK"
+    --pack "$PACK" --sample-temperature "$t"
   if [ "$PRINCIPAL" = 1 ] && [ -f "$run/principal/principal_basis.npy" ]; then
     python3 -m training.principal --model "$run/export" --install-from "$run/principal"
   elif [ "$PRINCIPAL" = 1 ]; then   # the basis of the default draws (README "Principal draws")
