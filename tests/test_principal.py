@@ -26,6 +26,49 @@ def test_the_basis_is_the_top_principal_directions_of_the_code_error():
     np.testing.assert_allclose(explained, [9 / 14, 13 / 14], atol=0.03)
 
 
+class _LinearDecoderModel(torch.nn.Module):
+    """A stand-in SR model whose decoder is linear in the code: f(x, z) = x + A z, and whose
+    ICAP mean is 0, so a face's code gradient is A^T (y - x) and its best step along a unit v
+    is (g . v) / |A v|^2 exactly."""
+
+    def __init__(self, latent_shape: tuple[int, ...], gen: torch.Generator):
+        super().__init__()
+        self.latent_shape = latent_shape
+        size = int(np.prod(latent_shape))
+        self.A = torch.nn.Parameter(torch.randn(3 * 128 * 128, size, generator=gen) / 50)
+        self.sr = torch.nn.Module()
+        self.sr.decoder = lambda features, z, x: x + (z.flatten(1) @ self.A.T).reshape(x.shape)
+
+    def encode(self, x):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(features=None, mu=x.new_zeros(len(x), *self.latent_shape))
+
+
+def test_the_gradient_basis_is_the_top_directions_of_the_code_gradients_with_their_best_steps():
+    from training.data import PairDataset
+
+    gen = torch.Generator().manual_seed(0)
+    shape = (2, 2, 2)
+    model = _LinearDecoderModel(shape, gen)
+    hr = (np.random.default_rng(0).random((12, 128, 128, 3)) * 255).astype(np.uint8)
+    x, y = PairDataset(hr, 8).batch(range(len(hr)))
+    a = model.A.detach().double()
+    want_g = (y - x).flatten(1).double() @ a  # A^T (y - f(x, 0)) per face
+    got_g = principal.latent_gradients(model, hr, 8, batch=5, progress=False)
+    torch.testing.assert_close(got_g, want_g, rtol=1e-3, atol=1e-5)  # float32 sums of 49,152
+
+    basis, explained = principal.fit_gradient_basis(model, hr, 8, 2, shape, step_faces=12,
+                                                    progress=False)
+    lam, vec = torch.linalg.eigh(want_g.T @ want_g / len(hr))
+    for row, v in zip(basis.reshape(2, -1), vec.flip(1).T[:2], strict=True):
+        norm = np.linalg.norm(row)
+        assert abs(row @ v.numpy()) / norm > 0.999  # the direction, up to sign
+        best_steps = (want_g @ v) / (a @ v).pow(2).sum()
+        np.testing.assert_allclose(norm, best_steps.pow(2).mean().sqrt(), rtol=1e-3)
+    np.testing.assert_allclose(explained, (lam.flip(0).cumsum(0) / lam.sum())[:2], rtol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from training.config import ModelConfig
@@ -52,6 +95,7 @@ def test_the_cli_calibrates_and_installs_a_basis_the_service_loads(tiny_run, pac
     assert torch.is_grad_enabled()  # the CLI leaves the process's autograd mode as it was
     got = json.loads(report.read_text())
     gains = got["val_best_of_10_minus_mean_db"]
+    assert got["fit"] == "gradient"  # the default
     assert set(gains) == {"k1_T0.5", "k1_T1", "k2_T0.5", "k2_T1", "icap_T1"}  # the manifest's T
     assert gains[f"k{got['rank']}_T{got['temperature']:g}"] == max(
         v for k, v in gains.items() if not k.startswith("icap"))
@@ -99,8 +143,10 @@ def test_a_basis_saved_in_one_place_installs_in_another_only_for_the_same_weight
     fitted = tmp_path / "fitted"
     principal.main(["--model", str(tiny_run), "--pack", str(pack), "--sources", "utkface",
                     "--train-faces", "12", "--ranks", "1", "2", "--temperatures", "0.5",
-                    "--test-limit", "0", "--save-basis", str(fitted), "--no-progress"])
+                    "--test-limit", "0", "--save-basis", str(fitted), "--no-progress",
+                    "--fit", "code-error"])
     report = json.loads((fitted / principal.PRINCIPAL_REPORT).read_text())
+    assert report["fit"] == "code-error"
     same = tmp_path / "same"
     model, _ = load_model(tiny_run)
     export_model(model, same, scale=8, preset="tiny", version="test-3")

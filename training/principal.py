@@ -1,12 +1,20 @@
-"""Principal draws (ours): samples along the few directions in which the ICAP mean's code is
-most often wrong.
+"""Principal draws (ours): samples along the few directions in which moving the ICAP mean's code
+most often brings the face closer to the truth.
 
-The REN's mean code mu_r (it sees the HR face) is the code the decoder was trained on; the
-ICAP's mean mu_q is its prediction from the LR face alone. Over training faces, the error
-d = mu_r - mu_q has a second-moment matrix E[d d^T] (4,096 x 4,096 at paper size) whose top
-eigenvectors v_i, with eigenvalues lambda_i, are the directions of largest code error. The
-basis rows b_i = sqrt(lambda_i) v_i give the draws z = mu_q + T * sum_i eps_i b_i
-(facesr_core/latent.py), which the service uses by default when a model ships a basis.
+A draw is z = mu_q + T * sum_i eps_i b_i (facesr_core/latent.py) with k standard-normal eps_i
+and basis rows b_i = s_i v_i, which the service uses by default when a model ships a basis.
+The unit directions v_i come from training faces, one of two ways (`--fit`):
+
+- `gradient` (the default): the top eigenvectors of E[g g^T], where g = -J^T (f(x, mu_q) - y)
+  is the gradient of the face's squared error with respect to the code at mu_q (J: the decoder's
+  Jacobian there): the directions in which a step lowers the error of most faces. s_i is the RMS
+  over faces of the best step along v_i, (g . v_i) / |J v_i|^2 (|J v_i| by a finite difference).
+- `code-error`: the top eigenvectors of E[d d^T], d = mu_r - mu_q (the REN's mean code, which
+  sees the HR, minus the ICAP's), with s_i = sqrt(lambda_i): where the code is most often wrong,
+  whether or not the decoder's output depends on it much.
+
+The training faces are drawn in equal numbers from each source, so the larger source (UTKFace
+has twice CelebA's training faces) does not set the directions alone.
 
 Why: ten draws of the ICAP's diagonal Gaussian spread over all 4,096 dimensions, and in so many
 dimensions a random offset almost never points towards the HR's code; ten draws along a handful
@@ -71,16 +79,88 @@ def code_errors(model, hr: np.ndarray, scale: int, batch: int = 16,
     return torch.cat(rows)
 
 
-def fit_basis(errors: torch.Tensor, rank: int, latent_shape: tuple[int, ...]
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """(basis float32 (rank, *latent_shape): rows sqrt(lambda_i) v_i by decreasing lambda_i,
-    the share of E|d|^2 that the first k rows explain, for k = 1..rank)."""
-    second_moment = errors.T @ errors / len(errors)
+def top_directions(rows: torch.Tensor, rank: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """(eigenvalues (rank,), unit directions (rank, D), share of E|row|^2 that the first k
+    directions explain for k = 1..rank) of the rows' second-moment matrix, largest first."""
+    second_moment = rows.T @ rows / len(rows)
     lam, vec = torch.linalg.eigh(second_moment)  # ascending
     lam, vec = lam.flip(0)[:rank].clamp_min(0), vec.flip(1)[:, :rank]
-    basis = (vec * lam.sqrt()).T.reshape(rank, *latent_shape)
-    explained = (lam.cumsum(0) / second_moment.trace()).numpy()
+    return lam, vec.T, (lam.cumsum(0) / second_moment.trace()).numpy()
+
+
+def fit_basis(errors: torch.Tensor, rank: int, latent_shape: tuple[int, ...]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The `code-error` fit: (basis float32 (rank, *latent_shape): rows sqrt(lambda_i) v_i by
+    decreasing lambda_i, the share of E|d|^2 that the first k rows explain, for k = 1..rank)."""
+    lam, directions, explained = top_directions(errors, rank)
+    basis = (directions * lam.sqrt()[:, None]).reshape(rank, *latent_shape)
     return basis.float().numpy(), explained
+
+
+def latent_gradients(model, hr: np.ndarray, scale: int, batch: int = 16,
+                     progress: bool = True) -> torch.Tensor:
+    """g = -d/dz (|f(x, z) - y|^2 / 2) at z = mu_q for each face (N, latent size), float64: the
+    direction in which moving the ICAP mean's code lowers that face's squared error fastest."""
+    rows, device = [], next(model.parameters()).device
+    for i in tqdm(range(0, len(hr), batch), desc="code gradients", unit="batch",
+                  disable=not progress):
+        x, y = _pairs(hr[i:i + batch], scale, device)
+        with torch.no_grad():
+            enc = model.encode(x)
+        with torch.enable_grad():
+            z = enc.mu.detach().requires_grad_(True)
+            err = model.sr.decoder(enc.features, z, x) - y
+            (grad,) = torch.autograd.grad(0.5 * err.pow(2).sum(), z)
+        rows.append((-grad).flatten(1).double().cpu())
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def step_sizes(model, hr: np.ndarray, scale: int, directions: torch.Tensor,
+               gradients: torch.Tensor, h: float = 0.5, batch: int = 16) -> torch.Tensor:
+    """For each unit direction v (rank, D): the RMS over faces of the step along v that
+    minimises the face's squared error to second order, (g . v) / |J v|^2, with J v by a
+    finite difference of size h (one decoder pass per direction and face)."""
+    device, steps = next(model.parameters()).device, []
+    for i in range(0, len(hr), batch):
+        x, _ = _pairs(hr[i:i + batch], scale, device)
+        enc = model.encode(x)
+        base = model.sr.decoder(enc.features, enc.mu, x)
+        row = []
+        for v in directions.float().to(device):
+            moved = model.sr.decoder(enc.features, enc.mu + h * v.reshape(enc.mu.shape[1:]), x)
+            jv2 = (moved - base).flatten(1).pow(2).sum(1).double().cpu() / h**2
+            row.append(gradients[i:i + len(x)] @ v.double().cpu() / jv2.clamp_min(1e-12))
+        steps.append(torch.stack(row, 1))
+    return torch.cat(steps).pow(2).mean(0).sqrt()
+
+
+def fit_gradient_basis(model, hr: np.ndarray, scale: int, rank: int,
+                       latent_shape: tuple[int, ...], step_faces: int = 300,
+                       progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The `gradient` fit: (basis float32 (rank, *latent_shape): rows s_i v_i, v_i the top
+    eigenvectors of E[g g^T], s_i their RMS best step over `step_faces` of the faces spread
+    evenly; the share of E|g|^2 that the first k directions explain, for k = 1..rank)."""
+    gradients = latent_gradients(model, hr, scale, progress=progress)
+    _, directions, explained = top_directions(gradients, rank)
+    every = max(1, len(hr) // step_faces)
+    steps = step_sizes(model, hr[::every], scale, directions, gradients[::every])
+    basis = (directions * steps[:, None]).reshape(rank, *latent_shape)
+    return basis.float().numpy(), explained
+
+
+FITS = {"gradient": "E[g g^T] of the code's error gradients, best steps",
+        "code-error": "E[d d^T] of the code errors mu_r - mu_q, sqrt(lambda)"}
+
+
+def basis_training_faces(pack: Path, sources: list[str], count: int, seed: int = 1
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(pack indices, HR faces) of the training faces a basis is fitted on: count // len(sources)
+    of each source's, a seeded sample (scripts/device/pack.py --judge ships the same ones)."""
+    parts = [FacePack(pack, split="train", sources=[source], sample=count // len(sources),
+                      seed=seed) for source in sources]
+    return np.concatenate([p.index for p in parts]), np.concatenate([p.hr for p in parts])
 
 
 @torch.no_grad()
@@ -189,7 +269,11 @@ def main(argv: list[str] | None = None) -> None:
                                               "--install-from)")
     p.add_argument("--sources", nargs="+", default=["celeba", "utkface"])
     p.add_argument("--train-faces", type=int, default=1200,
-                   help="training faces the basis is fitted on (a seeded sample)")
+                   help="training faces the basis is fitted on (a seeded sample, the same "
+                        "number from each source)")
+    p.add_argument("--fit", choices=list(FITS), default="gradient",
+                   help="how the directions are found: " + "; ".join(
+                       f"{k}: {v}" for k, v in FITS.items()) + " (default: gradient)")
     p.add_argument("--ranks", type=int, nargs="+", default=[2, 4, 8])
     # the shipped picks: x4 0.25, x8 and x16 0.35; T = 1 never won, nor did T < 0.25 (x8)
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.25, 0.35, 0.5, 0.7])
@@ -221,12 +305,16 @@ def main(argv: list[str] | None = None) -> None:
     exact_fp32(device)
     model = model.float().to(device).eval()
     fingerprint = weights_fingerprint(model)
-    train = FacePack(a.pack, split="train", sources=a.sources, sample=a.train_faces, seed=1)
+    _, train = basis_training_faces(a.pack, a.sources, a.train_faces)
     with torch.no_grad():
         latent_shape = tuple(model.icap(torch.zeros(1, 3, 128, 128, device=device))[0]
                              .shape[1:])
-    basis, explained = fit_basis(code_errors(model, train.hr, scale, progress=progress),
-                                 max(a.ranks), latent_shape)
+    if a.fit == "gradient":
+        basis, explained = fit_gradient_basis(model, train, scale, max(a.ranks), latent_shape,
+                                              progress=progress)
+    else:
+        basis, explained = fit_basis(code_errors(model, train, scale, progress=progress),
+                                     max(a.ranks), latent_shape)
     t_icap = _served_icap_temperature(a.model)
     val = FacePack(a.pack, split="val", sources=a.sources).hr[:a.val_limit]
     gains, spread = best_of_gains(model, val, scale, basis, a.ranks, a.temperatures,
@@ -234,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     pick = max((g, k, t) for k in a.ranks for t in a.temperatures
                for g in [gains[f"k{k}_T{t:g}"]])
     _, rank, temperature = pick
-    report = {"train_faces": len(train), "explained": {k: float(explained[k - 1])
+    report = {"fit": a.fit, "train_faces": len(train), "explained": {k: float(explained[k - 1])
                                                       for k in a.ranks},
               "val_faces": len(val), "val_best_of_10_minus_mean_db": gains,
               "val_samples_spread": spread,

@@ -69,13 +69,12 @@ def judge_subset(pack: Path, sources: tuple[str, ...] = JUDGE_SOURCES,
     """What judging a run on the GPU reads (on_device.sh judge): every val and test face of
     `sources` (evaluation, and the basis's calibration and check), and the training faces that
     training.principal fits the basis on: its seeded sample, which it then draws again whole."""
-    from training.data import FacePack
+    from training.principal import basis_training_faces
 
     arrays = load(pack)
     held_out = np.flatnonzero(np.isin(arrays["split"], ["val", "test"])
                               & np.isin(arrays["source"], sources))
-    basis_faces = FacePack(pack, split="train", sources=sources, sample=train_faces,
-                           seed=seed).index
+    basis_faces, _ = basis_training_faces(pack, list(sources), train_faces, seed)
     return take(arrays, np.concatenate([held_out, basis_faces]), pack, seed)
 
 
