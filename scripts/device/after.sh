@@ -20,7 +20,7 @@ PRINCIPAL=${PRINCIPAL:-1}   # 0: ship without a principal basis (if not judged: 
 [ -f models/x8/manifest.json ] || { echo "models/ is out: scripts/device/models_out.sh back" >&2; exit 1; }
 ship=()
 [ "$SHIP" = 1 ] && ship=(--ship)
-if [ -f "$FILES/bench.tar.gz" ] && tar -tzf "$FILES/bench.tar.gz" | grep -q .; then   # empty: BENCH=0
+if [ -f "$FILES/bench.tar.gz" ] && tar -tzf "$FILES/bench.tar.gz" | grep -c '[^/]$' >/dev/null; then   # no files: BENCH=0
   mkdir -p runs/gpu && tar -xzf "$FILES/bench.tar.gz" -C runs/gpu
   echo "benchmarks: runs/gpu/bench/ (model_cuda.json, service_cuda_heuristic.json, service_cuda_exhaustive.json)"
 fi
