@@ -65,15 +65,24 @@ def _pairs(hr: np.ndarray, scale: int, device: torch.device
     return x.to(device), y.to(device)
 
 
+def _encoded_batches(model, hr: np.ndarray, scale: int, batch: int, desc: str = "",
+                     progress: bool = False):
+    """(start, x, y, encoding) for each batch of faces, the encoder run without autograd."""
+    device = next(model.parameters()).device
+    for i in tqdm(range(0, len(hr), batch), desc=desc, unit="batch", disable=not progress):
+        x, y = _pairs(hr[i:i + batch], scale, device)
+        with torch.no_grad():
+            enc = model.encode(x)
+        yield i, x, y, enc  # outside no_grad: the consumer's own autograd mode applies
+
+
 @torch.no_grad()
 def code_errors(model, hr: np.ndarray, scale: int, batch: int = 16,
                 progress: bool = True) -> torch.Tensor:
     """d = mu_r - mu_q for each face (N, latent size), float64: the REN's mean code of the
     residual y - f(x, 0) minus the ICAP's mean."""
-    rows, device = [], next(model.parameters()).device
-    for i in tqdm(range(0, len(hr), batch), desc="code errors", unit="batch", disable=not progress):
-        x, y = _pairs(hr[i:i + batch], scale, device)
-        enc = model.encode(x)
+    rows = []
+    for _, x, y, enc in _encoded_batches(model, hr, scale, batch, "code errors", progress):
         mu_r = model.ren(y - model.sr.decoder(enc.features, None, x))[0]
         rows.append((mu_r - enc.mu).flatten(1).double().cpu())
     return torch.cat(rows)
@@ -102,12 +111,8 @@ def latent_gradients(model, hr: np.ndarray, scale: int, batch: int = 16,
                      progress: bool = True) -> torch.Tensor:
     """g = -d/dz (|f(x, z) - y|^2 / 2) at z = mu_q for each face (N, latent size), float64: the
     direction in which moving the ICAP mean's code lowers that face's squared error fastest."""
-    rows, device = [], next(model.parameters()).device
-    for i in tqdm(range(0, len(hr), batch), desc="code gradients", unit="batch",
-                  disable=not progress):
-        x, y = _pairs(hr[i:i + batch], scale, device)
-        with torch.no_grad():
-            enc = model.encode(x)
+    rows = []
+    for _, x, y, enc in _encoded_batches(model, hr, scale, batch, "code gradients", progress):
         with torch.enable_grad():
             z = enc.mu.detach().requires_grad_(True)
             err = model.sr.decoder(enc.features, z, x) - y
@@ -122,13 +127,11 @@ def step_sizes(model, hr: np.ndarray, scale: int, directions: torch.Tensor,
     """For each unit direction v (rank, D): the RMS over faces of the step along v that
     minimises the face's squared error to second order, (g . v) / |J v|^2, with J v by a
     finite difference of size h (one decoder pass per direction and face)."""
-    device, steps = next(model.parameters()).device, []
-    for i in range(0, len(hr), batch):
-        x, _ = _pairs(hr[i:i + batch], scale, device)
-        enc = model.encode(x)
+    steps = []
+    for i, x, _, enc in _encoded_batches(model, hr, scale, batch):
         base = model.sr.decoder(enc.features, enc.mu, x)
         row = []
-        for v in directions.float().to(device):
+        for v in directions.float().to(x.device):
             moved = model.sr.decoder(enc.features, enc.mu + h * v.reshape(enc.mu.shape[1:]), x)
             jv2 = (moved - base).flatten(1).pow(2).sum(1).double().cpu() / h**2
             row.append(gradients[i:i + len(x)] @ v.double().cpu() / jv2.clamp_min(1e-12))
