@@ -110,13 +110,18 @@ def test_cli_prepare_train_eval_export(tmp_path, pack):
         ("eval", "--model", str(run), "--pack", str(pack), "--sources", "utkface",
          "--best-of", "2", "--out", str(evald)),
         ("export", "--model", str(run), "--out", str(model_dir), "--metrics",
-         str(evald / "metrics.json"), "--calibration-faces", "4"),
+         str(evald / "metrics.json"), "--calibration-faces", "4", "--sample-temperature", "2.5"),
+        # a retrained model keeps the shipped one's calibrated temperature (scripts/device/after.sh)
+        ("export", "--model", str(run), "--out", str(tmp_path / "again"), "--no-int8",
+         "--sample-temperature-from", str(model_dir)),
     ]
     for step in steps:
         proc = run_cli("-m", "training.cli", *step)
         assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = load_manifest(model_dir)
     assert manifest.metrics["utkface_test"]["best_of_2"]["psnr"] > 0
+    assert manifest.sample_temperature == 2.5
+    assert load_manifest(tmp_path / "again").sample_temperature == 2.5
     # int8 came without asking, calibrated and measured on the run's own pack
     assert manifest.int8.calibration["source"] == f"{pack.name}, train split"
     assert set(manifest.int8.loss) == {"utkface_test"}

@@ -139,4 +139,9 @@ def test_train_eval_export_refuse_missing_paths(capsys, tmp_path):
     err = run_failing(cli.export_main, ["--model", str(tmp_path), "--out", str(tmp_path / "m"),
                                         "--metrics", str(tmp_path / "metrics.json")], capsys)
     assert "--metrics" in err and "no such file" in err
+    err = run_failing(cli.export_main, ["--model", str(tmp_path), "--out", str(tmp_path / "m"),
+                                        "--sample-temperature-from", str(tmp_path / "shipped")],
+                      capsys)
+    shipped = tmp_path / "shipped" / "manifest.json"
+    assert f"--sample-temperature-from {shipped}: no such file" in err
     assert not (tmp_path / "eval").exists() and not (tmp_path / "m").exists()

@@ -290,9 +290,15 @@ def export_main(argv: list[str] | None = None) -> None:
     p.add_argument("--metrics", type=Path, help="metrics.json from facesr-eval, for the manifest")
     p.add_argument("--name", help="model name in the manifest (default: x<scale>)")
     p.add_argument("--version", help="model version in the manifest (default: the UTC time)")
-    p.add_argument("--sample-temperature", type=float, default=1.0,
-                   help="default temperature of /samples and /traverse (calibrate it with "
-                        "python -m training.diagnostics --calibrate; default 1, the paper's)")
+    temperature = p.add_mutually_exclusive_group()
+    temperature.add_argument("--sample-temperature", type=float, default=1.0,
+                             help="default temperature of /samples and /traverse (calibrate "
+                                  "it with python -m training.diagnostics --calibrate; default "
+                                  "1, the paper's)")
+    temperature.add_argument("--sample-temperature-from", type=Path, metavar="MODEL_DIR",
+                             help="take --sample-temperature from this model folder's "
+                                  "manifest.json, e.g. the shipped models/x16 when exporting its "
+                                  "retrained weights")
     p.add_argument("--pack", type=Path, help="face pack for int8: calibration on its train split, "
                    "quality loss on its test splits (default: the pack the model was trained "
                    "on, as its manifest records it, if that file exists; without one, "
@@ -313,6 +319,8 @@ def export_main(argv: list[str] | None = None) -> None:
     require_dir(prog, "--out" if a.int8_only else "--model", a.out if a.int8_only else a.model)
     require_file(prog, "--metrics", a.metrics, " (facesr-eval writes metrics.json)")
     require_file(prog, "--pack", a.pack)
+    if a.sample_temperature_from is not None:
+        a.sample_temperature = _sample_temperature_of(prog, a.sample_temperature_from)
     require_training_packages(prog)
     run_pack = _run_pack_of(a.out) if a.int8_only else _export_fp32(a)
     pack = a.pack or run_pack
@@ -339,6 +347,14 @@ def _export_fp32(a: argparse.Namespace) -> Path | None:
                             sample_temperature=a.sample_temperature)
     print(f"wrote {a.out}: " + ", ".join(f.path for f in manifest.files.values()))
     return _run_pack_of(a.out)
+
+
+def _sample_temperature_of(prog: str, model_dir: Path) -> float:
+    from facesr_core.manifest import MANIFEST_NAME, load_manifest
+
+    require_file(prog, "--sample-temperature-from", model_dir / MANIFEST_NAME,
+                 " (a model folder that facesr-export wrote)")
+    return load_manifest(model_dir, verify=False).sample_temperature
 
 
 def _run_pack_of(model_dir: Path) -> Path | None:

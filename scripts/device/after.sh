@@ -40,10 +40,8 @@ for s in $SCALES; do
       --best-of-limit 100 --out "$run/eval"
   fi
   # the shipped model's calibrated temperature of the ICAP's draws carries over (x16: 4)
-  t=$(python3 -c 'import sys; from facesr_core.manifest import load_manifest as m
-print(m(sys.argv[1], verify=False).sample_temperature)' "models/x$s")
   facesr-export --model "$run" --out "$run/export" --metrics "$run/eval/metrics.json" \
-    --pack "$PACK" --sample-temperature "$t"
+    --pack "$PACK" --sample-temperature-from "models/x$s"
   if [ "$PRINCIPAL" = 1 ] && [ -f "$run/principal/principal_basis.npy" ]; then
     python3 -m training.principal --model "$run/export" --install-from "$run/principal"
   elif [ "$PRINCIPAL" = 1 ]; then   # the basis of the default draws (README "Principal draws")
