@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mu", type=float, nargs="*",
                    help="per-replica throughput(s) at saturation, images/s (default: measured)")
     p.add_argument("--cores", type=int, default=2, help="cores per replica (default 2)")
-    p.add_argument("--rates", type=float, nargs="+", default=[100, 1000, 10000])
+    p.add_argument("--rates", type=float, nargs="+", default=[100, 1000, 10000],
+                   help="face rates to size for, faces/s (default 100 1000 10000)")
     p.add_argument("--p99", type=float, nargs="+", default=[0.5, 1.0], help="seconds")
     args = p.parse_args(argv)
     mus = {f"{mu:g} images/s": mu for mu in args.mu} if args.mu else MEASURED

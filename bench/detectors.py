@@ -125,9 +125,14 @@ def main() -> None:
     ap.add_argument("--faces", type=Path, required=True, help="folder of face photos")
     ap.add_argument("--count", type=int, default=120, help="faces in the scenes")
     ap.add_argument("--per-scene", type=int, default=30, help="faces per scene")
-    ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
-    ap.add_argument("--upscales", nargs="+", type=int, default=[1, 2, 3, 4])
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES),
+                    help=f"detectors to run, of {' '.join(CANDIDATES)} (default all; those "
+                         "not installed are skipped)")
+    ap.add_argument("--upscales", nargs="+", type=int, default=[1, 2, 3, 4],
+                    help="factors each photo is upscaled by (Pillow bicubic) before detection "
+                         "(default 1 2 3 4)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the faces drawn, their widths and the scenes (default 0)")
     ap.add_argument("--scale-factor", type=float, default=1.1, help="Haar cascades' scaleFactor")
     ap.add_argument("--min-neighbors", type=int, default=3, help="Haar cascades' minNeighbors")
     ap.add_argument("--out", type=Path, help="write the table as JSON here")

@@ -1,7 +1,7 @@
 """Model speed on this machine: FLOPs, matmul peak, PyTorch eager vs ONNX Runtime, n samples,
 and faster CPU variants (int8, fp16, bf16) with their PSNR change on real faces.
 
-Sections (`--sections`, default all):
+Sections (`--sections`, default all but ortopts and int8):
   flops    FLOPs per image (torch.utils.flop_counter), per graph and for n samples
   peak     fp32 matmul peak (torch, numpy, ONNX Runtime; 2048^2 and 4096^2; bf16 too)
   engines  PyTorch eager vs ONNX Runtime CPU at batch 1, 8, 64: ms/image, img/s, GFLOP/s
@@ -365,13 +365,17 @@ def psnr_on_faces(variants: dict, scale: int, count: int, batch: int = 16) -> li
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-dir", type=Path, default=Path("models/x8"))
+    p.add_argument("--model-dir", type=Path, default=Path("models/x8"),
+                   help="exported model folder to time (default models/x8)")
     p.add_argument("--export-random", type=Path, metavar="DIR",
                    help="export a paper-size model with random weights to DIR and use it")
     p.add_argument("--sections", nargs="+",
-                   default=["flops", "peak", "engines", "samples", "options", "psnr"])
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
-    p.add_argument("--option-batches", type=int, nargs="+", default=[1, 8])
+                   default=["flops", "peak", "engines", "samples", "options", "psnr"],
+                   help="sections to run, of those above (default all but ortopts and int8)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64],
+                   help="batch sizes of `engines` (default 1 8 64)")
+    p.add_argument("--option-batches", type=int, nargs="+", default=[1, 8],
+                   help="batch sizes of `options`, `ortopts` and `int8` (default 1 8)")
     p.add_argument("--budget-s", type=float, default=3.0, help="min timed seconds per cell")
     p.add_argument("--n", type=int, default=10, help="samples for the `samples` section")
     p.add_argument("--faces", type=int, default=100, help="CelebA faces for `psnr`")
@@ -382,7 +386,9 @@ def main() -> None:
     p.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
                    help="ONNX Runtime provider of `engines` and `samples` (cuda: onnxruntime-gpu; "
                         "`engines` then times ONNX Runtime only)")
-    p.add_argument("--json", type=Path, default=Path("bench/results/model.json"))
+    p.add_argument("--json", type=Path, default=Path("bench/results/model.json"),
+                   help="results file, read if it exists and updated after each section "
+                        "(default bench/results/model.json)")
     a = p.parse_args()
 
     if a.export_random:

@@ -121,6 +121,7 @@ if __name__ == "__main__":
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkout", help="repository root whose .venv and service/ run")
     p.add_argument("model_dir", help="FACESR_MODEL_DIR, relative to the checkout or absolute")
-    p.add_argument("--log", type=Path, default=Path("/tmp/facesr-bench/overload.log"))
+    p.add_argument("--log", type=Path, default=Path("/tmp/facesr-bench/overload.log"),
+                   help="the service's stdout and stderr (default /tmp/facesr-bench/overload.log)")
     a = p.parse_args()
     main(a.checkout, a.model_dir, a.log)

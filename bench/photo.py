@@ -46,12 +46,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pack", type=Path, required=True, help="a facesr-prepare pack")
     ap.add_argument("--faces", type=int, default=120, help="faces in all")
-    ap.add_argument("--per-scene", type=int, default=30)
+    ap.add_argument("--per-scene", type=int, default=30, help="faces per photo (default 30)")
     ap.add_argument("--min-px", type=float, default=12, help="smallest face width in the photo")
     ap.add_argument("--max-px", type=float, default=40, help="largest face width in the photo")
     ap.add_argument("--factor", type=int, default=4, help="original / photo, and ?upscale")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--pause-training", action="store_true")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the test faces drawn, their widths and the scenes (default 0)")
+    ap.add_argument("--pause-training", action="store_true",
+                    help="SIGSTOP a background facesr-train while timing (bench/common.py)")
     ap.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = ap.parse_args()
     faces = test_faces(args.pack, args.faces, args.seed)

@@ -164,7 +164,9 @@ def soak_tables(d: dict) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--results", type=Path, default=Path("bench/results"))
+    p.add_argument("--results", type=Path, default=Path("bench/results"),
+                   help="folder of model.json, load.json, load_spin_on.json and soak.json "
+                        "(default bench/results)")
     a = p.parse_args()
     for name, fn in (("model", model_tables), ("load", load_tables),
                      ("load_spin_on", load_tables), ("soak", soak_tables)):

@@ -188,14 +188,21 @@ def main() -> None:
     p.add_argument("--source", type=Path, default=ROOT,
                    help="checkout whose service and models/ run (default: this one)")
     p.add_argument("--sections", nargs="+", default=["serve", "sigterm", "engine"],
-                   choices=("serve", "sigterm", "engine"))
+                   choices=("serve", "sigterm", "engine"),
+                   help="what to measure: serve (ready time, RSS, latency), sigterm (exit "
+                        "time), engine (Runner A/B); see above (default all three)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of `engine`")
     p.add_argument("--precision", choices=("fp32", "int8", "auto"), default="fp32",
                    help="FACESR_PRECISION of the `engine` Runners (default fp32: auto would pick "
                         "x8's int8 graphs)")
-    p.add_argument("--pause-training", action="store_true")
-    p.add_argument("--logs", type=Path, default=Path("/tmp/facesr-bench/startup"))
-    p.add_argument("--json", type=Path, default=Path("bench/results/startup.json"))
+    p.add_argument("--pause-training", action="store_true",
+                   help="SIGSTOP a background facesr-train for the whole run (at most 900 s; "
+                        "bench/common.py)")
+    p.add_argument("--logs", type=Path, default=Path("/tmp/facesr-bench/startup"),
+                   help="folder for the started services' stdout and stderr "
+                        "(default /tmp/facesr-bench/startup)")
+    p.add_argument("--json", type=Path, default=Path("bench/results/startup.json"),
+                   help="write the results here (default bench/results/startup.json)")
     a = p.parse_args()
     out: dict = {"machine": machine(), "source": str(a.source), "argv": sys.argv[1:]}
     with training_paused(a.pause_training, max_s=900) as paused:

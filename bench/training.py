@@ -98,12 +98,19 @@ def rate(preset: str, variant: str, batch: int, steps: int, device: torch.device
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["tiny", "paper"])
-    p.add_argument("--batch", type=int, nargs="+", default=[16])
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["naive", "optimised"])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--malloc", choices=["tuned", "default"], default="tuned")
+    p.add_argument("--presets", nargs="+", default=["tiny", "paper"],
+                   help="model presets to time (default: tiny paper)")
+    p.add_argument("--batch", type=int, nargs="+", default=[16],
+                   help="batch sizes to time (default: 16)")
+    p.add_argument("--steps", type=int, default=5,
+                   help="timed steps per row, after one untimed warm-up step (default 5)")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["naive", "optimised"],
+                   help="step variants (module docstring; default: naive optimised)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (default: cuda when there is one)")
+    p.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
+                   help="tuned: facesr-train's malloc settings (the process restarts with "
+                        "them); default: glibc's own")
     p.add_argument("--json", type=Path, help="also write the rows here")
     p.add_argument("--pause-training", action="store_true",
                    help="SIGSTOP a background facesr-train while timing (bench/common.py)")

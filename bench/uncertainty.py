@@ -38,12 +38,19 @@ def astronaut(scale: int) -> tuple[bytes, bytes]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", type=Path, default=ROOT / "models")
-    p.add_argument("--scale", type=int, default=8)
-    p.add_argument("--n", type=int, nargs="+", default=[10, 32])
+    p.add_argument("--models", type=Path, default=ROOT / "models",
+                   help="model folder the app serves, FACESR_MODEL_DIR (default: this "
+                        "checkout's models/)")
+    p.add_argument("--scale", type=int, default=8,
+                   help="the LR face is the astronaut degraded by this factor, so the model of "
+                        "that scale answers (default 8)")
+    p.add_argument("--n", type=int, nargs="+", default=[10, 32],
+                   help="samples per request, one set of rows each (default 10 32)")
     p.add_argument("--min-s", type=float, default=8.0, help="timed seconds per row (at least)")
-    p.add_argument("--pause-training", action="store_true")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "uncertainty.json")
+    p.add_argument("--pause-training", action="store_true",
+                   help="SIGSTOP a background facesr-train while timing (bench/common.py)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "uncertainty.json",
+                   help="write the rows as JSON here (default bench/results/uncertainty.json)")
     a = p.parse_args()
 
     from fastapi.testclient import TestClient

@@ -1,13 +1,17 @@
 """/docs and /redoc work with no internet: every script, style sheet and icon their pages use
 is served by the service itself; so is every asset of the web page at `GET /` (the page in a
-browser: tests/test_page.py)."""
+browser: tests/test_page.py). Every `python -m` tool's --help explains each of its flags."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
+from test_training_cli import flags_without_help
 
 from service.app import create_app
 from service.settings import Settings
@@ -17,6 +21,27 @@ with warnings.catch_warnings():  # starlette's notice about httpx2, not about ou
     from fastapi.testclient import TestClient
 
 ASSET = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|url:\s*'([^']+)'""")
+ROOT = Path(__file__).resolve().parents[1]
+MAIN_BLOCK = re.compile(r"""^if __name__ == ["']__main__["']:""", re.MULTILINE)
+
+
+def command_line_tools() -> list[str]:
+    """Modules of bench/, training/ and service/ that build an argparse parser and run as
+    `python -m <module>` (an `if __name__ == "__main__":` block, or a package's __main__.py).
+    training.cli is left to tests/test_training_cli.py, through its own entry points."""
+    tools = []
+    for folder in ("bench", "training", "service"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            if path.name == "__main__.py":
+                parts = parts[:-1]
+            elif not MAIN_BLOCK.search(text):
+                continue
+            module = ".".join(parts)
+            if "ArgumentParser" in text and module != "training.cli":
+                tools.append(module)
+    return tools
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +95,11 @@ def test_root_is_the_page_with_local_assets_and_no_key(client):
     assert client.get("/page/..%2Fapi%2Fpage.py").status_code == 404
     assert client.get("/v1/models").status_code == 401  # the key still guards the rest
     assert client.get("/docs-assets/../v1/models").status_code in (401, 404)
+
+
+@pytest.mark.parametrize("module", command_line_tools())
+def test_every_flag_of_each_tool_has_help(module):
+    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert flags_without_help(out.stdout) == [], out.stdout

@@ -134,10 +134,11 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, nargs="+", required=True,
                    help="one or more run or model folders (one panel each)")
-    p.add_argument("--pack", type=Path, required=True)
-    p.add_argument("--split", default="val")
-    p.add_argument("--sources", nargs="+", default=["celeba"])
-    p.add_argument("--limit", type=int, default=40)
+    p.add_argument("--pack", type=Path, required=True, help="a pack made by facesr-prepare")
+    p.add_argument("--split", default="val", help="the pack's split to read (default: val)")
+    p.add_argument("--sources", nargs="+", default=["celeba"],
+                   help="pack sources to read (default: celeba)")
+    p.add_argument("--limit", type=int, default=40, help="at most this many faces (default 40)")
     p.add_argument("--temperature", type=float, default=1.0, help="of the samples")
     p.add_argument("--out", type=Path, help="figure of the spectra (.png); JSON beside it")
     p.add_argument("--calibrate", type=float, nargs="+", metavar="T",

@@ -270,16 +270,20 @@ def main(argv: list[str] | None = None) -> None:
                    help="an exported model folder (or a run folder, without --install)")
     p.add_argument("--pack", type=Path, help="a pack made by facesr-prepare (required unless "
                                               "--install-from)")
-    p.add_argument("--sources", nargs="+", default=["celeba", "utkface"])
+    p.add_argument("--sources", nargs="+", default=["celeba", "utkface"],
+                   help="pack sources of the training, validation and test faces "
+                        "(default: celeba utkface)")
     p.add_argument("--train-faces", type=int, default=1200,
                    help="training faces the basis is fitted on (a seeded sample, the same "
                         "number from each source)")
     p.add_argument("--fit", choices=list(FITS), default="gradient",
                    help="how the directions are found: " + "; ".join(
                        f"{k}: {v}" for k, v in FITS.items()) + " (default: gradient)")
-    p.add_argument("--ranks", type=int, nargs="+", default=[2, 4, 8])
-    # the shipped picks: x4 0.25, x8 and x16 0.35; T = 1 never won, nor did T < 0.25 (x8)
-    p.add_argument("--temperatures", type=float, nargs="+", default=[0.25, 0.35, 0.5, 0.7])
+    p.add_argument("--ranks", type=int, nargs="+", default=[2, 4, 8],
+                   help="ranks k to try, each with every temperature (default: 2 4 8)")
+    # T = 1 never won, nor did T < 0.25 (x8); the shipped picks are in the README
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.25, 0.35, 0.5, 0.7],
+                   help="temperatures T to try (default: 0.25 0.35 0.5 0.7)")
     p.add_argument("--val-limit", type=int, default=200, help="validation faces per choice")
     p.add_argument("--test-limit", type=int, default=100,
                    help="first test faces of each source the choice is checked on (0: none)")
@@ -293,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="fit nothing: install the basis that --save-basis wrote into DIR "
                         "(refused unless it was fitted on --model's weights); --pack unused")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     if a.pack is None and a.install_from is None:
         p.error("--pack is required (unless --install-from)")
