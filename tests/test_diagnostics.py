@@ -53,3 +53,27 @@ def test_best_of_gain_is_zero_at_temperature_zero_and_not_above():
     gains = best_of_gain(model, hr, 8, [0.0, 1.0], n=3)
     assert gains[0.0] == 0.0
     assert gains[1.0] != 0.0
+
+
+def test_calibrate_install_writes_the_best_temperature(tiny_model_dir, pack, tmp_path, capsys):
+    import json
+    import shutil
+
+    import pytest
+
+    from facesr_core.manifest import load_manifest
+    from training import diagnostics
+
+    model = tmp_path / "x8"
+    shutil.copytree(tiny_model_dir / "x8", model)
+    diagnostics.main(["--model", str(model), "--pack", str(pack), "--sources", "utkface",
+                      "--split", "test", "--limit", "2", "--calibrate", "0", "0.5", "3",
+                      "--install"])
+    report = json.loads(capsys.readouterr().out.splitlines()[0])
+    gains = {float(t): g for t, g in report["best_of_10_minus_mean_db"].items()}
+    assert load_manifest(model).sample_temperature == max(gains, key=gains.get)
+    assert load_manifest(model).sample_temperature == report["sample_temperature"]
+    with pytest.raises(SystemExit):  # a run folder has no manifest to write into
+        diagnostics.main(["--model", str(tmp_path), "--pack", str(pack), "--calibrate", "1",
+                          "--install"])
+    assert "no manifest.json" in capsys.readouterr().err

@@ -14,7 +14,7 @@ and up, what a person reads as attributes) rather than texture.
     python -m training.diagnostics --model models/x16 --pack packs/faces_all.npz --split val \
         --limit 40 --out docs/banding_x16.png
     python -m training.diagnostics --model models/x8 --pack packs/faces_all.npz --split val \
-        --calibrate 0 0.1 0.2 0.3 0.5 1
+        --calibrate 0 0.1 0.2 0.3 0.5 1 [--install]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facesr_core.manifest import MANIFEST_NAME, load_manifest, write_manifest
 from facesr_core.quality import psnr
 from training.data import FacePack
 from training.evaluate import evaluate_face
@@ -127,6 +128,14 @@ def spectra_figure(spectra: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
     plt.close(fig)
 
 
+def install_temperature(model_dir: Path, temperature: float) -> None:
+    """Make temperature the default of /samples and /traverse for draws=icap."""
+    manifest = load_manifest(model_dir, verify=False)
+    manifest.sample_temperature = temperature
+    write_manifest(model_dir, manifest)
+    print(f"{model_dir}: sample_temperature {temperature:g}")
+
+
 def main(argv: list[str] | None = None) -> None:
     from training.weights import load_model
 
@@ -144,14 +153,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calibrate", type=float, nargs="+", metavar="T",
                    help="instead: best-of-10 minus the ICAP mean (dB) at each temperature T; "
                         "the best T is the model's sample_temperature (facesr-export)")
+    p.add_argument("--install", action="store_true",
+                   help="with --calibrate: write each model folder's best T into its "
+                        "manifest.json as sample_temperature (exported folders only)")
     a = p.parse_args(argv)
+    if a.install and not a.calibrate:
+        p.error("--install needs --calibrate")
+    unexported = [str(f) for f in a.model if not (f / MANIFEST_NAME).is_file()]
+    if a.install and unexported:
+        p.error(f"--install: no {MANIFEST_NAME} in {', '.join(unexported)} (export it first)")
     hr = FacePack(a.pack, split=a.split, sources=a.sources).hr[:a.limit]
     if a.calibrate:
         for folder in a.model:
             model, scale = load_model(folder)
             gains = best_of_gain(model.float().eval(), hr, scale, a.calibrate)
+            best = max(gains, key=gains.get)
             print(json.dumps({"model": str(folder), "faces": len(hr), "best_of_10_minus_mean_db":
-                              gains, "sample_temperature": max(gains, key=gains.get)}))
+                              gains, "sample_temperature": best}))
+            if a.install:
+                install_temperature(folder, best)
         return
     report, spectra = {}, {}
     for folder in a.model:
