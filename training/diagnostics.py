@@ -157,11 +157,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="with --calibrate: write each model folder's best T into its "
                         "manifest.json as sample_temperature (exported folders only)")
     a = p.parse_args(argv)
-    if a.install and not a.calibrate:
-        p.error("--install needs --calibrate")
-    unexported = [str(f) for f in a.model if not (f / MANIFEST_NAME).is_file()]
-    if a.install and unexported:
-        p.error(f"--install: no {MANIFEST_NAME} in {', '.join(unexported)} (export it first)")
+    if a.install:
+        if not a.calibrate:
+            p.error("--install needs --calibrate")
+        unexported = [str(f) for f in a.model if not (f / MANIFEST_NAME).is_file()]
+        if unexported:
+            p.error(f"--install: no {MANIFEST_NAME} in {', '.join(unexported)} (export it first)")
     hr = FacePack(a.pack, split=a.split, sources=a.sources).hr[:a.limit]
     if a.calibrate:
         for folder in a.model:

@@ -39,7 +39,7 @@ for s in $SCALES; do
     facesr-eval --model "$run" --pack "$PACK" --sources celeba utkface --best-of 10 \
       --best-of-limit 100 --out "$run/eval"
   fi
-  # the shipped model's calibrated temperature of the ICAP's draws carries over (x16: 2)
+  # the shipped model's calibrated temperature of the ICAP's draws carries over
   facesr-export --model "$run" --out "$run/export" --metrics "$run/eval/metrics.json" \
     --pack "$PACK" --sample-temperature-from "models/x$s"
   if [ "$PRINCIPAL" = 1 ] && [ -f "$run/principal/principal_basis.npy" ]; then
