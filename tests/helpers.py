@@ -1,4 +1,5 @@
-"""Helpers shared by the service tests: settings, uploads, answers and metrics."""
+"""Helpers shared by the tests: settings, uploads, answers and metrics of the service; the
+command lines' --help."""
 
 from __future__ import annotations
 
@@ -136,3 +137,20 @@ def model_copy_with_int8_loss(tiny_model_dir: Path, out: Path, loss_db: float | 
                                                          "utkface_test": loss}})
     write_manifest(out, manifest.model_copy(update={"int8": int8}))
     return out
+
+
+FLAG_LINE = re.compile(r"^  (-\w, )?--[\w-]+")
+
+
+def flags_without_help(help_text: str) -> list[str]:
+    """Option lines of argparse's help with no text beside or under them."""
+    lines = help_text.splitlines()
+    bare = []
+    for i, line in enumerate(lines):
+        if not FLAG_LINE.match(line) or line.startswith("  -h, --help"):
+            continue
+        beside = re.search(r"\S\s{2,}\S", line.strip())
+        under = i + 1 < len(lines) and re.match(r"^ {10,}\S", lines[i + 1])
+        if not (beside or under):
+            bare.append(line.strip())
+    return bare

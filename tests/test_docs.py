@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from test_training_cli import flags_without_help
+from helpers import flags_without_help
 
 from service.app import create_app
 from service.settings import Settings

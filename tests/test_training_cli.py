@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import flags_without_help
 from PIL import Image
 
 from training import cli
@@ -19,21 +20,6 @@ from training import cli
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {"prepare": cli.prepare_main, "train": cli.train_main, "eval": cli.eval_main,
             "export": cli.export_main}
-FLAG_LINE = re.compile(r"^  (-\w, )?--[\w-]+")
-
-
-def flags_without_help(help_text: str) -> list[str]:
-    """Option lines of argparse's help with no text beside or under them."""
-    lines = help_text.splitlines()
-    bare = []
-    for i, line in enumerate(lines):
-        if not FLAG_LINE.match(line) or line.startswith("  -h, --help"):
-            continue
-        beside = re.search(r"\S\s{2,}\S", line.strip())
-        under = i + 1 < len(lines) and re.match(r"^ {10,}\S", lines[i + 1])
-        if not (beside or under):
-            bare.append(line.strip())
-    return bare
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
