@@ -1,5 +1,5 @@
-"""int8 graphs: every graph quantized (QDQ), calibrated on a pack, its loss measured per test
-split and recorded in the manifest; a re-export drops them."""
+"""int8 graphs: every graph quantized (QDQ) but the decoder's output conv, calibrated on a pack,
+its loss measured per test split and recorded in the manifest; a re-export drops them."""
 
 import pytest
 from synthetic import random_tiny
@@ -11,7 +11,7 @@ from training.export import export_model
 def test_int8_export_quantizes_every_graph_and_records_the_loss(tmp_path, pack):
     import onnx
 
-    from training.quantize import add_int8
+    from training.quantize import add_int8, output_convs
 
     model_dir = tmp_path / "x8"
     fp32 = export_model(random_tiny(), model_dir, scale=8, preset="tiny")
@@ -23,6 +23,13 @@ def test_int8_export_quantizes_every_graph_and_records_the_loss(tmp_path, pack):
         ops = {n.op_type for n in onnx.load(str(model_dir / entry.path)).graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert manifest.int8.calibration["faces"] == 8
+    decoder = onnx.load(str(model_dir / manifest.int8.files["decoder"].path)).graph
+    dequantized = {o for n in decoder.node if n.op_type == "DequantizeLinear" for o in n.output}
+    weights = {n.name: n.input[1] for n in decoder.node if n.op_type in ("Conv", "ConvTranspose")}
+    kept = output_convs(model_dir / "decoder.onnx")
+    assert kept == ["/decoder/ConvBlock3/Conv"]  # the conv under the residual's Tanh
+    assert all(w in dequantized for name, w in weights.items() if name not in kept)
+    assert weights[kept[0]] not in dequantized  # the output conv stays fp32
     (split, loss), = manifest.int8.loss.items()  # the pack's one source with a test split
     assert split == "utkface_test" and loss.count == 4
     assert loss.loss_db == pytest.approx(loss.psnr_fp32 - loss.psnr_int8)
