@@ -201,8 +201,13 @@ def matmul_peak(sizes: tuple[int, ...] = (2048, 4096), seconds: float = 3.0) -> 
 
 # --- engines, samples ---------------------------------------------------------------------
 
+def random_input(batch: int) -> np.ndarray:
+    """A seeded batch of network inputs x (float32 N,3,128,128 in [-1, 1])."""
+    return np.random.default_rng(batch).uniform(-1, 1, (batch, 3, 128, 128)).astype(np.float32)
+
+
 def time_batch(fn, batch: int, budget_s: float) -> list[float]:
-    x = np.random.default_rng(batch).uniform(-1, 1, (batch, 3, 128, 128)).astype(np.float32)
+    x = random_input(batch)
     reps = 2 if batch >= 32 else 3
     return timeit(lambda: fn(x), min_reps=reps, min_s=budget_s, warmup=1, max_reps=200)
 
@@ -338,7 +343,7 @@ def interleaved_speed(pipes: dict, batches: list[int], budget_s: float) -> list[
     over the first."""
     rows = []
     for batch in batches:
-        x = np.random.default_rng(batch).uniform(-1, 1, (batch, 3, 128, 128)).astype(np.float32)
+        x = random_input(batch)
         times: dict[str, list[float]] = {name: [] for name in pipes}
         for fn in pipes.values():
             fn(x)  # warm-up

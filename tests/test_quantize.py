@@ -11,7 +11,7 @@ from training.export import export_model
 def test_int8_export_quantizes_every_graph_and_records_the_loss(tmp_path, pack):
     import onnx
 
-    from training.quantize import add_int8, output_convs
+    from training.quantize import CONV_OPS, add_int8, load_graph, output_convs
 
     model_dir = tmp_path / "x8"
     fp32 = export_model(random_tiny(), model_dir, scale=8, preset="tiny")
@@ -25,8 +25,8 @@ def test_int8_export_quantizes_every_graph_and_records_the_loss(tmp_path, pack):
     assert manifest.int8.calibration["faces"] == 8
     decoder = onnx.load(str(model_dir / manifest.int8.files["decoder"].path)).graph
     dequantized = {o for n in decoder.node if n.op_type == "DequantizeLinear" for o in n.output}
-    weights = {n.name: n.input[1] for n in decoder.node if n.op_type in ("Conv", "ConvTranspose")}
-    kept = output_convs(model_dir / "decoder.onnx")
+    weights = {n.name: n.input[1] for n in decoder.node if n.op_type in CONV_OPS}
+    kept = output_convs(load_graph(model_dir / "decoder.onnx"))
     assert kept == ["/decoder/ConvBlock3/Conv"]  # the conv under the residual's Tanh
     assert all(w in dequantized for name, w in weights.items() if name not in kept)
     assert weights[kept[0]] not in dequantized  # the output conv stays fp32

@@ -61,6 +61,7 @@ IMAGE_INPUT = "x"
 FALLBACK_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 BATCH = 16
 CONV_OPS = ("Conv", "ConvTranspose")
+FP32_OUTPUT_CONVS = ("decoder",)  # graphs whose output convs stay fp32: the decoder writes pixels
 
 
 def int8_file_name(graph: str) -> str:
@@ -179,7 +180,8 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]],
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / src.name
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        fp32_nodes = image_readers(pre) + (output_convs(pre) if keep_output_convs else [])
+        graph = load_graph(pre)
+        fp32_nodes = image_readers(graph) + (output_convs(graph) if keep_output_convs else [])
         quantize_static(str(pre), str(dst), Reader(feeds), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, nodes_to_exclude=fp32_nodes,
@@ -187,19 +189,20 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]],
                         extra_options={"CalibPercentile": CALIBRATION_PERCENTILE})
 
 
-def image_readers(path: Path) -> list[str]:
-    """Names of the nodes that take the image input x (kept in fp32, see the docstring)."""
+def load_graph(path: Path):
+    """The onnx GraphProto of a model file (its weights left on disk if external)."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+    return onnx.load(str(path), load_external_data=False).graph
+
+
+def image_readers(graph) -> list[str]:
+    """Names of the nodes that take the image input x (kept in fp32, see the docstring)."""
     return [n.name for n in graph.node if IMAGE_INPUT in n.input]
 
 
-def output_convs(path: Path) -> list[str]:
+def output_convs(graph) -> list[str]:
     """Names of the convs whose output reaches a graph output through no other conv."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
     producer = {out: node for node in graph.node for out in node.output}
     found, seen = [], set()
     todo = [o.name for o in graph.output]
@@ -222,7 +225,7 @@ def quantize_graphs(src: dict[str, Path], out: Path, feeds: dict[str, list[dict]
     paths = dict(src)
     for g in graphs:
         paths[g] = out / int8_file_name(g)
-        quantize_graph(src[g], paths[g], feeds[g], keep_output_convs=g == "decoder")
+        quantize_graph(src[g], paths[g], feeds[g], keep_output_convs=g in FP32_OUTPUT_CONVS)
     return paths
 
 
