@@ -30,6 +30,8 @@ fp32 graphs and of the int8 graphs against the HR faces; loss_db = fp32 - int8.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,11 +184,13 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]],
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         graph = load_graph(pre)
         fp32_nodes = image_readers(graph) + (output_convs(graph) if keep_output_convs else [])
-        quantize_static(str(pre), str(dst), Reader(feeds), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=fp32_nodes,
-                        calibrate_method=CalibrationMethod.Percentile,
-                        extra_options={"CalibPercentile": CALIBRATION_PERCENTILE})
+        # the Percentile calibrator print()s its progress, several lines a graph
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(str(pre), str(dst), Reader(feeds), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=fp32_nodes,
+                            calibrate_method=CalibrationMethod.Percentile,
+                            extra_options={"CalibPercentile": CALIBRATION_PERCENTILE})
 
 
 def load_graph(path: Path):
