@@ -206,8 +206,9 @@ def bare_pipeline(model_dir: Path, data: bytes, batch: int, n: int, budget_s: fl
     def samples() -> bytes:
         lr, x = decode_input(data, None, scales, settings.max_pixels)
         runner = runners[lr.scale]
-        result = sample_set(runner, x, 1, n, runner.draws())
-        return render_samples(runner, lr, result, None, 1, 1.0, n, "json")[0]
+        draws = runner.draws()
+        result = sample_set(runner, x, 1, n, draws)
+        return render_samples(runner, lr, result, None, 1, draws, n, "json")[0]
 
     def runner_only(rows: int) -> float:
         """Median seconds of the three graphs alone on `rows` inputs (no decode, no PNG)."""

@@ -1,6 +1,7 @@
 """bench/ runs the service's own pipeline: its ONNX Runtime runner is service.engine.Runner, and
-the PyTorch pipeline it times against gives the same images. bench.training reports every
-variant, even one that cannot run."""
+the PyTorch pipeline it times against gives the same images; bench.service's bare pipeline
+calls the service's functions as the routes do. bench.training reports every variant, even one
+that cannot run."""
 
 import numpy as np
 
@@ -51,3 +52,13 @@ def test_training_benchmark_reports_each_variant_and_survives_a_failing_one(monk
     monkeypatch.setattr(bench_training, "time_steps", no_compiler)
     assert bench_training.rate("tiny", "compiled", 2, 1, cpu, pause=False) == (
         "failed: RuntimeError: no C++ compiler")
+
+
+def test_bare_pipeline_runs_the_service_functions(tiny_model_dir):
+    from bench.common import lr_face
+    from bench.service import bare_pipeline
+
+    out = bare_pipeline(tiny_model_dir / "x8", lr_face(), batch=2, n=3, budget_s=0.01)
+    assert out["batch"] == 2 and out["samples_n"] == 3
+    assert out["one_images_per_s"] > 0 and out["batch_images_per_s"] > 0
+    assert set(out["graphs_ms_by_batch"]) == {1, 2}
