@@ -28,7 +28,7 @@ from bench.common import md_table
 # measured side by side on another AVX512-VNNI machine (20.1 against 9.63).
 INT8_OVER_FP32 = 20.1 / 9.63
 MEASURED = {"fp32, 2 vCPU (measured, machine A)": 20.7,
-            "int8 x8, 2 vCPU (fp32 x 2.09, derived)": 20.7 * INT8_OVER_FP32}
+            f"int8 x8, 2 vCPU (fp32 x {INT8_OVER_FP32:.2f}, derived)": 20.7 * INT8_OVER_FP32}
 
 
 def per_replica_limit(mu: float, p99_s: float) -> float:

@@ -201,9 +201,11 @@ def matmul_peak(sizes: tuple[int, ...] = (2048, 4096), seconds: float = 3.0) -> 
 
 # --- engines, samples ---------------------------------------------------------------------
 
-def random_input(batch: int) -> np.ndarray:
-    """A seeded batch of network inputs x (float32 N,3,128,128 in [-1, 1])."""
-    return np.random.default_rng(batch).uniform(-1, 1, (batch, 3, 128, 128)).astype(np.float32)
+def random_input(batch: int, seed: int | None = None) -> np.ndarray:
+    """A seeded batch of network inputs x (float32 N,3,128,128 in [-1, 1]); the seed defaults
+    to the batch size."""
+    rng = np.random.default_rng(batch if seed is None else seed)
+    return rng.uniform(-1, 1, (batch, 3, 128, 128)).astype(np.float32)
 
 
 def time_batch(fn, batch: int, budget_s: float) -> list[float]:
@@ -230,7 +232,7 @@ def engines(pipes: dict, batches: list[int], flops_img: float, peak: float | Non
 
 
 def samples_compare(runner, n: int, budget_s: float) -> dict:
-    x1 = np.random.default_rng(0).uniform(-1, 1, (1, 3, 128, 128)).astype(np.float32)
+    x1 = random_input(1, seed=0)
     mu, _, _ = runner.encode(x1)
     eps = np.random.default_rng(1).standard_normal((n, *mu.shape[1:])).astype(np.float32)
 
@@ -521,8 +523,7 @@ def calib_inputs(count: int, scale: int) -> np.ndarray:
     except FileNotFoundError:
         faces = []
     if not faces:
-        rng = np.random.default_rng(0)
-        return rng.uniform(-1, 1, (count, 3, 128, 128)).astype(np.float32)
+        return random_input(count, seed=0)
     return np.stack([to_model_range(bicubic_upsample(degrade(f, scale))) for f in faces])
 
 

@@ -5,18 +5,14 @@ that cannot run."""
 
 import numpy as np
 
-from bench.model import TorchPipeline, ort_runner
+from bench.model import TorchPipeline, ort_runner, random_input
 from service import engine
 from service.settings import Settings
 from training.weights import load_model
 
 
-def inputs(n: int = 2) -> np.ndarray:
-    return np.random.default_rng(0).uniform(-1, 1, (n, 3, 128, 128)).astype(np.float32)
-
-
 def test_bench_runner_is_the_service_runner(tiny_model_dir):
-    x = inputs()
+    x = random_input(2, seed=0)
     served = engine.load_models(Settings(model_dir=tiny_model_dir / "x8", precision="fp32"))[8]
     bench = ort_runner(tiny_model_dir / "x8", spinning=False)
     assert isinstance(bench, engine.Runner)
@@ -28,7 +24,7 @@ def test_torch_pipeline_matches_onnx_runtime(tiny_model_dir):
     the ONNX graphs' images, to a grey level."""
     model, scale = load_model(tiny_model_dir / "x8")
     assert scale == 8
-    x = inputs()
+    x = random_input(2, seed=0)
     torch_out = TorchPipeline(model.eval())(x).astype(int)
     ort_out = ort_runner(tiny_model_dir / "x8").superresolve(x).astype(int)
     assert torch_out.shape == ort_out.shape == (2, 128, 128, 3)
