@@ -136,13 +136,17 @@ def test_cli_prepare_train_eval_export(tmp_path, pack):
         assert (evald / "figures_utkface" / fig).is_file()
 
 
-def test_time_budget_and_weights_only_run_folder(pack, tmp_path):
+def test_time_budget_and_weights_only_run_folder(pack, tmp_path, capfd):
     from training.weights import MODEL_WEIGHTS, load_model
 
     run = tmp_path / "run"
     summary = train(tiny_cfg(pack, run, phase1_steps=10_000, phase2_steps=10_000,
-                             time_budget_s=2.0), progress=False)
+                             time_budget_s=2.0), progress=True)
     assert 0 < summary["steps"]["phase1"] < 10_000 and 0 < summary["steps"]["phase2"] < 10_000
+    # the bars follow the budget, not the open-ended step counts, and end full
+    bars = capfd.readouterr().err
+    assert "phase 1 (budget 00:01): 100%" in bars and "phase 2 (budget 00:00): 100%" in bars
+    assert "/10000" not in bars
     carried = tmp_path / "carried"  # what a GPU run brings back: the weights alone
     carried.mkdir()
     (carried / MODEL_WEIGHTS).write_bytes((run / MODEL_WEIGHTS).read_bytes())

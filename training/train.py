@@ -267,16 +267,23 @@ class Trainer:
             self.ema.update(self.model)
         return {**{k: float(v.detach()) for k, v in losses.items()}, "lr": base_lr * factor}
 
-    def lr_factor(self, phase: int) -> float:
-        """Where the phase stands (steps done, or time spent of its budget) -> lr multiplier."""
-        key = f"phase{phase}"
-        total = (self.cfg.phase1_steps, self.cfg.phase2_steps, self.cfg.phase3_steps)[phase - 1]
-        progress = self.steps[key] / max(1, total)
+    def phase_steps(self, phase: int) -> int:
+        return (self.cfg.phase1_steps, self.cfg.phase2_steps, self.cfg.phase3_steps)[phase - 1]
+
+    def phase_progress(self, phase: int) -> float:
+        """How far the phase is, 0..1: its steps done, or the time spent of its budget when
+        that runs out first."""
+        progress = self.steps[f"phase{phase}"] / max(1, self.phase_steps(phase))
         budget = self.phase_budget_s(phase)
         if budget:
             progress = max(progress, (time.time() - self.phase_started) / budget)
-        return lr_factor(self.cfg.lr_schedule, progress, self.steps[key],
-                         min(self.cfg.warmup_steps, total // 5))
+        return min(1.0, progress)
+
+    def lr_factor(self, phase: int) -> float:
+        """Where the phase stands (phase_progress) -> lr multiplier."""
+        return lr_factor(self.cfg.lr_schedule, self.phase_progress(phase),
+                         self.steps[f"phase{phase}"],
+                         min(self.cfg.warmup_steps, self.phase_steps(phase) // 5))
 
     def step_phase1(self) -> dict[str, float]:
         step = self.steps["phase1"]
@@ -375,7 +382,6 @@ class Trainer:
 
     # -- loop --------------------------------------------------------------------------------
     def run(self, progress: bool = True) -> dict:
-        from tqdm import tqdm
 
         cfg = self.cfg
         if self.rt.main:
@@ -387,17 +393,17 @@ class Trainer:
             todo = total - self.steps[key]
             if todo <= 0:
                 continue
-            bar = tqdm(total=total, initial=self.steps[key], desc=f"phase {phase}", unit="step",
-                       disable=not (progress and self.rt.main), dynamic_ncols=True)
+            budget = self.phase_budget_s(phase)
+            bar = self.progress_bar(phase, budget, disable=not (progress and self.rt.main))
             step_fn = (self.step_phase1, self.step_phase2, self.step_phase3)[phase - 1]
             tick = self.phase_started = time.time()
             if phase == 2 and self.steps[key] == 0 and cfg.icap_logvar_fit_batches > 0:
                 self.fit_icap_logvar()
             if self.ema and self.steps[key] == 0:
                 self.ema.restart(self.model)
-            budget = self.phase_budget_s(phase)
             for _ in range(todo):
                 if budget and time.time() - self.phase_started > budget:
+                    bar.update(100 - bar.n)
                     if self.rt.main:
                         print(f"phase {phase}: time budget of {budget:.0f} s reached at step "
                               f"{self.steps[key]}")
@@ -409,8 +415,13 @@ class Trainer:
                 now = time.time()
                 speed = images / max(now - tick, 1e-9)
                 tick = now
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses['loss']:.4f}", img_s=f"{speed:.1f}")
+                if budget:
+                    bar.update(100 * self.phase_progress(phase) - bar.n)
+                    bar.set_postfix(step=self.steps[key], loss=f"{losses['loss']:.4f}",
+                                    img_s=f"{speed:.1f}")
+                else:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses['loss']:.4f}", img_s=f"{speed:.1f}")
                 self.after_step(phase, losses, speed)
             bar.close()
             if self.ema:  # the phase ends on its averaged weights; the next phase starts there
@@ -422,6 +433,20 @@ class Trainer:
             save_model_weights(self.model, self.out / MODEL_WEIGHTS, scale=self.cfg.scale)
             save_loss_curve(self.out / "log.jsonl", self.out / "loss_curve.png")
         return summary
+
+    def progress_bar(self, phase: int, budget_s: float, disable: bool):
+        """A bar over the phase's steps; with a time budget, over the percentage of the phase
+        done by steps or by time, whichever is further (a budgeted run often has an
+        open-ended step count, whose bar would promise weeks)."""
+        from tqdm import tqdm
+
+        key = f"phase{phase}"
+        if not budget_s:
+            return tqdm(total=self.phase_steps(phase), initial=self.steps[key],
+                        desc=f"phase {phase}", unit="step", disable=disable, dynamic_ncols=True)
+        return tqdm(total=100.0, desc=f"phase {phase} (budget {tqdm.format_interval(budget_s)})",
+                    disable=disable, dynamic_ncols=True,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
 
     def phase_budget_s(self, phase: int) -> float:
         """Phase 1 gets three quarters of the time budget, phase 2 the rest; with a phase 3,
