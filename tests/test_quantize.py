@@ -37,3 +37,24 @@ def test_int8_export_quantizes_every_graph_and_records_the_loss(tmp_path, pack, 
     assert 10 < loss.psnr_int8 < 60 and abs(loss.loss_db) < 3
     export_model(random_tiny(), model_dir, scale=8, preset="tiny")  # a re-export drops them
     assert load_manifest(model_dir).int8 is None and not list(model_dir.glob("*.int8.onnx"))
+
+
+def test_int8_graphs_left_out_stay_fp32_in_the_int8_set(tmp_path, pack):
+    import numpy as np
+
+    from training.quantize import OrtPipeline, add_int8
+
+    model_dir = tmp_path / "x8"
+    export_model(random_tiny(), model_dir, scale=8, preset="tiny")
+    manifest = add_int8(model_dir, pack, count=4, graphs=("encoder", "decoder"))
+    assert load_manifest(model_dir) == manifest
+    paths = {g: f.path for g, f in manifest.int8.files.items()}
+    assert paths == {"icap": "icap.onnx", "encoder": "encoder.int8.onnx",
+                     "decoder": "decoder.int8.onnx"}
+    assert manifest.int8.files["icap"].sha256 == manifest.files["icap"].sha256
+    assert manifest.int8.method.endswith("graphs kept whole in fp32: icap")
+    assert not (model_dir / "icap.int8.onnx").exists()
+    pipe = OrtPipeline.from_files({g: model_dir / p for g, p in paths.items()})
+    assert pipe(np.zeros((1, 3, 128, 128), np.float32)).shape == (1, 3, 128, 128)
+    with pytest.raises(ValueError, match="unknown graphs"):
+        add_int8(model_dir, pack, count=4, graphs=("icap", "decodr"))

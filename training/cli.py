@@ -277,6 +277,7 @@ def eval_main(argv: list[str] | None = None) -> None:
 
 
 def export_main(argv: list[str] | None = None) -> None:
+    from facesr_core.manifest import GRAPHS
     from training.config import CALIBRATION_FACES
 
     prog = "facesr-export"
@@ -308,6 +309,9 @@ def export_main(argv: list[str] | None = None) -> None:
                    help=f"train faces for int8 calibration (default {CALIBRATION_FACES})")
     p.add_argument("--int8-eval-limit", type=int,
                    help="at most this many faces per test split for the int8 loss (default all)")
+    p.add_argument("--int8-graphs", nargs="+", choices=GRAPHS, default=list(GRAPHS),
+                   metavar="GRAPH", help="the graphs to quantize; the others stay fp32 in the "
+                   f"int8 set (default all: {' '.join(GRAPHS)})")
     p.add_argument("--no-int8", action="store_true", help="export the fp32 graphs only")
     p.add_argument("--int8-only", action="store_true", help="quantize the fp32 graphs already in "
                    "--out and add int8 to its manifest, leaving the fp32 files as they are")
@@ -326,7 +330,7 @@ def export_main(argv: list[str] | None = None) -> None:
     pack = a.pack or run_pack
     if a.no_int8:
         return
-    _export_int8(a.out, pack, a.calibration_faces, a.int8_eval_limit)
+    _export_int8(a.out, pack, a.calibration_faces, a.int8_eval_limit, tuple(a.int8_graphs))
 
 
 def _export_fp32(a: argparse.Namespace) -> Path | None:
@@ -365,13 +369,14 @@ def _run_pack_of(model_dir: Path) -> Path | None:
     return pack if pack.name and pack.is_file() else None
 
 
-def _export_int8(out: Path, pack: Path | None, faces: int, eval_limit: int | None) -> None:
+def _export_int8(out: Path, pack: Path | None, faces: int, eval_limit: int | None,
+                 graphs: tuple[str, ...]) -> None:
     from training.quantize import add_int8
 
     if pack is None:
         print("no pack: int8 calibrated on scikit-image sample photos, no loss measured "
               "(FACESR_PRECISION=auto will serve fp32; give --pack to measure it)")
-    manifest = add_int8(out, pack, faces, eval_limit)
+    manifest = add_int8(out, pack, faces, eval_limit, graphs=graphs)
     assert manifest.int8 is not None
     losses = ", ".join(f"{k} {v.loss_db:+.4f} dB" for k, v in manifest.int8.loss.items())
     print(f"wrote {out}: " + ", ".join(f.path for f in manifest.int8.files.values())

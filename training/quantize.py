@@ -268,9 +268,13 @@ def quantization_loss(fp32: OrtPipeline, int8: OrtPipeline, splits: dict[str, np
 
 def add_int8(model_dir: Path | str, pack: Path | str | None = None,
              count: int = CALIBRATION_FACES, eval_limit: int | None = None,
-             seed: int = 0) -> Manifest:
+             seed: int = 0, graphs: tuple[str, ...] = GRAPHS) -> Manifest:
     """Quantize the fp32 graphs of an exported model folder and record the int8 graphs (their
-    sha256, calibration and loss) in its manifest. The fp32 files are left as they are."""
+    sha256, calibration and loss) in its manifest. The fp32 files are left as they are. Graphs
+    not in `graphs` stay fp32 in the int8 set: its entry names the fp32 file (a graph whose
+    int8 copy alone costs more than the service's int8 tolerance, e.g. x16's ICAP)."""
+    if unknown := set(graphs) - set(GRAPHS):
+        raise ValueError(f"unknown graphs {sorted(unknown)}; the graphs are {', '.join(GRAPHS)}")
     root = Path(model_dir)
     manifest = load_manifest(root, verify=False)
     manifest.verify(root, ("fp32",))
@@ -285,7 +289,8 @@ def add_int8(model_dir: Path | str, pack: Path | str | None = None,
         calibration = {"source": "fallback: scikit-image sample photos " +
                        ", ".join(FALLBACK_PHOTOS), "faces": len(hr), "seed": seed}
     feeds = calibration_feeds(fp32, model_inputs(hr, manifest.scale), seed)
-    paths = quantize_graphs(fp32_paths, root, feeds)
+    paths = quantize_graphs(fp32_paths, root, feeds, graphs)
+    kept = [g for g in GRAPHS if g not in graphs]
     loss = {}
     if pack is not None:
         loss = quantization_loss(fp32, OrtPipeline.from_files(paths),
@@ -294,6 +299,7 @@ def add_int8(model_dir: Path | str, pack: Path | str | None = None,
         files={g: ModelFile(path=p.name, sha256=sha256_of(p),
                             inputs=manifest.files[g].inputs, outputs=manifest.files[g].outputs)
                for g, p in paths.items()},
-        method=METHOD, calibration=calibration, loss=loss)
+        method=METHOD + (f"; graphs kept whole in fp32: {', '.join(kept)}" if kept else ""),
+        calibration=calibration, loss=loss)
     write_manifest(root, manifest)
     return manifest
