@@ -291,6 +291,8 @@ def add_int8(model_dir: Path | str, pack: Path | str | None = None,
     feeds = calibration_feeds(fp32, model_inputs(hr, manifest.scale), seed)
     paths = quantize_graphs(fp32_paths, root, feeds, graphs)
     kept = [g for g in GRAPHS if g not in graphs]
+    for g in kept:  # an earlier int8 copy would sit there unused
+        (root / int8_file_name(g)).unlink(missing_ok=True)
     loss = {}
     if pack is not None:
         loss = quantization_loss(fp32, OrtPipeline.from_files(paths),
