@@ -382,7 +382,6 @@ class Trainer:
 
     # -- loop --------------------------------------------------------------------------------
     def run(self, progress: bool = True) -> dict:
-
         cfg = self.cfg
         if self.rt.main:
             self.out.mkdir(parents=True, exist_ok=True)
