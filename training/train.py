@@ -386,10 +386,9 @@ class Trainer:
         if self.rt.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        for phase, total in ((1, cfg.phase1_steps), (2, cfg.phase2_steps),
-                             (3, cfg.phase3_steps)):
+        for phase in (1, 2, 3):
             key = f"phase{phase}"
-            todo = total - self.steps[key]
+            todo = self.phase_steps(phase) - self.steps[key]
             if todo <= 0:
                 continue
             budget = self.phase_budget_s(phase)
