@@ -28,6 +28,9 @@ FORMAT_VERSION = 1
 GRAPHS = ("icap", "encoder", "decoder")
 PRECISIONS = ("fp32", "int8")
 PRINCIPAL_BASIS = "principal_basis.npy"  # the file training/principal.py installs
+# FACESR_PRECISION=auto serves int8 only within this PSNR loss on every test split; the export
+# keeps in fp32 the graphs that would push the int8 set past it (training/quantize.py)
+INT8_MAX_LOSS_DB = 0.02
 
 Shape = list[int | str]
 

@@ -31,7 +31,13 @@ import numpy as np
 import onnxruntime as ort
 
 from facesr_core.degradation import HR_SIZE, bicubic_upsample, from_model_range, to_model_range
-from facesr_core.manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest
+from facesr_core.manifest import (
+    INT8_MAX_LOSS_DB,
+    MANIFEST_NAME,
+    Manifest,
+    ManifestError,
+    load_manifest,
+)
 from service.sampling import Draws
 from service.settings import GPU_PROVIDERS, Settings
 
@@ -40,7 +46,6 @@ CPU = "CPUExecutionProvider"
 RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml",
                          "onnxruntime-openvino", "onnxruntime-qnn")
 DECODER_INPUTS = ("features", "z", "x")
-INT8_MAX_LOSS_DB = 0.02  # FACESR_PRECISION=auto serves int8 only within this PSNR loss
 
 
 class EngineError(RuntimeError):

@@ -266,6 +266,27 @@ def test_a_scale_ships_only_when_its_served_psnr_wins_on_every_test_split(new, s
     assert got is ship and lines
 
 
+def test_the_verdict_says_whether_auto_would_serve_the_int8_graphs(tiny_model_dir):
+    import compare
+
+    from facesr_core.manifest import QuantizationLoss, load_manifest
+
+    manifest = load_manifest(tiny_model_dir / "x8", verify=False)
+    assert compare.int8_line(manifest).endswith("not measured; auto serves fp32 (tolerance "
+                                                "0.02 dB)")  # calibrated without a pack
+    loss = lambda db: QuantizationLoss(count=300, psnr_fp32=20, psnr_int8=20 - db,  # noqa: E731
+                                       loss_db=db)
+    manifest.int8.loss = {"celeba_test": loss(0.003), "utkface_test": loss(0.004)}
+    manifest.int8.files["icap"] = manifest.files["icap"]  # the ICAP kept in fp32, as x16's
+    assert compare.int8_line(manifest) == (
+        "int8 loss: celeba_test 0.0030 dB, utkface_test 0.0040 dB (icap kept in fp32); "
+        "auto serves int8 (tolerance 0.02 dB)")
+    manifest.int8.loss["utkface_test"] = loss(0.085)
+    assert compare.int8_line(manifest).endswith("auto serves fp32 (tolerance 0.02 dB)")
+    assert compare.int8_line(manifest.model_copy(update={"int8": None})) == (
+        "int8: none exported, auto serves fp32")
+
+
 def fat_binary(archs: list[int], seed: int) -> bytes:
     """A fat binary as the CUDA toolchain lays it out: 16-byte header, then 64-byte entry
     headers (architecture at byte 28) each followed by its payload."""

@@ -277,7 +277,7 @@ def eval_main(argv: list[str] | None = None) -> None:
 
 
 def export_main(argv: list[str] | None = None) -> None:
-    from facesr_core.manifest import GRAPHS
+    from facesr_core.manifest import GRAPHS, INT8_MAX_LOSS_DB
     from training.config import CALIBRATION_FACES
 
     prog = "facesr-export"
@@ -309,9 +309,11 @@ def export_main(argv: list[str] | None = None) -> None:
                    help=f"train faces for int8 calibration (default {CALIBRATION_FACES})")
     p.add_argument("--int8-eval-limit", type=int,
                    help="at most this many faces per test split for the int8 loss (default all)")
-    p.add_argument("--int8-graphs", nargs="+", choices=GRAPHS, default=list(GRAPHS),
-                   metavar="GRAPH", help="the graphs to quantize; the others stay fp32 in the "
-                   f"int8 set (default all: {' '.join(GRAPHS)})")
+    p.add_argument("--int8-graphs", nargs="+", choices=GRAPHS, metavar="GRAPH",
+                   help=f"the graphs to quantize ({' '.join(GRAPHS)}); the others stay fp32 in "
+                   "the int8 set. Default: all, unless with --pack their loss passes the "
+                   f"{INT8_MAX_LOSS_DB} dB that FACESR_PRECISION=auto allows; then the graphs "
+                   "that cost the most, measured one by one, stay fp32")
     p.add_argument("--no-int8", action="store_true", help="export the fp32 graphs only")
     p.add_argument("--int8-only", action="store_true", help="quantize the fp32 graphs already in "
                    "--out and add int8 to its manifest, leaving the fp32 files as they are")
@@ -330,7 +332,8 @@ def export_main(argv: list[str] | None = None) -> None:
     pack = a.pack or run_pack
     if a.no_int8:
         return
-    _export_int8(a.out, pack, a.calibration_faces, a.int8_eval_limit, tuple(a.int8_graphs))
+    _export_int8(a.out, pack, a.calibration_faces, a.int8_eval_limit,
+                 tuple(a.int8_graphs) if a.int8_graphs else None)
 
 
 def _export_fp32(a: argparse.Namespace) -> Path | None:
@@ -370,7 +373,7 @@ def _run_pack_of(model_dir: Path) -> Path | None:
 
 
 def _export_int8(out: Path, pack: Path | None, faces: int, eval_limit: int | None,
-                 graphs: tuple[str, ...]) -> None:
+                 graphs: tuple[str, ...] | None) -> None:
     from training.quantize import add_int8
 
     if pack is None:
@@ -381,6 +384,8 @@ def _export_int8(out: Path, pack: Path | None, faces: int, eval_limit: int | Non
     losses = ", ".join(f"{k} {v.loss_db:+.4f} dB" for k, v in manifest.int8.loss.items())
     print(f"wrote {out}: " + ", ".join(f.path for f in manifest.int8.files.values())
           + (f" (int8 PSNR loss: {losses})" if losses else ""))
+    if any(f.path == manifest.files[g].path for g, f in manifest.int8.files.items()):
+        print(manifest.int8.method.rsplit("; ", 1)[-1])  # which graphs stay fp32, and why
 
 
 COMMANDS = {"prepare": prepare_main, "train": train_main, "eval": eval_main,

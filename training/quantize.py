@@ -26,6 +26,13 @@ loss is measured, and FACESR_PRECISION=auto keeps such a model on fp32.
 The loss: on every test split of the pack (one per source: celeba_test, utkface_test), the mean
 RGB PSNR (uint8, no border crop, the protocol of facesr-eval) of the ICAP-mean output of the
 fp32 graphs and of the int8 graphs against the HR faces; loss_db = fp32 - int8.
+
+Which graphs: all three when their set loses at most INT8_MAX_LOSS_DB (the tolerance of
+FACESR_PRECISION=auto) on every split. Past it, each graph is measured quantized alone and the
+worst stay fp32 inside the int8 set, one at a time, until the rest fits (choose_int8_graphs).
+x16's ICAP was such a graph: alone it lost 0.056 / 0.085 dB (CelebA / UTKFace), the encoder
+0.005 / 0.002, the decoder under 0.002, and neither fp32 output convs nor another percentile
+helped. `facesr-export --int8-graphs` names the graphs by hand instead.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +50,7 @@ from facesr_core.degradation import from_model_range
 from facesr_core.latent import sample_latent
 from facesr_core.manifest import (
     GRAPHS,
+    INT8_MAX_LOSS_DB,
     Int8Graphs,
     Manifest,
     ModelFile,
@@ -254,26 +262,80 @@ def held_out_splits(pack: Path | str, limit: int | None = None) -> dict[str, np.
     return splits
 
 
-def quantization_loss(fp32: OrtPipeline, int8: OrtPipeline, splits: dict[str, np.ndarray],
-                      scale: int) -> dict[str, QuantizationLoss]:
-    losses = {}
-    for name, hr in splits.items():
-        xs = model_inputs(hr, scale)
-        a, b = mean_psnr(fp32, xs, hr), mean_psnr(int8, xs, hr)
-        losses[name] = QuantizationLoss(count=len(hr), psnr_fp32=a, psnr_int8=b, loss_db=a - b)
-    return losses
+class HeldOut:
+    """The test splits as model inputs, with the fp32 graphs' PSNR on each, measured once."""
+
+    def __init__(self, splits: dict[str, np.ndarray], scale: int, fp32: OrtPipeline):
+        self.hr = splits
+        self.xs = {name: model_inputs(hr, scale) for name, hr in splits.items()}
+        self.psnr_fp32 = {name: mean_psnr(fp32, self.xs[name], hr) for name, hr in splits.items()}
+
+    def loss(self, paths: dict[str, Path]) -> dict[str, QuantizationLoss]:
+        """What the graphs in `paths` (int8, or a mix) lose against fp32 on each split."""
+        int8, losses = OrtPipeline.from_files(paths), {}
+        for name, hr in self.hr.items():
+            a, b = self.psnr_fp32[name], mean_psnr(int8, self.xs[name], hr)
+            losses[name] = QuantizationLoss(count=len(hr), psnr_fp32=a, psnr_int8=b, loss_db=a - b)
+        return losses
+
+
+Losses = dict[str, QuantizationLoss]
+
+
+def worst_loss(losses: Losses) -> float:
+    return max(v.loss_db for v in losses.values())
+
+
+def choose_int8_graphs(measure: Callable[[tuple[str, ...]], Losses],
+                       graphs: tuple[str, ...] = GRAPHS, max_db: float = INT8_MAX_LOSS_DB,
+                       ) -> tuple[tuple[str, ...], dict[tuple[str, ...], Losses]]:
+    """The graphs to quantize, and every set measured on the way (set -> its losses).
+
+    All of `graphs` when their int8 set is within max_db on every split. Otherwise each graph
+    is measured quantized alone, and the worst of them stay fp32, one at a time, until the
+    rest fits. When no set fits, all of `graphs`: their loss is recorded and
+    FACESR_PRECISION=auto serves fp32."""
+    measured: dict[tuple[str, ...], Losses] = {}
+
+    def loss_of(chosen: tuple[str, ...]) -> float:
+        if chosen not in measured:
+            measured[chosen] = measure(chosen)
+        return worst_loss(measured[chosen])
+
+    if loss_of(graphs) <= max_db:
+        return graphs, measured
+    alone = {g: loss_of((g,)) for g in graphs}
+    chosen = list(graphs)
+    for worst in sorted(graphs, key=alone.__getitem__, reverse=True)[:-1]:
+        chosen.remove(worst)
+        if loss_of(tuple(chosen)) <= max_db:
+            return tuple(chosen), measured
+    return graphs, measured
+
+
+def kept_note(kept: list[str], measured: dict[tuple[str, ...], Losses]) -> str:
+    """The method string's tail: which graphs stay fp32, and (chosen at export) why."""
+    if not kept:
+        return ""
+    why = [f"{g} {worst_loss(measured[(g,)]):.3f} dB" for g in kept if (g,) in measured]
+    return (f"; graphs kept whole in fp32: {', '.join(kept)}" +
+            (f" (loss quantized alone: {', '.join(why)}; the set may lose "
+             f"{INT8_MAX_LOSS_DB} dB)" if why else ""))
 
 
 # --- the model folder ---------------------------------------------------------------------
 
 def add_int8(model_dir: Path | str, pack: Path | str | None = None,
              count: int = CALIBRATION_FACES, eval_limit: int | None = None,
-             seed: int = 0, graphs: tuple[str, ...] = GRAPHS) -> Manifest:
+             seed: int = 0, graphs: tuple[str, ...] | None = None) -> Manifest:
     """Quantize the fp32 graphs of an exported model folder and record the int8 graphs (their
-    sha256, calibration and loss) in its manifest. The fp32 files are left as they are. Graphs
-    not in `graphs` stay fp32 in the int8 set: its entry names the fp32 file (a graph whose
-    int8 copy alone costs more than the service's int8 tolerance, e.g. x16's ICAP)."""
-    if unknown := set(graphs) - set(GRAPHS):
+    sha256, calibration and loss) in its manifest. The fp32 files are left as they are.
+
+    graphs: the graphs to quantize; the others stay fp32 in the int8 set (its entry names the
+    fp32 file). None: all of them, unless their set loses more than INT8_MAX_LOSS_DB on a
+    test split; then the graphs that cost the most stay fp32 (choose_int8_graphs; x16's ICAP
+    alone lost 0.056 / 0.085 dB). Without a pack nothing is measured and all are quantized."""
+    if graphs is not None and (unknown := set(graphs) - set(GRAPHS)):
         raise ValueError(f"unknown graphs {sorted(unknown)}; the graphs are {', '.join(GRAPHS)}")
     root = Path(model_dir)
     manifest = load_manifest(root, verify=False)
@@ -289,19 +351,28 @@ def add_int8(model_dir: Path | str, pack: Path | str | None = None,
         calibration = {"source": "fallback: scikit-image sample photos " +
                        ", ".join(FALLBACK_PHOTOS), "faces": len(hr), "seed": seed}
     feeds = calibration_feeds(fp32, model_inputs(hr, manifest.scale), seed)
-    paths = quantize_graphs(fp32_paths, root, feeds, graphs)
-    kept = [g for g in GRAPHS if g not in graphs]
-    for g in kept:  # an earlier int8 copy would sit there unused
-        (root / int8_file_name(g)).unlink(missing_ok=True)
-    loss = {}
+    asked = graphs if graphs is not None else GRAPHS
+    int8_paths = quantize_graphs(fp32_paths, root, feeds, asked)
+
+    def mixed(chosen: tuple[str, ...]) -> dict[str, Path]:
+        return {g: int8_paths[g] if g in chosen else fp32_paths[g] for g in GRAPHS}
+
+    chosen, measured = asked, {}
     if pack is not None:
-        loss = quantization_loss(fp32, OrtPipeline.from_files(paths),
-                                 held_out_splits(pack, eval_limit), manifest.scale)
+        held_out = HeldOut(held_out_splits(pack, eval_limit), manifest.scale, fp32)
+        if graphs is None:  # the module's tolerance, read now (tests lower it)
+            chosen, measured = choose_int8_graphs(lambda c: held_out.loss(mixed(c)),
+                                                  max_db=INT8_MAX_LOSS_DB)
+        else:
+            measured = {chosen: held_out.loss(mixed(chosen))}
+    kept = [g for g in GRAPHS if g not in chosen]
+    for g in kept:  # an int8 copy left out (or an earlier export's) would sit there unused
+        (root / int8_file_name(g)).unlink(missing_ok=True)
     manifest.int8 = Int8Graphs(
         files={g: ModelFile(path=p.name, sha256=sha256_of(p),
                             inputs=manifest.files[g].inputs, outputs=manifest.files[g].outputs)
-               for g, p in paths.items()},
-        method=METHOD + (f"; graphs kept whole in fp32: {', '.join(kept)}" if kept else ""),
-        calibration=calibration, loss=loss)
+               for g, p in mixed(chosen).items()},
+        method=METHOD + kept_note(kept, measured),
+        calibration=calibration, loss=measured.get(chosen, {}))
     write_manifest(root, manifest)
     return manifest

@@ -4,7 +4,9 @@ Compares the `metrics` of two exported model folders (manifest.json, as `facesr-
 --metrics` writes them): the candidate (runs/gpu/x8/export) against the shipped one (models/x8).
 The rule: the ICAP-mean PSNR, the output /superresolve serves, must be higher on every test
 split both were measured on (CelebA and UTKFace), with the same face counts and protocol.
-SSIM and the other rows are printed beside it.
+SSIM and the other rows are printed beside it, and what FACESR_PRECISION=auto would serve on
+the CPU (int8 only within its tolerance: a candidate that falls back to fp32 runs at about half
+the speed).
 
     python scripts/device/compare.py runs/gpu/x8/export models/x8          # verdict
     python scripts/device/compare.py runs/gpu/x8/export models/x8 --ship   # and replace it
@@ -17,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from facesr_core.manifest import load_manifest
+from facesr_core.manifest import INT8_MAX_LOSS_DB, Manifest, load_manifest
 
 SERVED = "icap_mean"
 ROWS = ("bicubic", "deterministic", "icap_mean", "best_of_10")
@@ -48,6 +50,18 @@ def verdict(new: dict[str, dict], old: dict[str, dict]) -> tuple[bool, list[str]
     return all(wins), lines
 
 
+def int8_line(manifest: Manifest) -> str:
+    """What FACESR_PRECISION=auto serves on the CPU, and why."""
+    int8 = manifest.int8
+    if int8 is None:
+        return "int8: none exported, auto serves fp32"
+    kept = [g for g, f in int8.files.items() if f.path == manifest.files[g].path]
+    losses = ", ".join(f"{k} {v.loss_db:.4f} dB" for k, v in int8.loss.items()) or "not measured"
+    serves = "int8" if int8.loss_within(INT8_MAX_LOSS_DB) else "fp32"
+    return (f"int8 loss: {losses}" + (f" ({', '.join(kept)} kept in fp32)" if kept else "")
+            + f"; auto serves {serves} (tolerance {INT8_MAX_LOSS_DB} dB)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,6 +71,8 @@ def main() -> None:
     a = p.parse_args()
     ship, lines = verdict(test_metrics(a.candidate), test_metrics(a.shipped))
     print("\n".join(lines))
+    for folder in (a.candidate, a.shipped):
+        print(f"{folder}: {int8_line(load_manifest(folder, verify=False))}")
     print(f"{a.candidate} vs {a.shipped}: {'SHIP' if ship else 'keep the shipped model'}")
     if ship and a.ship:
         shutil.rmtree(a.shipped)
