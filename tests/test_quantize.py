@@ -100,9 +100,11 @@ def test_choose_int8_graphs_keeps_the_costliest_graphs_in_fp32_until_the_rest_fi
     assert choose_int8_graphs(measure, max_db=0.02)[0] == full
 
 
-def test_int8_export_leaves_in_fp32_a_graph_that_costs_too_much(tmp_path, pack, monkeypatch):
+def test_int8_export_leaves_in_fp32_a_graph_that_costs_too_much(tmp_path, pack, monkeypatch,
+                                                                capsys):
     from facesr_core.manifest import GRAPHS
     from training import quantize
+    from training.cli import export_main
 
     real = quantize.HeldOut.loss
 
@@ -118,8 +120,11 @@ def test_int8_export_leaves_in_fp32_a_graph_that_costs_too_much(tmp_path, pack, 
     monkeypatch.setattr(quantize, "INT8_MAX_LOSS_DB", 0.5)  # the tiny random model's own losses
     model_dir = tmp_path / "x8"
     export_model(random_tiny(), model_dir, scale=8, preset="tiny")
-    manifest = quantize.add_int8(model_dir, pack, count=4)
-    assert load_manifest(model_dir) == manifest
+    export_main(["--int8-only", "--out", str(model_dir), "--pack", str(pack),
+                 "--calibration-faces", "4"])
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert said.startswith("graphs kept whole in fp32: icap (loss quantized alone: icap ")
+    manifest = load_manifest(model_dir)
     assert {g: f.path for g, f in manifest.int8.files.items()} == {
         "icap": "icap.onnx", "encoder": "encoder.int8.onnx", "decoder": "decoder.int8.onnx"}
     assert not (model_dir / "icap.int8.onnx").exists()

@@ -374,7 +374,7 @@ def _run_pack_of(model_dir: Path) -> Path | None:
 
 def _export_int8(out: Path, pack: Path | None, faces: int, eval_limit: int | None,
                  graphs: tuple[str, ...] | None) -> None:
-    from training.quantize import add_int8
+    from training.quantize import KEPT_IN_FP32, add_int8
 
     if pack is None:
         print("no pack: int8 calibrated on scikit-image sample photos, no loss measured "
@@ -384,8 +384,9 @@ def _export_int8(out: Path, pack: Path | None, faces: int, eval_limit: int | Non
     losses = ", ".join(f"{k} {v.loss_db:+.4f} dB" for k, v in manifest.int8.loss.items())
     print(f"wrote {out}: " + ", ".join(f.path for f in manifest.int8.files.values())
           + (f" (int8 PSNR loss: {losses})" if losses else ""))
-    if any(f.path == manifest.files[g].path for g, f in manifest.int8.files.items()):
-        print(manifest.int8.method.rsplit("; ", 1)[-1])  # which graphs stay fp32, and why
+    method = manifest.int8.method
+    if KEPT_IN_FP32 in method:  # which graphs stay fp32, and why
+        print(method[method.index(KEPT_IN_FP32):])
 
 
 COMMANDS = {"prepare": prepare_main, "train": train_main, "eval": eval_main,

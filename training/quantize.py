@@ -72,6 +72,7 @@ FALLBACK_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 BATCH = 16
 CONV_OPS = ("Conv", "ConvTranspose")
 FP32_OUTPUT_CONVS = ("decoder",)  # graphs whose output convs stay fp32: the decoder writes pixels
+KEPT_IN_FP32 = "graphs kept whole in fp32"  # the method string's tail that names them
 
 
 def int8_file_name(graph: str) -> str:
@@ -318,7 +319,7 @@ def kept_note(kept: list[str], measured: dict[tuple[str, ...], Losses]) -> str:
     if not kept:
         return ""
     why = [f"{g} {worst_loss(measured[(g,)]):.3f} dB" for g in kept if (g,) in measured]
-    return (f"; graphs kept whole in fp32: {', '.join(kept)}" +
+    return (f"; {KEPT_IN_FP32}: {', '.join(kept)}" +
             (f" (loss quantized alone: {', '.join(why)}; the set may lose "
              f"{INT8_MAX_LOSS_DB} dB)" if why else ""))
 
