@@ -149,6 +149,12 @@ class Manifest(BaseModel):
     def graph_path(self, root: Path, graph: str, precision: str = "fp32") -> Path:
         return root / self.graph_files(precision)[graph].path
 
+    def int8_kept_in_fp32(self) -> list[str]:
+        """The graphs that the int8 set serves in fp32 (its entry names the fp32 file)."""
+        if self.int8 is None:
+            return []
+        return [g for g, f in self.int8.files.items() if f.path == self.files[g].path]
+
     @property
     def precisions(self) -> tuple[str, ...]:
         """The precisions this model has graphs for."""

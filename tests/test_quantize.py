@@ -56,6 +56,7 @@ def test_int8_graphs_left_out_stay_fp32_in_the_int8_set(tmp_path, pack):
     assert paths == {"icap": "icap.onnx", "encoder": "encoder.int8.onnx",
                      "decoder": "decoder.int8.onnx"}
     assert manifest.int8.files["icap"].sha256 == manifest.files["icap"].sha256
+    assert manifest.int8_kept_in_fp32() == ["icap"]
     assert manifest.int8.method.endswith("graphs kept whole in fp32: icap")
     assert not (model_dir / "icap.int8.onnx").exists()  # the earlier copy is gone
     pipe = OrtPipeline.from_files({g: model_dir / p for g, p in paths.items()})

@@ -17,14 +17,11 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
 
 
 def test_time_budget_goes_to_the_phases_that_run():
-    from types import SimpleNamespace
-
     from training.config import TrainConfig
-    from training.train import Trainer
 
     def budget(**steps) -> list[float]:
         cfg = TrainConfig(data="d", out="o", time_budget_s=100.0, **steps)
-        return [Trainer.phase_budget_s(SimpleNamespace(cfg=cfg), p) for p in (1, 2, 3)]
+        return [cfg.phase_budget_s(p) for p in (1, 2, 3)]
 
     assert budget(phase1_steps=5, phase2_steps=5, phase3_steps=5) == pytest.approx([60, 20, 20])
     assert budget(phase1_steps=5, phase2_steps=5, phase3_steps=0) == pytest.approx([75, 25, 0])

@@ -384,8 +384,8 @@ def _export_int8(out: Path, pack: Path | None, faces: int, eval_limit: int | Non
     losses = ", ".join(f"{k} {v.loss_db:+.4f} dB" for k, v in manifest.int8.loss.items())
     print(f"wrote {out}: " + ", ".join(f.path for f in manifest.int8.files.values())
           + (f" (int8 PSNR loss: {losses})" if losses else ""))
-    method = manifest.int8.method
-    if KEPT_IN_FP32 in method:  # which graphs stay fp32, and why
+    if manifest.int8_kept_in_fp32():  # which graphs stay fp32, and why (the method's tail)
+        method = manifest.int8.method
         print(method[method.index(KEPT_IN_FP32):])
 
 

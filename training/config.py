@@ -107,3 +107,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def phase_steps(self, phase: int) -> int:
+        return (self.phase1_steps, self.phase2_steps, self.phase3_steps)[phase - 1]
+
+    def phase_budget_s(self, phase: int) -> float:
+        """Phase 1 gets three quarters of the time budget, phase 2 the rest; with a phase 3,
+        60/20/20. A phase of 0 steps gets none, the others share its part (a phase-3-only
+        fine-tune gets the whole budget)."""
+        if not self.time_budget_s:
+            return 0.0
+        parts = (0.6, 0.2, 0.2) if self.phase3_steps else (0.75, 0.25, 0.0)
+        shares = [share if self.phase_steps(p) else 0.0 for p, share in enumerate(parts, 1)]
+        return self.time_budget_s * shares[phase - 1] / (sum(shares) or 1.0)

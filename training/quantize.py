@@ -314,14 +314,15 @@ def choose_int8_graphs(measure: Callable[[tuple[str, ...]], Losses],
     return graphs, measured
 
 
-def kept_note(kept: list[str], measured: dict[tuple[str, ...], Losses]) -> str:
+def kept_note(kept: list[str], measured: dict[tuple[str, ...], Losses],
+              max_db: float) -> str:
     """The method string's tail: which graphs stay fp32, and (chosen at export) why."""
     if not kept:
         return ""
     why = [f"{g} {worst_loss(measured[(g,)]):.3f} dB" for g in kept if (g,) in measured]
     return (f"; {KEPT_IN_FP32}: {', '.join(kept)}" +
             (f" (loss quantized alone: {', '.join(why)}; the set may lose "
-             f"{INT8_MAX_LOSS_DB} dB)" if why else ""))
+             f"{max_db} dB)" if why else ""))
 
 
 # --- the model folder ---------------------------------------------------------------------
@@ -358,12 +359,12 @@ def add_int8(model_dir: Path | str, pack: Path | str | None = None,
     def mixed(chosen: tuple[str, ...]) -> dict[str, Path]:
         return {g: int8_paths[g] if g in chosen else fp32_paths[g] for g in GRAPHS}
 
-    chosen, measured = asked, {}
+    chosen, measured, max_db = asked, {}, INT8_MAX_LOSS_DB  # read now: tests lower it
     if pack is not None:
         held_out = HeldOut(held_out_splits(pack, eval_limit), manifest.scale, fp32)
-        if graphs is None:  # the module's tolerance, read now (tests lower it)
+        if graphs is None:
             chosen, measured = choose_int8_graphs(lambda c: held_out.loss(mixed(c)),
-                                                  max_db=INT8_MAX_LOSS_DB)
+                                                  max_db=max_db)
         else:
             measured = {chosen: held_out.loss(mixed(chosen))}
     kept = [g for g in GRAPHS if g not in chosen]
@@ -373,7 +374,7 @@ def add_int8(model_dir: Path | str, pack: Path | str | None = None,
         files={g: ModelFile(path=p.name, sha256=sha256_of(p),
                             inputs=manifest.files[g].inputs, outputs=manifest.files[g].outputs)
                for g, p in mixed(chosen).items()},
-        method=METHOD + kept_note(kept, measured),
+        method=METHOD + kept_note(kept, measured, max_db),
         calibration=calibration, loss=measured.get(chosen, {}))
     write_manifest(root, manifest)
     return manifest

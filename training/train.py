@@ -267,14 +267,11 @@ class Trainer:
             self.ema.update(self.model)
         return {**{k: float(v.detach()) for k, v in losses.items()}, "lr": base_lr * factor}
 
-    def phase_steps(self, phase: int) -> int:
-        return (self.cfg.phase1_steps, self.cfg.phase2_steps, self.cfg.phase3_steps)[phase - 1]
-
     def phase_progress(self, phase: int) -> float:
         """How far the phase is, 0..1: its steps done, or the time spent of its budget when
         that runs out first."""
-        progress = self.steps[f"phase{phase}"] / max(1, self.phase_steps(phase))
-        budget = self.phase_budget_s(phase)
+        progress = self.steps[f"phase{phase}"] / max(1, self.cfg.phase_steps(phase))
+        budget = self.cfg.phase_budget_s(phase)
         if budget:
             progress = max(progress, (time.time() - self.phase_started) / budget)
         return min(1.0, progress)
@@ -283,7 +280,7 @@ class Trainer:
         """Where the phase stands (phase_progress) -> lr multiplier."""
         return lr_factor(self.cfg.lr_schedule, self.phase_progress(phase),
                          self.steps[f"phase{phase}"],
-                         min(self.cfg.warmup_steps, self.phase_steps(phase) // 5))
+                         min(self.cfg.warmup_steps, self.cfg.phase_steps(phase) // 5))
 
     def step_phase1(self) -> dict[str, float]:
         step = self.steps["phase1"]
@@ -388,10 +385,10 @@ class Trainer:
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         for phase in (1, 2, 3):
             key = f"phase{phase}"
-            todo = self.phase_steps(phase) - self.steps[key]
+            todo = self.cfg.phase_steps(phase) - self.steps[key]
             if todo <= 0:
                 continue
-            budget = self.phase_budget_s(phase)
+            budget = self.cfg.phase_budget_s(phase)
             bar = self.progress_bar(phase, budget, disable=not (progress and self.rt.main))
             step_fn = (self.step_phase1, self.step_phase2, self.step_phase3)[phase - 1]
             tick = self.phase_started = time.time()
@@ -440,23 +437,11 @@ class Trainer:
 
         key = f"phase{phase}"
         if not budget_s:
-            return tqdm(total=self.phase_steps(phase), initial=self.steps[key],
+            return tqdm(total=self.cfg.phase_steps(phase), initial=self.steps[key],
                         desc=f"phase {phase}", unit="step", disable=disable, dynamic_ncols=True)
         return tqdm(total=100.0, desc=f"phase {phase} (budget {tqdm.format_interval(budget_s)})",
                     disable=disable, dynamic_ncols=True,
                     bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
-
-    def phase_budget_s(self, phase: int) -> float:
-        """Phase 1 gets three quarters of the time budget, phase 2 the rest; with a phase 3,
-        60/20/20. A phase of 0 steps gets none, the others share its part (a phase-3-only
-        fine-tune gets the whole budget)."""
-        if not self.cfg.time_budget_s:
-            return 0.0
-        c = self.cfg
-        shares = [share if steps else 0.0 for share, steps in zip(
-            (0.6, 0.2, 0.2) if c.phase3_steps else (0.75, 0.25, 0.0),
-            (c.phase1_steps, c.phase2_steps, c.phase3_steps), strict=True)]
-        return c.time_budget_s * shares[phase - 1] / (sum(shares) or 1.0)
 
     def after_step(self, phase: int, losses: dict[str, float], speed: float) -> None:
         step = self.steps[f"phase{phase}"]

@@ -55,7 +55,7 @@ def int8_line(manifest: Manifest) -> str:
     int8 = manifest.int8
     if int8 is None:
         return "int8: none exported, auto serves fp32"
-    kept = [g for g, f in int8.files.items() if f.path == manifest.files[g].path]
+    kept = manifest.int8_kept_in_fp32()
     losses = ", ".join(f"{k} {v.loss_db:.4f} dB" for k, v in int8.loss.items()) or "not measured"
     serves = "int8" if int8.loss_within(INT8_MAX_LOSS_DB) else "fp32"
     return (f"int8 loss: {losses}" + (f" ({', '.join(kept)} kept in fp32)" if kept else "")
