@@ -68,8 +68,8 @@ def test_a_training_only_session_gives_training_every_second_the_plan_leaves():
     assert [c.name for c in seq] == ["train", "finish"]
     train_s = seq[0].train_s
     assert train_s > plan.TRAIN_S
-    assert seq[0].command.startswith(f"INIT_FROM=1 TRAIN_S={train_s} ")
-    assert seq[1].command.startswith("BENCH=0 ") and seq[1].carry == [plan.JUDGE]
+    assert seq[0].command.startswith(f"SCALES='8 4' INIT_FROM=1 TRAIN_S={train_s} ")
+    assert seq[1].command.startswith("SCALES='8 4' BENCH=0 ") and seq[1].carry == [plan.JUDGE]
     with_bench = plan.calls(real=False, bench=True)
     assert with_bench[0].train_s == plan.TRAIN_S and "TRAIN_S=" not in with_bench[0].command
     assert any(c.name.startswith("ort") for c in with_bench)
@@ -85,12 +85,34 @@ def test_a_training_only_session_gives_training_every_second_the_plan_leaves():
     assert fits(train_s) and not fits(train_s + 10)
 
 
+def test_the_session_trains_the_scales_short_of_their_targets_and_packs_more_faces():
+    """By default x8 and x4 only (x16 met its targets): both calls name them, two scales'
+    files come back, and the weights left out go to the pack; --scales/SCALES trains all
+    three within the same limits."""
+    two = plan.calls(real=False)
+    assert all(c.command.startswith("SCALES='8 4' ") for c in two)
+    assert sorted(two[-1].back) == ["bench.tar.gz", "x4/model.safetensors", "x4/run.tar.gz",
+                                    "x8/model.safetensors", "x8/run.tar.gz"]
+    three = plan.calls(real=False, scales=(8, 4, 16))
+    assert all(c.command.startswith("SCALES='8 4 16' ") for c in three) and len(three[-1].back) == 7
+    assert plan.check(real=False, scales=(8, 4, 16)) == []
+    pack_cap = lambda scales: plan.carried_bytes(plan.PACK, real=False, scales=scales)[0]  # noqa: E731
+    init_cap = lambda scales: plan.carried_bytes(plan.INIT, real=False, scales=scales)[0]  # noqa: E731
+    assert pack_cap((8, 4)) - pack_cap((8, 4, 16)) == pytest.approx(init_cap((16,)), abs=1)
+    assert pack_cap((8, 4)) + init_cap((8, 4)) == pytest.approx(
+        pack_cap((8, 4, 16)) + init_cap((8, 4, 16)), abs=2)
+    printed = run(sys.executable, str(DEVICE / "plan.py"), "scales", env={"SCALES": "16 4"})
+    assert printed.stdout.split() == ["16", "4"]
+    assert run(sys.executable, str(DEVICE / "plan.py"), "scales",
+               env={"SCALES": ""}).stdout.split() == ["8", "4"]
+
+
 def test_paper_size_weights_fit_one_returned_file():
     from training.config import ModelConfig
     from training.models import StochasticSR
 
     params = sum(p.numel() for p in StochasticSR(ModelConfig.preset("paper")).parameters())
-    assert params * 4 <= plan.BACK_FILES["x8/model.safetensors"] * MIB <= 16 * MIB
+    assert params * 4 <= plan.WEIGHTS_MIB * MIB <= 16 * MIB
 
 
 def test_parts_split_stage_and_join_to_the_same_sha256(tmp_path):
@@ -197,7 +219,8 @@ def test_dry_run_trains_detached_then_finish_returns_files_within_limits(carried
         rel = f.relative_to(tmp_path / "out")
         assert len(rel.parts) <= 3 and all(NAME.match(part) for part in rel.parts)
         assert f.stat().st_size <= 16 * MIB
-    assert sorted(str(f.relative_to(tmp_path / "out")) for f in files) == sorted(plan.BACK_FILES)
+    assert sorted(str(f.relative_to(tmp_path / "out")) for f in files) == sorted(
+        plan.back_files((8, 4, 16)))  # on_device.sh's own default: all three
     for s in (8, 4, 16):
         model, scale = load_model(tmp_path / "out" / f"x{s}")
         assert scale == s and model.cfg.channels == 16  # the tiny preset's weights
