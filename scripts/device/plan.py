@@ -56,7 +56,7 @@ PACK, WHEELS, INIT, BENCH_MODELS, ORT = (".device/pack.npz", ".device/wheels", "
                                          ".device/models", ".device/ort")
 JUDGE = ".device/judge.npz"  # pack.py --judge: the held-out faces, for judging on the GPU
 SUMS = f"{ORT}/SHA256SUMS"
-INIT_SCALE_MIB = 4.85        # one scale's bf16 weights in .device/init (4.7 MiB measured)
+INIT_SCALE_MIB = 4.85        # one scale's bf16 weights in .device/init (4.5 MiB measured)
 CAPS_MIB = {PACK: 58.0, WHEELS: 4.0, BENCH_MODELS: 18.0, SUMS: 0.01, ORT: 61.0, JUDGE: 20.0}
 WEIGHTS_MIB, RUN_TAR_MIB, BENCH_TAR_MIB = 9.4, 4.0, 1.0  # the finish call's files (paper size)
 
