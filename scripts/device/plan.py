@@ -62,7 +62,7 @@ WEIGHTS_MIB, RUN_TAR_MIB, BENCH_TAR_MIB = 9.4, 4.0, 1.0  # the finish call's fil
 
 # The scales a session trains: those short of their targets (issue "Quality": x4 and x8; x16
 # met its own on the CPU). The processes share one GPU-bound ~650 images/s (README "Measured"),
-# so two get ~1.5x the steps each that three would, and one scale's weights fewer leave ~600
+# so two get ~1.5x the steps each that three would, and one scale's weights fewer leave ~550
 # more faces in the pack. SCALES="8 4 16" (or --scales) trains all three.
 SCALES = (8, 4)
 
