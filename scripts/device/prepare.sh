@@ -46,7 +46,8 @@ rm -rf .device/models .device/init
 mkdir -p .device/models
 cp -r models/x8 .device/models/   # the benchmarks' model (speed does not depend on weights)
 if [ "$INIT_FROM" = 1 ]; then   # bf16 copies: half the bytes, so more faces travel
-  "$PY" scripts/device/init_weights.py --models models --out .device/init --scales $SCALES
+  read -ra scales <<<"$SCALES"
+  "$PY" scripts/device/init_weights.py --models models --out .device/init --scales "${scales[@]}"
 fi
 
 budget=$("$PY" scripts/device/plan.py pack-budget "${init[@]}")
