@@ -249,7 +249,7 @@ def check(init_from: bool = True, root: Path = ROOT, real: bool = True,
 def pack_budget_mib(init_from: bool = True, root: Path = ROOT, margin_mib: float = 1.0,
                     scales: tuple[int, ...] = SCALES) -> float:
     """What the train call leaves for the pack: 64 MiB minus the tree and the other carries."""
-    train = calls(init_from, root, scales=scales)[0]
+    train = calls(init_from, root, train_s=0, scales=scales)[0]  # its carry; no time plan needed
     others = sum(carried_bytes(c, root, scales=scales)[0] for c in train.carry if c != PACK)
     return round((TRAVEL_LIMIT - tree_bytes(root) - others) / MIB - margin_mib, 2)
 
