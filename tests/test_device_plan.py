@@ -446,3 +446,12 @@ def test_train_all_compiles_only_the_scales_named(tmp_path, env, compiled):
         args = (tmp_path / f"x{s}").read_text().split()
         assert args[:3] == ["-m", "training.cli", "train"]
         assert ("--compile" in args) == (s in compiled), s
+
+
+def test_compare_prints_the_served_gain_face_by_face(tiny_model_dir, pack):
+    import compare
+
+    lines = compare.paired_lines(tiny_model_dir / "x8", tiny_model_dir / "x4", pack, ("utkface",))
+    # the same weights in both folders: no gain on any of the 4 test faces
+    assert lines == ["utkface_test icap_mean, face by face: +0.0000 dB (standard error 0.0000), "
+                     "better on 0% of 4 faces"]

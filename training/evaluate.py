@@ -121,6 +121,42 @@ def evaluate(model, pack: Path | str, scale: int, split: str = "test",
             "protocol": "RGB uint8, no border crop; *_y: BT.601 Y channel", "rows": rows}
 
 
+@torch.no_grad()
+def served_psnr(model, hrs: np.ndarray, scale: int, batch: int = 20) -> np.ndarray:
+    """Per-face RGB PSNR of the ICAP mean, the output /superresolve serves (fp32, CPU)."""
+    model = model.float().eval()
+    scores = []
+    for i in range(0, len(hrs), batch):
+        chunk = hrs[i:i + batch]
+        x = torch.from_numpy(np.stack([make_pair(hr, scale)[0] for hr in chunk]))
+        srs = from_model_range(model.predict(x).numpy())
+        scores.extend(float(psnr(hr, sr[None])[0]) for hr, sr in zip(chunk, srs, strict=True))
+    return np.array(scores)
+
+
+def paired_gain(new, old, pack: Path | str, scale: int,
+                sources: tuple[str, ...] = ("celeba", "utkface"), split: str = "test",
+                limit: int | None = None) -> dict[str, dict[str, float]]:
+    """Per `<source>_<split>`: the served PSNR of `new` minus `old`, face by face on the same
+    faces: its mean (dB), the standard error of that mean, and the share of faces `new` does
+    better on. A stage's gain can be a hundredth of a dB; the standard error says whether it
+    is more than the luck of these faces."""
+    gains = {}
+    for source in sources:
+        hrs = FacePack(pack, split=split, sources=(source,)).hr
+        hrs = hrs[:limit] if limit else hrs
+        if len(hrs) < 2:
+            raise SystemExit(f"{pack}: fewer than 2 faces in split {split!r} of {source}")
+        diff = served_psnr(new, hrs, scale) - served_psnr(old, hrs, scale)
+        gains[f"{source}_{split}"] = {
+            "mean_db": float(diff.mean()),
+            "se_db": float(diff.std(ddof=1) / np.sqrt(len(diff))),
+            "better": float(np.mean(diff > 0)),
+            "count": len(diff),
+        }
+    return gains
+
+
 def markdown_table(results: list[dict]) -> str:
     with_id = "id_distance" in next(iter(results[0]["rows"].values()))
     head = ("| data | scale | row | PSNR | SSIM | PSNR (Y) | SSIM (Y) |"

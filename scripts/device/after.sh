@@ -48,5 +48,5 @@ for s in $SCALES; do
     python3 -m training.principal --model "$run/export" --pack "$PACK" --install \
       --out "$run/principal.json" --no-progress
   fi
-  python3 scripts/device/compare.py "$run/export" "models/x$s" "${ship[@]}"
+  python3 scripts/device/compare.py "$run/export" "models/x$s" --pack "$PACK" "${ship[@]}"
 done

@@ -6,9 +6,12 @@ The rule: the ICAP-mean PSNR, the output /superresolve serves, must be higher on
 split both were measured on (CelebA and UTKFace), with the same face counts and protocol.
 SSIM and the other rows are printed beside it, and what FACESR_PRECISION=auto would serve on
 the CPU (int8 only within its tolerance: a candidate that falls back to fp32 runs at about half
-the speed).
+the speed). With --pack, the two models' weights also run on that pack's test faces, and the
+served PSNR's gain is printed face by face: its mean, standard error and the share of faces
+that improved (training.evaluate.paired_gain); the rule stays the one above.
 
     python scripts/device/compare.py runs/gpu/x8/export models/x8          # verdict
+    python scripts/device/compare.py runs/gpu/x8/export models/x8 --pack packs/faces_all.npz
     python scripts/device/compare.py runs/gpu/x8/export models/x8 --ship   # and replace it
 """
 
@@ -62,15 +65,35 @@ def int8_line(manifest: Manifest) -> str:
             + f"; auto serves {serves} (tolerance {INT8_MAX_LOSS_DB} dB)")
 
 
+def paired_lines(candidate: Path, shipped: Path, pack: Path,
+                 sources: tuple[str, ...]) -> list[str]:
+    """One line per source's test split: the served PSNR's gain face by face, from both
+    folders' weights."""
+    from training.evaluate import paired_gain
+    from training.weights import load_model
+
+    new, scale = load_model(candidate)
+    old, _ = load_model(shipped)
+    return [f"{split} {SERVED}, face by face: {g['mean_db']:+.4f} dB (standard error "
+            f"{g['se_db']:.4f}), better on {g['better']:.0%} of {g['count']} faces"
+            for split, g in paired_gain(new, old, pack, scale, sources).items()]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("candidate", type=Path, help="exported folder of the new model")
     p.add_argument("shipped", type=Path, help="the shipped folder, e.g. models/x8")
     p.add_argument("--ship", action="store_true", help="replace the shipped folder if it wins")
+    p.add_argument("--pack", type=Path,
+                   help="also compare face by face on this pack's test splits (minutes on a CPU)")
     a = p.parse_args()
-    ship, lines = verdict(test_metrics(a.candidate), test_metrics(a.shipped))
+    new, old = test_metrics(a.candidate), test_metrics(a.shipped)
+    ship, lines = verdict(new, old)
     print("\n".join(lines))
+    if a.pack:
+        sources = tuple(split.removesuffix("_test") for split in sorted(set(new) & set(old)))
+        print("\n".join(paired_lines(a.candidate, a.shipped, a.pack, sources)), flush=True)
     for folder in (a.candidate, a.shipped):
         print(f"{folder}: {int8_line(load_manifest(folder, verify=False))}")
     print(f"{a.candidate} vs {a.shipped}: {'SHIP' if ship else 'keep the shipped model'}")
