@@ -64,10 +64,11 @@ def dlib_hog() -> Detector:
 
 def dlib_cnn() -> Detector:
     import dlib
-    import face_recognition_models
 
-    weights = face_recognition_models.cnn_face_detector_model_location()
-    det = dlib.cnn_face_detection_model_v1(weights)
+    from facesr_core.identity import dlib_models_dir
+
+    weights = dlib_models_dir() / "mmod_human_face_detector.dat"
+    det = dlib.cnn_face_detection_model_v1(str(weights))
 
     def detect(rgb: np.ndarray) -> np.ndarray:
         rects = det(rgb, 0)
