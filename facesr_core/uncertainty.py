@@ -1,11 +1,11 @@
 """The uncertainty map: which pixels of an SR face the model recovered, and which it invented.
 
 The map is the per-pixel spread of n SR samples drawn from the ICAP's Gaussian, in grey levels
-(0-255): the root mean square, over the samples and the three channels, of each sample's
-difference from the served face (the ICAP mean output). Where every plausible face agrees the
-pixel is recovered from the input; where they disagree it is one guess among many. How well it
-predicts the real error |SR - HR| is measured in the README ("Uncertainty map"), with the
-alternatives that were tried (the sample standard deviation, luminance only, the ICAP's sigma).
+(0-255): the standard deviation over the samples, RMS over the three channels. Where every
+plausible face agrees the pixel is recovered from the input; where they disagree it is one guess
+among many. How well it predicts the real error |SR - HR| is measured in the README
+("Uncertainty map"), with the alternatives that were tried (the RMS difference from the served
+face, luminance only, the ICAP's sigma).
 
 numpy + Pillow only: training's evaluation and the service compute the same map.
 """
@@ -17,7 +17,8 @@ import base64
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-UNIT = "grey levels (0-255), RMS over samples and RGB channels"
+UNIT = "grey levels (0-255), standard deviation over the samples, RMS over RGB channels"
+MIN_SAMPLES = 2  # a standard deviation needs two
 # Matplotlib's viridis (CC0, by Nathaniel J. Smith, Stefan van der Walt and Eric Firing),
 # 17 of its 256 entries, interpolated linearly between them (at most 5 levels off the original).
 VIRIDIS_ANCHORS = np.array([
@@ -30,14 +31,18 @@ LABEL_WIDTH = 40
 FONT_SIZE = 10
 
 
-def uncertainty_map(samples: np.ndarray, served: np.ndarray) -> np.ndarray:
-    """Per-pixel RMS difference (H,W) float32, in grey levels, between n samples uint8
-    (n,H,W,3) and the served face uint8 (H,W,3)."""
-    if len(samples) < 1:
-        raise ValueError("the uncertainty map needs at least one sample")
-    diff = samples.astype(np.int32) - served.astype(np.int32)[None]  # exact, and 3x faster
-    squares = np.einsum("nhwc,nhwc->hw", diff, diff).astype(np.float32)
-    return np.sqrt(squares / (diff.shape[0] * diff.shape[3]))
+def uncertainty_map(samples: np.ndarray) -> np.ndarray:
+    """Per-pixel spread (H,W) float32, in grey levels, of n >= 2 samples uint8 (n,H,W,3): the
+    standard deviation over the samples (population, divided by n), RMS over the channels."""
+    n = len(samples)
+    if n < MIN_SAMPLES:
+        raise ValueError(f"the uncertainty map needs at least {MIN_SAMPLES} samples, got {n}")
+    # exact in integers: n^2 var = n sum(x^2) - (sum x)^2, summed over the channels
+    totals = samples.astype(np.int64).sum(axis=0)
+    squares = np.einsum("nhwc,nhwc->hw", samples.astype(np.int32), samples.astype(np.int32),
+                        dtype=np.int64)
+    scaled = n * squares - np.einsum("hwc,hwc->hw", totals, totals)
+    return np.sqrt(scaled / (n * n * samples.shape[3])).astype(np.float32)
 
 
 def colour_lut() -> np.ndarray:

@@ -38,7 +38,7 @@ def row(runner, hr: np.ndarray, n: int) -> list[Image.Image]:
     images = sample_set(runner, x, seed=0, n=n, draws=runner.draws(MAP_DRAWS)).images
     error = np.abs(images[0].astype(np.float32) - hr.astype(np.float32)).mean(-1)
     return [Image.fromarray(nearest_lr(hr, runner.scale)), Image.fromarray(images[0]),
-            render_png(uncertainty_map(images[1:], images[0])), render_png(error)]
+            render_png(uncertainty_map(images[1:])), render_png(error)]
 
 
 def compose(rows: list[list[Image.Image]], labels: list[str]) -> Image.Image:
@@ -69,7 +69,7 @@ def curves(results: Path, out: Path) -> None:
     for ax, res in zip(np.atleast_1d(axes), data, strict=True):
         fractions = np.linspace(0, 0.98, len(res["oracle_curve"]))
         ax.plot(fractions, res["oracle_curve"], "k--", label="oracle")
-        for name in ("rms_to_served", "bicubic_gradient"):
+        for name in ("sample_std", "bicubic_gradient"):
             ax.plot(fractions, res["maps"][name]["curve"], label=name)
         ax.axhline(1.0, color="grey", lw=0.5)
         ax.set_title(f"{res['source']} x{res['scale']} ({res['faces']} faces)", fontsize=9)

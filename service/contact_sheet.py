@@ -54,8 +54,8 @@ def result_tiles(images: np.ndarray, entries: list[dict]) -> list[Tile]:
 
 
 def uncertainty_tile(images: np.ndarray) -> Tile:
-    """The uncertainty map of the samples images[1:] around the mean images[0], colour-mapped."""
-    values = uncertainty_map(images[1:], images[0])
+    """The uncertainty map of the samples images[1:] (images[0] is the mean), colour-mapped."""
+    values = uncertainty_map(images[1:])
     vmax = colour_scale_max(values)
     return Tile(colourise(values, vmax), ("uncertainty", f"0 to {vmax:g} grey levels"))
 

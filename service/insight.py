@@ -39,9 +39,9 @@ def prepare_identity_reference(data: bytes, max_pixels: int) -> np.ndarray:
 
 
 def uncertainty_body(images: np.ndarray) -> dict[str, Any]:
-    """The map of the samples images[1:] around the served face images[0]: float16 data and
-    the colour-mapped PNG (base64), on the same colour scale."""
-    values = uncertainty_map(images[1:], images[0])
+    """The map of the samples images[1:] (images[0] is the served face): float16 data and the
+    colour-mapped PNG (base64), on the same colour scale."""
+    values = uncertainty_map(images[1:])
     vmax = colour_scale_max(values)
     png = encode_pil(render_png(values, vmax), "png")
     return {**float16_payload(values, vmax), "png": base64.b64encode(png).decode("ascii")}

@@ -49,7 +49,7 @@ def test_superresolve_with_uncertainty_is_json_with_the_same_face(client, lr8) -
     np.testing.assert_array_equal(b64pixels(body["image"]), pixels(plain.content))
     samples = client.post("/samples?n=4&seed=3", files=upload(lr8)).json()["samples"]
     images = np.stack([b64pixels(e["image"]) for e in samples])  # the mean first
-    want = uncertainty_map(images[1:], images[0])
+    want = uncertainty_map(images[1:])
     np.testing.assert_allclose(decode_float16(body["uncertainty"]), want, rtol=1e-3, atol=1e-2)
     assert body["uncertainty"]["max"] > 0
     heat = b64pixels(body["uncertainty"]["png"])
@@ -62,6 +62,14 @@ def test_samples_uncertainty_is_opt_in(client, lr8) -> None:
     body = client.post("/samples?n=3&seed=1&uncertainty=true", files=upload(lr8)).json()
     assert body["uncertainty"]["shape"] == [128, 128]
     assert base64.b64decode(body["uncertainty"]["png"]).startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("route", ["/superresolve", "/samples"])
+def test_a_map_of_one_sample_is_refused_with_the_reason(client, lr8, route) -> None:
+    r = client.post(f"{route}?uncertainty=true&n=1", files=upload(lr8))
+    assert r.status_code == 422, r.text
+    assert "needs n >= 2, got 1" in r.text
+    assert client.post(f"{route}?n=1", files=upload(lr8)).status_code == 200
 
 
 def test_contact_sheet_gets_the_map_tile(client, lr8) -> None:

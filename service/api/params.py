@@ -8,8 +8,9 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Annotated, Literal
 
-from fastapi import File, Query, UploadFile
+from fastapi import Depends, File, Query, UploadFile
 
+from facesr_core.uncertainty import MIN_SAMPLES
 from service.errors import InvalidParameter
 from service.sampling import SEED_MAX
 from service.state import StateDep
@@ -74,8 +75,12 @@ def step_count(state: StateDep, steps: Annotated[int | None, Query(ge=2, descrip
                         "FACESR_MAX_STEPS")
 
 
-def wants_uncertainty(uncertainty: Annotated[bool, Query(description=(
-        "add the uncertainty map: the per-pixel RMS difference of the n samples from the served "
-        "face, as float16 base64 and a colour-mapped PNG with a scale bar"))] = False) -> bool:
-    """`uncertainty` of /superresolve and /samples."""
+def wants_uncertainty(n: Annotated[int, Depends(sample_count)],
+                      uncertainty: Annotated[bool, Query(description=(
+        "add the uncertainty map: the per-pixel standard deviation of the n samples (n >= 2), "
+        "as float16 base64 and a colour-mapped PNG with a scale bar"))] = False) -> bool:
+    """`uncertainty` of /superresolve and /samples; 422 when n is too small for a map."""
+    if uncertainty and n < MIN_SAMPLES:
+        raise InvalidParameter(f"query.n: the uncertainty map is the samples' standard "
+                               f"deviation and needs n >= {MIN_SAMPLES}, got {n}")
     return uncertainty

@@ -38,7 +38,7 @@ class SampleEntry(BaseModel):
 
 
 class UncertaintyMap(BaseModel):
-    """Per-pixel RMS difference of the n samples from the served face (service/README.md)."""
+    """Per-pixel standard deviation of the n samples, RMS over RGB (service/README.md)."""
 
     dtype: Literal["float16"]
     shape: list[int]  # [128, 128]
