@@ -53,9 +53,9 @@ def dlib_models_dir() -> Path:
 @lru_cache(maxsize=1)
 def _models() -> tuple[Any, Any]:
     """(5-point shape predictor, descriptor network), loaded once per process."""
+    models = dlib_models_dir()  # first: it says what to install when dlib is missing
     import dlib
 
-    models = dlib_models_dir()
     landmarks = models / "shape_predictor_5_face_landmarks.dat"
     descriptor = models / "dlib_face_recognition_resnet_model_v1.dat"
     return dlib.shape_predictor(str(landmarks)), dlib.face_recognition_model_v1(str(descriptor))
