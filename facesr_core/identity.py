@@ -36,26 +36,26 @@ def available() -> bool:
     return True
 
 
+UNAVAILABLE = f"face identity needs dlib and face-recognition-models: {INSTALL_HINT}"
+
+
 def dlib_models_dir() -> Path:
     """face-recognition-models' folder of dlib weights, found without importing the package:
     its __init__ needs pkg_resources, which recent setuptools no longer ships."""
     spec = importlib.util.find_spec("face_recognition_models")
-    try:
-        import dlib  # noqa: F401
-    except ImportError:
-        spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise IdentityUnavailable(f"face identity needs dlib and face-recognition-models: "
-                                  f"{INSTALL_HINT}")
+        raise IdentityUnavailable(UNAVAILABLE)
     return Path(spec.submodule_search_locations[0]) / "models"
 
 
 @lru_cache(maxsize=1)
 def _models() -> tuple[Any, Any]:
     """(5-point shape predictor, descriptor network), loaded once per process."""
-    models = dlib_models_dir()  # first: it says what to install when dlib is missing
-    import dlib
-
+    try:
+        import dlib
+    except ImportError as e:
+        raise IdentityUnavailable(UNAVAILABLE) from e
+    models = dlib_models_dir()
     landmarks = models / "shape_predictor_5_face_landmarks.dat"
     descriptor = models / "dlib_face_recognition_resnet_model_v1.dat"
     return dlib.shape_predictor(str(landmarks)), dlib.face_recognition_model_v1(str(descriptor))

@@ -38,9 +38,9 @@ def uncertainty_map(samples: np.ndarray) -> np.ndarray:
     if n < MIN_SAMPLES:
         raise ValueError(f"the uncertainty map needs at least {MIN_SAMPLES} samples, got {n}")
     # exact in integers: n^2 var = n sum(x^2) - (sum x)^2, summed over the channels
-    totals = samples.astype(np.int64).sum(axis=0)
-    squares = np.einsum("nhwc,nhwc->hw", samples.astype(np.int32), samples.astype(np.int32),
-                        dtype=np.int64)
+    ints = samples.astype(np.int32)
+    totals = ints.sum(axis=0, dtype=np.int64)
+    squares = np.einsum("nhwc,nhwc->hw", ints, ints, dtype=np.int64)
     scaled = n * squares - np.einsum("hwc,hwc->hw", totals, totals)
     return np.sqrt(scaled / (n * n * samples.shape[3])).astype(np.float32)
 
