@@ -383,6 +383,40 @@ def test_the_wheels_carried_cover_every_import_the_gpu_machine_lacks():
     assert imported - there - carried - ours - onnxruntime == set()
 
 
+def test_a_copy_of_weights_shipped_over_since_is_refused_before_the_device_calls(tmp_path):
+    """init_weights.py records which weights it copied; plan.py calls/check refuse .device/init
+    once another model is committed in their place (prepare.sh not run since), or a copy that
+    does not say what it copied."""
+    import init_weights
+    import torch
+
+    from training.config import ModelConfig
+    from training.models import StochasticSR
+    from training.weights import MODEL_WEIGHTS, save_model_weights
+
+    def commit_model(seed: int) -> None:
+        torch.manual_seed(seed)
+        save_model_weights(StochasticSR(ModelConfig.preset("tiny")),
+                           tmp_path / "models" / "x8" / MODEL_WEIGHTS, scale=8)
+        for cmd in (["add", "models"], ["commit", "-qm", f"x8 {seed}"]):
+            subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *cmd],
+                           cwd=tmp_path, check=True)
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "models" / "x8").mkdir(parents=True)
+    commit_model(1)
+    init_weights.write_init(tmp_path / "models" / "x8", tmp_path / plan.INIT / "x8")
+    assert plan.stale_init((8,), tmp_path) == []
+    commit_model(2)  # a new x8 shipped after prepare.sh
+    assert plan.stale_init((8,), tmp_path) == [
+        f"{plan.INIT}/x8 is not a copy of models/x8 as committed: commit models/, then run "
+        "scripts/device/prepare.sh again"]
+    init_weights.write_init(tmp_path / "models" / "x8", tmp_path / plan.INIT / "x8")
+    assert plan.stale_init((8,), tmp_path) == []
+    (tmp_path / plan.INIT / "x8" / plan.INIT_SOURCE).unlink()
+    assert len(plan.stale_init((8,), tmp_path)) == 1
+
+
 @pytest.mark.timeout(900)  # two tiny trainings of ~15 s each on an idle runner
 def test_runs_start_from_bf16_copies_of_the_shipped_weights_keeping_what_they_were(
         carried, tmp_path):

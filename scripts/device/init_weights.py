@@ -18,16 +18,21 @@ import json
 from pathlib import Path
 
 import torch
+from plan import INIT_SOURCE, weight_blobs  # scripts/device/, this script's folder
 
 from training.weights import MODEL_WEIGHTS, load_model, save_model_weights
 
 
 def write_init(model_dir: Path, out: Path) -> Path:
-    """models/<name> -> out/model.safetensors (bf16) + out/config.json; returns the weights."""
+    """models/<name> -> out/model.safetensors (bf16) + out/config.json, and out/source.json:
+    the git blob ids of the weights copied (plan.py refuses a copy of other weights than those
+    committed). Returns the weights."""
     model, scale = load_model(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_model_weights(model, out / MODEL_WEIGHTS, scale=scale, dtype=torch.bfloat16)
     (out / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
+    source = weight_blobs(model_dir.resolve(), root=model_dir.resolve())
+    (out / INIT_SOURCE).write_text(json.dumps(source, indent=2))
     return out / MODEL_WEIGHTS
 
 

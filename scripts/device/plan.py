@@ -57,6 +57,7 @@ PACK, WHEELS, INIT, BENCH_MODELS, ORT = (".device/pack.npz", ".device/wheels", "
 JUDGE = ".device/judge.npz"  # pack.py --judge: the held-out faces, for judging on the GPU
 SUMS = f"{ORT}/SHA256SUMS"
 INIT_SCALE_MIB = 4.85        # one scale's bf16 weights in .device/init (4.5 MiB measured)
+INIT_SOURCE = "source.json"  # beside them: the blob ids of the weights they copy
 CAPS_MIB = {PACK: 58.0, WHEELS: 4.0, BENCH_MODELS: 18.0, SUMS: 0.01, ORT: 61.0, JUDGE: 20.0}
 WEIGHTS_MIB, RUN_TAR_MIB, BENCH_TAR_MIB = 9.4, 4.0, 1.0  # the finish call's files (paper size)
 
@@ -69,6 +70,35 @@ SCALES = (8, 4)
 
 def init_mib(scales: tuple[int, ...]) -> float:
     return INIT_SCALE_MIB * len(scales)
+
+
+def weight_blobs(model_dir: Path, root: Path = ROOT, committed: bool = False) -> dict[str, str]:
+    """{file: git blob id} of a model folder's *.safetensors: as on disk, or as committed at
+    HEAD (what stays in git while models_out.sh has the files out); {} when git cannot tell."""
+    if committed:
+        listed = subprocess.run(["git", "ls-tree", "HEAD", "--", f"{model_dir.as_posix()}/"],
+                                cwd=root, capture_output=True, text=True)
+        rows = [line.split(None, 3) for line in listed.stdout.splitlines()]
+        return {Path(path).name: blob for _, _, blob, path in rows if path.endswith(".safetensors")}
+    files = sorted((root / model_dir).glob("*.safetensors"))
+    hashed = subprocess.run(["git", "hash-object", *map(str, files)], cwd=root,
+                            capture_output=True, text=True) if files else None
+    if hashed is None or hashed.returncode:
+        return {}
+    return dict(zip((f.name for f in files), hashed.stdout.split(), strict=True))
+
+
+def stale_init(scales: tuple[int, ...], root: Path = ROOT) -> list[str]:
+    """The scales whose .device/init copy was not made from models/x<s> as committed (a model
+    shipped since prepare.sh ran): the session would train on from the weights before."""
+    stale = []
+    for s in scales:
+        made = root / INIT / f"x{s}" / INIT_SOURCE
+        shipped = weight_blobs(Path(f"models/x{s}"), root, committed=True)
+        if shipped and (not made.is_file() or json.loads(made.read_text()) != shipped):
+            stale.append(f"{INIT}/x{s} is not a copy of models/x{s} as committed: commit "
+                         "models/, then run scripts/device/prepare.sh again")
+    return stale
 
 
 def back_files(scales: tuple[int, ...]) -> dict[str, float]:
@@ -279,11 +309,14 @@ def main() -> None:
     if a.what == "pack-budget":
         print(pack_budget_mib(a.init_from, scales=scales))
         return
+    stale = stale_init(scales) if a.init_from and not a.caps else []
     if a.what == "calls":
+        if stale:
+            sys.exit("\n".join(stale))
         for call in calls(a.init_from, bench=a.bench, scales=scales):
             print(json.dumps(call.tool_args()))
         return
-    failures = check(a.init_from, real=not a.caps, bench=a.bench, scales=scales)
+    failures = check(a.init_from, real=not a.caps, bench=a.bench, scales=scales) + stale
     for f in failures:
         print(f"FAIL {f}", file=sys.stderr)
     sys.exit(1 if failures else 0)
