@@ -383,7 +383,8 @@ def test_the_wheels_carried_cover_every_import_the_gpu_machine_lacks():
     assert imported - there - carried - ours - onnxruntime == set()
 
 
-def test_a_copy_of_weights_shipped_over_since_is_refused_before_the_device_calls(tmp_path):
+def test_a_copy_of_weights_shipped_over_since_is_refused_before_the_device_calls(
+        tmp_path, monkeypatch):
     """init_weights.py records which weights it copied; plan.py calls/check refuse .device/init
     once another model is committed in their place (prepare.sh not run since), or a copy that
     does not say what it copied."""
@@ -403,15 +404,16 @@ def test_a_copy_of_weights_shipped_over_since_is_refused_before_the_device_calls
                            cwd=tmp_path, check=True)
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)  # relative paths, as prepare.sh passes them
     (tmp_path / "models" / "x8").mkdir(parents=True)
     commit_model(1)
-    init_weights.write_init(tmp_path / "models" / "x8", tmp_path / plan.INIT / "x8")
+    init_weights.write_init(Path("models/x8"), Path(plan.INIT) / "x8")
     assert plan.stale_init((8,), tmp_path) == []
     commit_model(2)  # a new x8 shipped after prepare.sh
     assert plan.stale_init((8,), tmp_path) == [
         f"{plan.INIT}/x8 is not a copy of models/x8 as committed: commit models/, then run "
         "scripts/device/prepare.sh again"]
-    init_weights.write_init(tmp_path / "models" / "x8", tmp_path / plan.INIT / "x8")
+    init_weights.write_init(Path("models/x8"), Path(plan.INIT) / "x8")
     assert plan.stale_init((8,), tmp_path) == []
     (tmp_path / plan.INIT / "x8" / plan.INIT_SOURCE).unlink()
     assert len(plan.stale_init((8,), tmp_path)) == 1

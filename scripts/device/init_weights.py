@@ -31,8 +31,7 @@ def write_init(model_dir: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_model_weights(model, out / MODEL_WEIGHTS, scale=scale, dtype=torch.bfloat16)
     (out / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
-    source = weight_blobs(model_dir.resolve(), root=model_dir.resolve())
-    (out / INIT_SOURCE).write_text(json.dumps(source, indent=2))
+    (out / INIT_SOURCE).write_text(json.dumps(weight_blobs(model_dir), indent=2))
     return out / MODEL_WEIGHTS
 
 

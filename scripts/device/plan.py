@@ -72,20 +72,23 @@ def init_mib(scales: tuple[int, ...]) -> float:
     return INIT_SCALE_MIB * len(scales)
 
 
-def weight_blobs(model_dir: Path, root: Path = ROOT, committed: bool = False) -> dict[str, str]:
-    """{file: git blob id} of a model folder's *.safetensors: as on disk, or as committed at
-    HEAD (what stays in git while models_out.sh has the files out); {} when git cannot tell."""
-    if committed:
-        listed = subprocess.run(["git", "ls-tree", "HEAD", "--", f"{model_dir.as_posix()}/"],
-                                cwd=root, capture_output=True, text=True)
-        rows = [line.split(None, 3) for line in listed.stdout.splitlines()]
-        return {Path(path).name: blob for _, _, blob, path in rows if path.endswith(".safetensors")}
-    files = sorted((root / model_dir).glob("*.safetensors"))
-    hashed = subprocess.run(["git", "hash-object", *map(str, files)], cwd=root,
+def weight_blobs(folder: Path) -> dict[str, str]:
+    """{file: git blob id} of a folder's *.safetensors as on disk; {} when git cannot tell."""
+    files = sorted(folder.resolve().glob("*.safetensors"))
+    hashed = subprocess.run(["git", "hash-object", *map(str, files)], cwd=folder,
                             capture_output=True, text=True) if files else None
     if hashed is None or hashed.returncode:
         return {}
     return dict(zip((f.name for f in files), hashed.stdout.split(), strict=True))
+
+
+def committed_weight_blobs(model_dir: str, root: Path = ROOT) -> dict[str, str]:
+    """The same as committed at HEAD (what stays in git while models_out.sh has the files
+    out); {} outside a git checkout."""
+    listed = subprocess.run(["git", "ls-tree", "HEAD", "--", f"{model_dir}/"], cwd=root,
+                            capture_output=True, text=True)
+    rows = [line.split(None, 3) for line in listed.stdout.splitlines()]
+    return {Path(path).name: blob for _, _, blob, path in rows if path.endswith(".safetensors")}
 
 
 def stale_init(scales: tuple[int, ...], root: Path = ROOT) -> list[str]:
@@ -94,7 +97,7 @@ def stale_init(scales: tuple[int, ...], root: Path = ROOT) -> list[str]:
     stale = []
     for s in scales:
         made = root / INIT / f"x{s}" / INIT_SOURCE
-        shipped = weight_blobs(Path(f"models/x{s}"), root, committed=True)
+        shipped = committed_weight_blobs(f"models/x{s}", root)
         if shipped and (not made.is_file() or json.loads(made.read_text()) != shipped):
             stale.append(f"{INIT}/x{s} is not a copy of models/x{s} as committed: commit "
                          "models/, then run scripts/device/prepare.sh again")
