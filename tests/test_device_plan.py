@@ -392,20 +392,19 @@ def test_a_copy_of_weights_shipped_over_since_is_refused_before_the_device_calls
     import torch
 
     from training.config import ModelConfig
+    from training.export import export_model
     from training.models import StochasticSR
-    from training.weights import MODEL_WEIGHTS, save_model_weights
 
     def commit_model(seed: int) -> None:
         torch.manual_seed(seed)
-        save_model_weights(StochasticSR(ModelConfig.preset("tiny")),
-                           tmp_path / "models" / "x8" / MODEL_WEIGHTS, scale=8)
+        export_model(StochasticSR(ModelConfig.preset("tiny")), tmp_path / "models" / "x8",
+                     scale=8, preset="tiny")
         for cmd in (["add", "models"], ["commit", "-qm", f"x8 {seed}"]):
             subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *cmd],
                            cwd=tmp_path, check=True)
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     monkeypatch.chdir(tmp_path)  # relative paths, as prepare.sh passes them
-    (tmp_path / "models" / "x8").mkdir(parents=True)
     commit_model(1)
     init_weights.write_init(Path("models/x8"), Path(plan.INIT) / "x8")
     assert plan.stale_init((8,), tmp_path) == []

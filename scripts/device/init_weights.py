@@ -18,20 +18,24 @@ import json
 from pathlib import Path
 
 import torch
-from plan import INIT_SOURCE, weight_blobs  # scripts/device/, this script's folder
+from plan import INIT_SOURCE, shipped_weights  # scripts/device/, this script's folder
 
+from facesr_core.manifest import MANIFEST_NAME
 from training.weights import MODEL_WEIGHTS, load_model, save_model_weights
 
 
 def write_init(model_dir: Path, out: Path) -> Path:
     """models/<name> -> out/model.safetensors (bf16) + out/config.json, and out/source.json:
-    the git blob ids of the weights copied (plan.py refuses a copy of other weights than those
-    committed). Returns the weights."""
+    the sha256 of the weights copied, as their manifest lists them (plan.py refuses a copy of
+    other weights than those committed; a run folder has no manifest and gets none). Returns
+    the weights."""
     model, scale = load_model(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_model_weights(model, out / MODEL_WEIGHTS, scale=scale, dtype=torch.bfloat16)
     (out / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
-    (out / INIT_SOURCE).write_text(json.dumps(weight_blobs(model_dir), indent=2))
+    if (model_dir / MANIFEST_NAME).is_file():
+        source = shipped_weights((model_dir / MANIFEST_NAME).read_text())
+        (out / INIT_SOURCE).write_text(json.dumps(source, indent=2))
     return out / MODEL_WEIGHTS
 
 

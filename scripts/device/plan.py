@@ -57,7 +57,7 @@ PACK, WHEELS, INIT, BENCH_MODELS, ORT = (".device/pack.npz", ".device/wheels", "
 JUDGE = ".device/judge.npz"  # pack.py --judge: the held-out faces, for judging on the GPU
 SUMS = f"{ORT}/SHA256SUMS"
 INIT_SCALE_MIB = 4.85        # one scale's bf16 weights in .device/init (4.5 MiB measured)
-INIT_SOURCE = "source.json"  # beside them: the blob ids of the weights they copy
+INIT_SOURCE = "source.json"  # beside them: the sha256 of the weights they copy
 CAPS_MIB = {PACK: 58.0, WHEELS: 4.0, BENCH_MODELS: 18.0, SUMS: 0.01, ORT: 61.0, JUDGE: 20.0}
 WEIGHTS_MIB, RUN_TAR_MIB, BENCH_TAR_MIB = 9.4, 4.0, 1.0  # the finish call's files (paper size)
 
@@ -72,33 +72,24 @@ def init_mib(scales: tuple[int, ...]) -> float:
     return INIT_SCALE_MIB * len(scales)
 
 
-def weight_blobs(folder: Path) -> dict[str, str]:
-    """{file: git blob id} of a folder's *.safetensors as on disk; {} when git cannot tell."""
-    files = sorted(folder.resolve().glob("*.safetensors"))
-    hashed = subprocess.run(["git", "hash-object", *map(str, files)], cwd=folder,
-                            capture_output=True, text=True) if files else None
-    if hashed is None or hashed.returncode:
-        return {}
-    return dict(zip((f.name for f in files), hashed.stdout.split(), strict=True))
-
-
-def committed_weight_blobs(model_dir: str, root: Path = ROOT) -> dict[str, str]:
-    """The same as committed at HEAD (what stays in git while models_out.sh has the files
-    out); {} outside a git checkout."""
-    listed = subprocess.run(["git", "ls-tree", "HEAD", "--", f"{model_dir}/"], cwd=root,
-                            capture_output=True, text=True)
-    rows = [line.split(None, 3) for line in listed.stdout.splitlines()]
-    return {Path(path).name: blob for _, _, blob, path in rows if path.endswith(".safetensors")}
+def shipped_weights(manifest: str) -> dict[str, str]:
+    """{part: sha256} of the weights a model's manifest.json lists (facesr-export writes them)."""
+    listed = json.loads(manifest).get("weights", {})
+    return {part: entry["sha256"] for part, entry in listed.items()}
 
 
 def stale_init(scales: tuple[int, ...], root: Path = ROOT) -> list[str]:
     """The scales whose .device/init copy was not made from models/x<s> as committed (a model
-    shipped since prepare.sh ran): the session would train on from the weights before."""
+    shipped since prepare.sh ran): the session would train on from the weights before. Read
+    from HEAD, which keeps the manifests while models_out.sh has the files out."""
     stale = []
     for s in scales:
+        shown = subprocess.run(["git", "show", f"HEAD:models/x{s}/manifest.json"], cwd=root,
+                               capture_output=True, text=True)
+        if shown.returncode:  # not a git checkout, or no such model committed: nothing to match
+            continue
         made = root / INIT / f"x{s}" / INIT_SOURCE
-        shipped = committed_weight_blobs(f"models/x{s}", root)
-        if shipped and (not made.is_file() or json.loads(made.read_text()) != shipped):
+        if not made.is_file() or json.loads(made.read_text()) != shipped_weights(shown.stdout):
             stale.append(f"{INIT}/x{s} is not a copy of models/x{s} as committed: commit "
                          "models/, then run scripts/device/prepare.sh again")
     return stale
