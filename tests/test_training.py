@@ -78,10 +78,11 @@ def test_phase3_trains_theta_on_the_icap_mean_only(pack, tmp_path):
     assert [r["step"] for r in phase3] == [1, 2] and all(r["loss_m"] > 0 for r in phase3)
 
 
-def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env_extra: dict | None = None,
+            timeout: float = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=240)
+                          text=True, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -99,6 +100,26 @@ def test_ddp_two_cpu_processes(pack, tmp_path):
     assert summary["steps"] == {"phase1": 2, "phase2": 2, "phase3": 1}
     assert (out / CHECKPOINT).is_file()
     assert len(logged(out)) == 5  # rank 0 alone writes the log
+
+
+@pytest.mark.slow
+def test_ddp_ranks_stop_a_time_budget_at_the_same_step(pack, tmp_path):
+    """Rank 0 alone draws the loss curve after every step (--ckpt-every 1), so on their own
+    clocks the other rank would reach the budget's end later and wait for rank 0 in a
+    collective it never joins. All ranks read rank 0's clock, and the run ends cleanly."""
+    out = tmp_path / "ddp"
+    proc = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "-m", "training.cli", "train", "--data", str(pack), "--out", str(out),
+                   "--preset", "tiny", "--phase1-steps", "100000", "--phase2-steps", "100000",
+                   "--phase3-steps", "0", "--time-budget-s", "6", "--lr-schedule", "cosine",
+                   "--warmup-steps", "0", "--batch-size", "4", "--ckpt-every", "1",
+                   "--log-every", "1", "--no-progress",
+                   env_extra={"OMP_NUM_THREADS": "1"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"]["phase1"] > 1 and summary["steps"]["phase2"] > 1
+    lrs = [r["lr"] for r in logged(out) if r["phase"] == 1]
+    assert lrs[-1] < lrs[0]  # the cosine followed the budget's clock
 
 
 @pytest.mark.slow

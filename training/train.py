@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -147,7 +148,8 @@ class Trainer:
         # read now, not when the run ends: a long run may outlive that folder's contents (a
         # newer model shipped into models/<scale> meanwhile)
         self.started_from = started_from(Path(cfg.init_from)) if cfg.init_from else None
-        self.phase_started = 0.0  # set when each phase starts (lr_factor, the time budget)
+        self.phase_started = 0.0  # set when each phase starts
+        self.phase_elapsed = 0.0  # seconds into the phase at this step's start (phase_clock)
         self.started = time.time()
         self.wall_before = 0.0
 
@@ -273,8 +275,21 @@ class Trainer:
         progress = self.steps[f"phase{phase}"] / max(1, self.cfg.phase_steps(phase))
         budget = self.cfg.phase_budget_s(phase)
         if budget:
-            progress = max(progress, (time.time() - self.phase_started) / budget)
+            progress = max(progress, self.phase_elapsed / budget)
         return min(1.0, progress)
+
+    def phase_clock(self) -> float:
+        """Seconds into the phase at the start of this step, by rank 0's clock on every rank.
+        A time budget sets both the learning rate and the last step, and each rank's own clock
+        would differ (rank 0 alone writes checkpoints): the ranks would step with different
+        rates, so their weights drift apart, and one would stop while the others wait for it in
+        a collective."""
+        elapsed = torch.tensor([time.time() - self.phase_started], dtype=torch.float64,
+                               device=self.rt.device)
+        if self.rt.world > 1:
+            dist.broadcast(elapsed, src=0)
+        self.phase_elapsed = float(elapsed)
+        return self.phase_elapsed
 
     def lr_factor(self, phase: int) -> float:
         """Where the phase stands (phase_progress) -> lr multiplier."""
@@ -392,12 +407,13 @@ class Trainer:
             bar = self.progress_bar(phase, budget, disable=not (progress and self.rt.main))
             step_fn = (self.step_phase1, self.step_phase2, self.step_phase3)[phase - 1]
             tick = self.phase_started = time.time()
+            self.phase_elapsed = 0.0
             if phase == 2 and self.steps[key] == 0 and cfg.icap_logvar_fit_batches > 0:
                 self.fit_icap_logvar()
             if self.ema and self.steps[key] == 0:
                 self.ema.restart(self.model)
             for _ in range(todo):
-                if budget and time.time() - self.phase_started > budget:
+                if budget and self.phase_clock() > budget:
                     bar.update(100 - bar.n)
                     if self.rt.main:
                         print(f"phase {phase}: time budget of {budget:.0f} s reached at step "
@@ -427,6 +443,8 @@ class Trainer:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
             save_model_weights(self.model, self.out / MODEL_WEIGHTS, scale=self.cfg.scale)
             save_loss_curve(self.out / "log.jsonl", self.out / "loss_curve.png")
+        if self.rt.world > 1:  # the ranks leave together, none while rank 0 still writes
+            dist.barrier()
         return summary
 
     def progress_bar(self, phase: int, budget_s: float, disable: bool):
@@ -481,15 +499,22 @@ class Trainer:
 def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> dict:
     rt = setup_runtime(cfg)
     try:
-        trainer = Trainer(cfg, rt)
-        if resume and trainer.resume():
-            if rt.main:
-                print(f"resumed from {trainer.out / CHECKPOINT} at {trainer.steps}")
-        elif cfg.init_from:
-            trainer.init_weights(Path(cfg.init_from))
-            if rt.main:
-                print(f"starting from the weights of {cfg.init_from}")
-        return trainer.run(progress)
+        return run_trainer(cfg, rt, resume, progress)
     finally:
         if rt.world > 1:
+            # the DDP wrappers hold the process group: free them (and any cycle through them)
+            # first, so that no gloo work outlives it into the interpreter's shutdown
+            gc.collect()
             dist.destroy_process_group()
+
+
+def run_trainer(cfg: TrainConfig, rt: Runtime, resume: bool, progress: bool) -> dict:
+    trainer = Trainer(cfg, rt)
+    if resume and trainer.resume():
+        if rt.main:
+            print(f"resumed from {trainer.out / CHECKPOINT} at {trainer.steps}")
+    elif cfg.init_from:
+        trainer.init_weights(Path(cfg.init_from))
+        if rt.main:
+            print(f"starting from the weights of {cfg.init_from}")
+    return trainer.run(progress)
