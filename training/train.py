@@ -284,11 +284,12 @@ class Trainer:
         would differ (rank 0 alone writes checkpoints): the ranks would step with different
         rates, so their weights drift apart, and one would stop while the others wait for it in
         a collective."""
-        elapsed = torch.tensor([time.time() - self.phase_started], dtype=torch.float64,
-                               device=self.rt.device)
+        self.phase_elapsed = time.time() - self.phase_started
         if self.rt.world > 1:
+            elapsed = torch.tensor([self.phase_elapsed], dtype=torch.float64,
+                                   device=self.rt.device)
             dist.broadcast(elapsed, src=0)
-        self.phase_elapsed = float(elapsed)
+            self.phase_elapsed = float(elapsed)
         return self.phase_elapsed
 
     def lr_factor(self, phase: int) -> float:
