@@ -72,10 +72,13 @@ def init_mib(scales: tuple[int, ...]) -> float:
     return INIT_SCALE_MIB * len(scales)
 
 
-def shipped_weights(manifest: str) -> dict[str, str]:
-    """{part: sha256} of the weights a model's manifest.json lists (facesr-export writes them)."""
-    listed = json.loads(manifest).get("weights", {})
-    return {part: entry["sha256"] for part, entry in listed.items()}
+def shipped_weights(manifest_json: str) -> dict[str, str]:
+    """{part: sha256} of the weights a model's manifest.json lists (facesr-export writes them),
+    read by the manifest's own schema."""
+    from facesr_core.manifest import Manifest  # here: plan.py's other commands need the stdlib only
+
+    weights = Manifest.model_validate_json(manifest_json).weights
+    return {part: entry.sha256 for part, entry in weights.items()}
 
 
 def stale_init(scales: tuple[int, ...], root: Path = ROOT) -> list[str]:
