@@ -383,6 +383,19 @@ def test_the_wheels_carried_cover_every_import_the_gpu_machine_lacks():
     assert imported - there - carried - ours - onnxruntime == set()
 
 
+def test_plan_run_as_a_script_finds_the_manifest_schema_or_says_what_it_needs():
+    """Run as `python3 scripts/device/plan.py`, the script's folder leads sys.path, so the
+    project's facesr_core must be found from the repository root; where its dependencies are
+    missing (`-S`: no site-packages, so no pydantic) the script says so in one line."""
+    probe = "import plan; plan.shipped_weights('{}')"
+    run = subprocess.run([sys.executable, "-S", "-c", probe], cwd=DEVICE,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert run.stderr.startswith("plan.py: reading models/*/manifest.json needs the project's "
+                                 "environment (No module named 'pydantic')")
+    assert "Traceback" not in run.stderr
+
+
 def test_a_copy_of_weights_shipped_over_since_is_refused_before_the_device_calls(
         tmp_path, monkeypatch):
     """init_weights.py records which weights it copied; plan.py calls/check refuse .device/init

@@ -75,7 +75,12 @@ def init_mib(scales: tuple[int, ...]) -> float:
 def shipped_weights(manifest_json: str) -> dict[str, str]:
     """{part: sha256} of the weights a model's manifest.json lists (facesr-export writes them),
     read by the manifest's own schema."""
-    from facesr_core.manifest import Manifest  # here: plan.py's other commands need the stdlib only
+    sys.path.insert(0, str(ROOT))  # run as a script, plan.py's folder is first on the path
+    try:  # here, not at the top: plan.py's other commands need the standard library only
+        from facesr_core.manifest import Manifest
+    except ImportError as err:
+        raise SystemExit(f"plan.py: reading models/*/manifest.json needs the project's "
+                         f"environment ({err}): activate .venv, or pip install -e .") from err
 
     weights = Manifest.model_validate_json(manifest_json).weights
     return {part: entry.sha256 for part, entry in weights.items()}
