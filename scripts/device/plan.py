@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script, plan.py's own folder leads the path
 MIB = 2**20
 
 # The device tool's limits.
@@ -75,7 +76,6 @@ def init_mib(scales: tuple[int, ...]) -> float:
 def shipped_weights(manifest_json: str) -> dict[str, str]:
     """{part: sha256} of the weights a model's manifest.json lists (facesr-export writes them),
     read by the manifest's own schema."""
-    sys.path.insert(0, str(ROOT))  # run as a script, plan.py's folder is first on the path
     try:  # here, not at the top: plan.py's other commands need the standard library only
         from facesr_core.manifest import Manifest
     except ImportError as err:
