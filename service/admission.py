@@ -7,6 +7,11 @@ request shares its call with its micro-batch): from the start of a request's cal
 the end of that call, which is how long it holds up the calls waiting behind it, and from the
 start of its call to its release, which adds encoding its answer (outside the pool) and is what
 the request itself needs before its deadline. So the queued work is also known in seconds.
+A lane's first measurement replaces the guess it started from (DEFAULT_SECONDS_PER_DECODE, or
+the other lane's measurement); later ones are averaged in. Until a lane is measured, its
+estimate is a guess: one request of it is tried whatever that guess says (the probe, which
+brings the measurement), and the others of its lane are asked to retry after the least
+Retry-After rather than after what the guess predicts.
 
 Two lanes share the inference pool: light requests (cost <= LIGHT_MAX_COST, e.g. every
 /superresolve) always run before heavy ones waiting; each lane is FIFO. A running call is never
@@ -37,7 +42,7 @@ from typing import Any
 
 LIGHT_MAX_COST = 4  # decodes: /superresolve, and /samples or /traverse with very few images
 DEFAULT_SECONDS_PER_DECODE = 0.05  # until measured (the paper-size decoder on 2 CPU cores)
-SMOOTHING = 0.3  # weight of the newest measurement in the moving average
+SMOOTHING = 0.3  # weight of the newest measurement in the moving average (not of the first)
 
 
 class Lane(IntEnum):
@@ -140,8 +145,9 @@ class Admission:
         self.workers, self.max_requests, self.headroom = workers, max_requests, headroom
         self.min_retry_s = min_retry_s
         self.on_change, self.clock = on_change, clock
-        self.seconds_per_decode = {lane: DEFAULT_SECONDS_PER_DECODE for lane in Lane}  # to release
-        self.call_seconds_per_decode = {lane: DEFAULT_SECONDS_PER_DECODE for lane in Lane}
+        # measured seconds per decode, per lane; a lane not measured yet has no entry
+        self.seconds_per_decode: dict[Lane, float] = {}  # from its call's start to its release
+        self.call_seconds_per_decode: dict[Lane, float] = {}  # from its call's start to its end
         self._tickets: set[Ticket] = set()
         self._lock = threading.Lock()
 
@@ -158,7 +164,12 @@ class Admission:
             needed = self._seconds_until_done(cost, lane)
             now = self.clock()
             budget = (deadline - now) * self.headroom
-            if needed > budget and self._tickets:  # alone, it is tried whatever the estimate
+            # alone, or as its lane's probe, it is tried whatever the estimate
+            if needed > budget and self._tickets and not self._is_probe(lane):
+                if lane not in self.seconds_per_decode:  # the probe is running: retry soon
+                    return Refusal(
+                        f"overloaded: the first request of this size is measuring what such "
+                        f"requests cost here; retry in {min_retry_s} s", min_retry_s)
                 retry = max(min_retry_s, math.ceil(needed - budget))
                 return Refusal(
                     f"overloaded: the work queued ahead ({needed:.1f} s with this request) "
@@ -180,6 +191,19 @@ class Admission:
                                 ticket.finished_at - ticket.started_at)
         self._changed()
 
+    def _is_probe(self, lane: Lane) -> bool:
+        """A request of `lane` now would be its probe: the lane is not measured yet and none of
+        its requests is in flight (lock held)."""
+        return lane not in self.seconds_per_decode and all(t.lane != lane for t in self._tickets)
+
+    @staticmethod
+    def _per_decode(average: dict[Lane, float], lane: Lane) -> float:
+        """The estimate of one decode in `lane`: its measurement, else the other lane's (the
+        same machine and model), else the default."""
+        if lane in average:
+            return average[lane]
+        return next(iter(average.values()), DEFAULT_SECONDS_PER_DECODE)
+
     def lane_started(self, lane: Lane) -> None:
         """A call of `lane` starts in the pool now (PriorityPool's `on_start`): every waiting
         ticket of a heavier lane has been overtaken. Order within a lane is not overtaking."""
@@ -197,10 +221,10 @@ class Admission:
         call has ended (its answer is being encoded) holds up no call. The request itself needs
         its call and its answer's encoding."""
         now = self.clock()
-        work = cost * self.seconds_per_decode[lane]
+        work = cost * self._per_decode(self.seconds_per_decode, lane)
         for t in self._tickets:
             if not t.computed and (t.lane <= lane or t.running):
-                estimate = t.cost * self.call_seconds_per_decode[t.lane]
+                estimate = t.cost * self._per_decode(self.call_seconds_per_decode, t.lane)
                 if t.running:
                     estimate = max(0.0, estimate - (now - t.started_at))
                 work += estimate
@@ -217,9 +241,11 @@ class Admission:
 
     @staticmethod
     def _learn(average: dict[Lane, float], lane: Lane, decodes: float, seconds: float) -> None:
-        """Update one of the moving averages (lock held)."""
+        """Update one of the moving averages (lock held). The first measurement replaces the
+        guess: averaged into a default that may be 50x off (a GPU), it left heavy requests
+        refused, and so unmeasured, for as long as light ones kept the service busy."""
         if decodes > 0 and seconds > 0:
-            old = average[lane]
+            old = average.get(lane, seconds / decodes)
             average[lane] = old + SMOOTHING * (seconds / decodes - old)
 
     def queued(self) -> tuple[float, float]:
@@ -230,7 +256,8 @@ class Admission:
         """(requests, decodes, estimated seconds) admitted and not yet released."""
         with self._lock:
             decodes = sum(t.cost for t in self._tickets)
-            seconds = sum(t.cost * self.seconds_per_decode[t.lane] for t in self._tickets)
+            seconds = sum(t.cost * self._per_decode(self.seconds_per_decode, t.lane)
+                          for t in self._tickets)
             return len(self._tickets), decodes, seconds
 
     @property
@@ -241,8 +268,8 @@ class Admission:
         """The Refusal for an admitted call that could have finished by its deadline when it
         was admitted, but no longer can because lighter work overtook it. A call that is late
         for any other reason (a slow machine, its own decoding) is tried: its deadline answers."""
-        if not ticket.overtaken:
-            return None
+        if not ticket.overtaken or ticket.lane not in self.seconds_per_decode:
+            return None  # an unmeasured lane's estimate is a guess: the deadline answers
         needed = ticket.cost * self.seconds_per_decode[ticket.lane] / self.workers
         left = ticket.deadline - self.clock()
         if needed <= left * self.headroom or needed > (

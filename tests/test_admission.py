@@ -105,16 +105,47 @@ def test_workers_share_the_work_and_headroom_keeps_a_margin():
 def test_the_estimate_follows_measurements_and_reports_changes():
     seen = []
     adm = Admission(on_change=lambda r, d, s: seen.append((r, d, s)))
-    assert adm.seconds_per_decode[Lane.HEAVY] == DEFAULT_SECONDS_PER_DECODE
+    assert adm.seconds_per_decode == {}  # nothing measured: the default is the guess
+    assert adm.admit(65, time.monotonic() + 60).cost == 65
+    assert seen[-1] == pytest.approx((1, 65, 65 * DEFAULT_SECONDS_PER_DECODE))
+    adm.observe(Lane.HEAVY, 65, 65 * 0.01)  # the first measurement replaces the guess
+    assert adm.seconds_per_decode[Lane.HEAVY] == pytest.approx(0.01)
     for _ in range(30):
         adm.observe(Lane.HEAVY, 65, 65 * 0.2)
     assert adm.seconds_per_decode[Lane.HEAVY] == pytest.approx(0.2, rel=1e-3)
-    assert adm.seconds_per_decode[Lane.LIGHT] == DEFAULT_SECONDS_PER_DECODE
+    assert Lane.LIGHT not in adm.seconds_per_decode
     ticket = adm.admit(65, time.monotonic() + 60)
-    assert seen[-1] == pytest.approx((1, 65, 13.0), rel=1e-3)
+    assert seen[-1] == pytest.approx((2, 130, 130 * 0.2), rel=1e-3)
     changes = len(seen)
     ticket.release()
-    assert seen[-1] == (0, 0, 0) and len(seen) == changes + 1  # one report per change
+    assert seen[-1] == pytest.approx((1, 65, 13.0), rel=1e-3) and len(seen) == changes + 1
+    light = adm.admit(1, time.monotonic() + 60)  # an unmeasured lane borrows the other's
+    assert seen[-1] == pytest.approx((2, 66, 66 * 0.2), rel=1e-3) and light.lane is Lane.LIGHT
+
+
+def test_an_unmeasured_lane_is_probed_by_one_request_whatever_the_guess():
+    """The default guess (0.05 s a decode) is 50x too slow on a GPU. Once refused on it, heavy
+    requests were never measured while light ones kept the service busy: on a CI run every
+    /samples?n=256 beside /superresolve got 503 for 12 s, with Retry-After 23 s."""
+    clock = Clock()
+    adm = Admission(min_retry_s=1, clock=clock)
+    light = adm.admit(1, clock.now + 3)
+    assert isinstance(light, Ticket)
+    probe = adm.admit(257, clock.now + 3)  # 12.9 s guessed for 3 s, with work ahead: tried
+    assert isinstance(probe, Ticket) and probe.lane is Lane.HEAVY
+    waiting = adm.admit(257, clock.now + 3)
+    assert isinstance(waiting, Refusal) and waiting.retry_after_s == 1
+    assert "measuring" in waiting.detail
+    adm.lane_started(Lane.LIGHT)
+    clock.now += 2.9  # overtaken and late by the guess, but a guess does not refuse it
+    assert probe.overtaken and adm.too_late(probe) is None
+    probe.start()
+    clock.now += 0.5
+    probe.finish()
+    probe.release()  # 0.5 s for 257 decodes: about 0.002 s a decode, not 0.05
+    assert adm.seconds_per_decode[Lane.HEAVY] == pytest.approx(0.5 / 257)
+    assert isinstance(adm.admit(257, clock.now + 3), Ticket)  # measured: it fits
+    assert isinstance(adm.admit(2570, clock.now + 3), Refusal)  # measured: it does not
 
 
 def test_release_measures_from_the_start_of_its_call():
