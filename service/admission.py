@@ -166,7 +166,7 @@ class Admission:
             budget = (deadline - now) * self.headroom
             # alone, or as its lane's probe, it is tried whatever the estimate
             if needed > budget and self._tickets and not self._is_probe(lane):
-                if lane not in self.seconds_per_decode:  # the probe is running: retry soon
+                if not self._measured(lane):  # its probe is running: retry soon
                     return Refusal(
                         f"overloaded: the first request of this size is measuring what such "
                         f"requests cost here; retry in {min_retry_s} s", min_retry_s)
@@ -191,10 +191,14 @@ class Admission:
                                 ticket.finished_at - ticket.started_at)
         self._changed()
 
+    def _measured(self, lane: Lane) -> bool:
+        """A request of `lane` has been measured: its estimate is no longer a guess."""
+        return lane in self.seconds_per_decode
+
     def _is_probe(self, lane: Lane) -> bool:
         """A request of `lane` now would be its probe: the lane is not measured yet and none of
         its requests is in flight (lock held)."""
-        return lane not in self.seconds_per_decode and all(t.lane != lane for t in self._tickets)
+        return not self._measured(lane) and all(t.lane != lane for t in self._tickets)
 
     @staticmethod
     def _per_decode(average: dict[Lane, float], lane: Lane) -> float:
@@ -268,7 +272,7 @@ class Admission:
         """The Refusal for an admitted call that could have finished by its deadline when it
         was admitted, but no longer can because lighter work overtook it. A call that is late
         for any other reason (a slow machine, its own decoding) is tried: its deadline answers."""
-        if not ticket.overtaken or ticket.lane not in self.seconds_per_decode:
+        if not ticket.overtaken or not self._measured(ticket.lane):
             return None  # an unmeasured lane's estimate is a guess: the deadline answers
         needed = ticket.cost * self.seconds_per_decode[ticket.lane] / self.workers
         left = ticket.deadline - self.clock()

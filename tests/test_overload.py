@@ -51,11 +51,13 @@ def closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
     return True, got
 
 
-def median_latency(client: httpx.Client, image: bytes, times: int = 5) -> float:
+def median_latency(client: httpx.Client, image: bytes, times: int = 5,
+                   path: str = "/superresolve") -> float:
     took = []
     for _ in range(times):
         start = time.perf_counter()
-        assert client.post("/superresolve", files={"image": ("f.png", image)}).status_code == 200
+        r = client.post(path, files={"image": ("f.png", image)})
+        assert r.status_code == 200, r.text
         took.append(time.perf_counter() - start)
     return statistics.median(took)
 
@@ -162,19 +164,16 @@ def test_huge_images_are_refused_from_the_header(server, astronaut_hr):
     assert server_rss_mb(server) - before < 100
 
 
+HEAVY = "/samples?n=256"
+HEAVY_ENV = {"FACESR_MAX_SAMPLES": "256", "FACESR_WARMUP": "false", "FACESR_LOG_LEVEL": "warning"}
+
+
 def heavy_request_seconds(model_dir: Path, image: bytes, log: Path) -> float:
-    """How long one /samples?n=256 takes on this machine now, alone, over HTTP (its 256 PNGs'
+    """How long one HEAVY request takes on this machine now, alone, over HTTP (its 256 PNGs'
     encoding is about half of it): the median of 3, on a server of its own."""
-    env = {"FACESR_MAX_SAMPLES": "256", "FACESR_WARMUP": "false", "FACESR_LOG_LEVEL": "warning"}
-    took = []
-    with running_service(model_dir, env, log) as server, \
+    with running_service(model_dir, HEAVY_ENV, log) as server, \
             httpx.Client(base_url=server.url, timeout=120) as client:
-        for _ in range(3):
-            start = time.perf_counter()
-            r = client.post("/samples?n=256", files={"image": ("f.png", image)})
-            assert r.status_code == 200, r.text
-            took.append(time.perf_counter() - start)
-    return statistics.median(took)
+        return median_latency(client, image, times=3, path=HEAVY)
 
 
 @pytest.mark.slow
@@ -190,11 +189,10 @@ def test_heavy_requests_do_not_starve_light_ones(tiny_model_dir, tmp_path, astro
     image = lr_png(astronaut_hr)
     timeout = max(1.5, 2.5 * heavy_request_seconds(tiny_model_dir / "x8", image,
                                                    tmp_path / "alone.log"))
-    env = {"FACESR_MAX_SAMPLES": "256", "FACESR_WARMUP": "false", "FACESR_LOG_LEVEL": "warning",
-           "FACESR_REQUEST_TIMEOUT_S": f"{timeout:.2f}"}
+    env = {**HEAVY_ENV, "FACESR_REQUEST_TIMEOUT_S": f"{timeout:.2f}"}
     with running_service(tiny_model_dir / "x8", env, tmp_path / "server.log") as server:
         url = server.url
-        results = asyncio.run(mixed_load(url, image, "/samples?n=256", seconds=12))
+        results = asyncio.run(mixed_load(url, image, HEAVY, seconds=12))
     light = [r for path, r in results if path == "/superresolve"]
     heavy = [r for path, r in results if path != "/superresolve"]
     codes = sorted({r.status_code for _, r in results})
