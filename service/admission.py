@@ -11,7 +11,10 @@ A lane's first measurement replaces the guess it started from (DEFAULT_SECONDS_P
 the other lane's measurement); later ones are averaged in. Until a lane is measured, its
 estimate is a guess: one request of it is tried whatever that guess says (the probe, which
 brings the measurement), and the others of its lane are asked to retry after the least
-Retry-After rather than after what the guess predicts.
+Retry-After rather than after what the guess predicts. An estimate is also stale once its lane
+has gone REMEASURE_AFTER_S without a measurement (refused requests are never measured, so one
+slow outlier could otherwise keep a lane refused for as long as other work keeps the service
+busy): the lane's next request is its probe again, and what it measures replaces the estimate.
 
 Two lanes share the inference pool: light requests (cost <= LIGHT_MAX_COST, e.g. every
 /superresolve) always run before heavy ones waiting; each lane is FIFO. A running call is never
@@ -42,7 +45,8 @@ from typing import Any
 
 LIGHT_MAX_COST = 4  # decodes: /superresolve, and /samples or /traverse with very few images
 DEFAULT_SECONDS_PER_DECODE = 0.05  # until measured (the paper-size decoder on 2 CPU cores)
-SMOOTHING = 0.3  # weight of the newest measurement in the moving average (not of the first)
+SMOOTHING = 0.3  # weight of the newest measurement in the moving average (not of a probe's)
+REMEASURE_AFTER_S = 30.0  # a lane measured longer ago than this is probed again
 
 
 class Lane(IntEnum):
@@ -86,6 +90,7 @@ class Ticket:
     overtaken: bool = False  # a call of a lighter lane started while it waited
     released: bool = False  # its request has left
     call_decodes: float = 0.0  # the decodes of its call: its own, or its micro-batch's
+    probe: bool = False  # tried to measure its lane: what it measures replaces the estimate
 
     @property
     def computed(self) -> bool:
@@ -134,20 +139,22 @@ class Admission:
     requests whatever their cost; `headroom` is the share of the time left to the deadline that
     the queued work may fill (the rest covers decoding, encoding and the estimate's error).
     `min_retry_s` is the least Retry-After of a refusal (FACESR_RETRY_AFTER_S).
+    `remeasure_after_s` is how long a lane's estimate holds without a new measurement.
     `on_change(requests, decodes, seconds)` is called with the admitted work after every change
     (the metrics).
     """
 
     def __init__(self, workers: int = 1, max_requests: int = 32, headroom: float = 0.8,
-                 min_retry_s: int = 1,
+                 min_retry_s: int = 1, remeasure_after_s: float = REMEASURE_AFTER_S,
                  on_change: Callable[[int, float, float], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.workers, self.max_requests, self.headroom = workers, max_requests, headroom
-        self.min_retry_s = min_retry_s
+        self.min_retry_s, self.remeasure_after_s = min_retry_s, remeasure_after_s
         self.on_change, self.clock = on_change, clock
         # measured seconds per decode, per lane; a lane not measured yet has no entry
         self.seconds_per_decode: dict[Lane, float] = {}  # from its call's start to its release
         self.call_seconds_per_decode: dict[Lane, float] = {}  # from its call's start to its end
+        self._measured_at: dict[Lane, float] = {}  # clock seconds of each lane's last measurement
         self._tickets: set[Ticket] = set()
         self._lock = threading.Lock()
 
@@ -164,8 +171,9 @@ class Admission:
             needed = self._seconds_until_done(cost, lane)
             now = self.clock()
             budget = (deadline - now) * self.headroom
+            probe = self._is_probe(lane, now)
             # alone, or as its lane's probe, it is tried whatever the estimate
-            if needed > budget and self._tickets and not self._is_probe(lane):
+            if needed > budget and self._tickets and not probe:
                 if not self._measured(lane):  # its probe is running: retry soon
                     return Refusal(
                         f"overloaded: the first request of this size is measuring what such "
@@ -175,7 +183,7 @@ class Admission:
                     f"overloaded: the work queued ahead ({needed:.1f} s with this request) "
                     f"cannot finish within the request's {budget / self.headroom:.1f} s; "
                     f"retry in {retry} s", retry)
-            ticket = Ticket(cost, lane, deadline, now, self)
+            ticket = Ticket(cost, lane, deadline, now, self, probe=probe)
             self._tickets.add(ticket)
         self._changed()
         return ticket
@@ -185,20 +193,21 @@ class Admission:
             self._tickets.discard(ticket)
             if ticket.started_at is not None:
                 self._learn(self.seconds_per_decode, ticket.lane, ticket.call_decodes,
-                            self.clock() - ticket.started_at)
+                            self.clock() - ticket.started_at, replace=ticket.probe)
                 if ticket.finished_at is not None:
                     self._learn(self.call_seconds_per_decode, ticket.lane, ticket.call_decodes,
-                                ticket.finished_at - ticket.started_at)
+                                ticket.finished_at - ticket.started_at, replace=ticket.probe)
         self._changed()
 
     def _measured(self, lane: Lane) -> bool:
         """A request of `lane` has been measured: its estimate is no longer a guess."""
         return lane in self.seconds_per_decode
 
-    def _is_probe(self, lane: Lane) -> bool:
-        """A request of `lane` now would be its probe: the lane is not measured yet and none of
-        its requests is in flight (lock held)."""
-        return not self._measured(lane) and all(t.lane != lane for t in self._tickets)
+    def _is_probe(self, lane: Lane, now: float) -> bool:
+        """A request of `lane` now would be its probe: the lane is not measured yet, or not for
+        `remeasure_after_s`, and none of its requests is in flight (lock held)."""
+        stale = now - self._measured_at.get(lane, -math.inf) >= self.remeasure_after_s
+        return stale and all(t.lane != lane for t in self._tickets)
 
     @staticmethod
     def _per_decode(average: dict[Lane, float], lane: Lane) -> float:
@@ -243,14 +252,16 @@ class Admission:
             self._learn(self.seconds_per_decode, lane, decodes, seconds)
         self._changed()
 
-    @staticmethod
-    def _learn(average: dict[Lane, float], lane: Lane, decodes: float, seconds: float) -> None:
-        """Update one of the moving averages (lock held). The first measurement replaces the
-        guess: averaged into a default that may be 50x off (a GPU), it left heavy requests
-        refused, and so unmeasured, for as long as light ones kept the service busy."""
+    def _learn(self, average: dict[Lane, float], lane: Lane, decodes: float, seconds: float,
+               replace: bool = False) -> None:
+        """Update one of the moving averages (lock held). The first measurement, and a probe's,
+        replaces the estimate: averaged into a default that may be 50x off (a GPU), or into a
+        stale outlier, it left heavy requests refused, and so unmeasured, for as long as light
+        ones kept the service busy."""
         if decodes > 0 and seconds > 0:
-            old = average.get(lane, seconds / decodes)
+            old = seconds / decodes if replace else average.get(lane, seconds / decodes)
             average[lane] = old + SMOOTHING * (seconds / decodes - old)
+            self._measured_at[lane] = self.clock()
 
     def queued(self) -> tuple[float, float]:
         """The admitted work: (decodes, estimated seconds)."""
@@ -272,8 +283,8 @@ class Admission:
         """The Refusal for an admitted call that could have finished by its deadline when it
         was admitted, but no longer can because lighter work overtook it. A call that is late
         for any other reason (a slow machine, its own decoding) is tried: its deadline answers."""
-        if not ticket.overtaken or not self._measured(ticket.lane):
-            return None  # an unmeasured lane's estimate is a guess: the deadline answers
+        if not ticket.overtaken or ticket.probe or not self._measured(ticket.lane):
+            return None  # a probe is tried, and a guess refuses nothing: the deadline answers
         needed = ticket.cost * self.seconds_per_decode[ticket.lane] / self.workers
         left = ticket.deadline - self.clock()
         if needed <= left * self.headroom or needed > (

@@ -30,7 +30,7 @@ def admission(**kw) -> tuple[Admission, Clock]:
     clock = Clock()
     adm = Admission(clock=clock, **kw)
     for lane in Lane:
-        adm.seconds_per_decode[lane] = 0.1  # 10 decodes a second
+        adm.observe(lane, 10, 1.0)  # 10 decodes a second, measured now
         adm.call_seconds_per_decode[lane] = 0.1
     return adm, clock
 
@@ -146,6 +146,34 @@ def test_an_unmeasured_lane_is_probed_by_one_request_whatever_the_guess():
     assert adm.seconds_per_decode[Lane.HEAVY] == pytest.approx(0.5 / 257)
     assert isinstance(adm.admit(257, clock.now + 3), Ticket)  # measured: it fits
     assert isinstance(adm.admit(2570, clock.now + 3), Refusal)  # measured: it does not
+
+
+def test_a_stale_estimate_is_probed_again_and_the_probe_replaces_it():
+    """Refused requests are never measured: one slow outlier kept a lane's estimate high, and
+    so the lane refused, for as long as other work kept the service busy."""
+    adm, clock = admission(headroom=1.0, remeasure_after_s=30.0)
+    for _ in range(3):
+        adm.observe(Lane.HEAVY, 65, 65 * 1.0)  # outliers: 1 s a decode, not 0.1
+    light = adm.admit(1, clock.now + 60)  # other work keeps the service busy
+    assert isinstance(light, Ticket)
+    assert isinstance(adm.admit(65, clock.now + 10), Refusal)  # 43 s estimated for 10 s
+    clock.now += 29.0
+    assert isinstance(adm.admit(65, clock.now + 10), Refusal)  # the estimate still holds
+    clock.now += 1.0  # 30 s without a measurement: the next heavy request is the probe
+    probe = adm.admit(65, clock.now + 10)
+    assert isinstance(probe, Ticket) and probe.probe
+    assert isinstance(adm.admit(65, clock.now + 10), Refusal)  # one probe at a time
+    adm.lane_started(Lane.LIGHT)
+    clock.now += 5.0
+    assert probe.overtaken and adm.too_late(probe) is None  # a probe is tried
+    probe.start()
+    clock.now += 6.5
+    probe.finish()
+    probe.release()  # 0.1 s a decode again: it replaces the outliers' estimate
+    assert adm.seconds_per_decode[Lane.HEAVY] == pytest.approx(0.1)
+    assert adm.call_seconds_per_decode[Lane.HEAVY] == pytest.approx(0.1)
+    fits = adm.admit(65, clock.now + 10)
+    assert isinstance(fits, Ticket) and not fits.probe  # measured just now: not a probe
 
 
 def test_release_measures_from_the_start_of_its_call():
