@@ -156,7 +156,7 @@ def test_a_stale_estimate_is_probed_again_and_the_probe_replaces_it():
         adm.observe(Lane.HEAVY, 65, 65 * 1.0)  # outliers: 1 s a decode, not 0.1
     light = adm.admit(1, clock.now + 60)  # other work keeps the service busy
     assert isinstance(light, Ticket)
-    assert isinstance(adm.admit(65, clock.now + 10), Refusal)  # 43 s estimated for 10 s
+    assert isinstance(adm.admit(65, clock.now + 10), Refusal)  # 45 s estimated for 10 s
     clock.now += 29.0
     assert isinstance(adm.admit(65, clock.now + 10), Refusal)  # the estimate still holds
     clock.now += 1.0  # 30 s without a measurement: the next heavy request is the probe
