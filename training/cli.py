@@ -82,6 +82,9 @@ TRAIN_HELP = {
     "log_every": "steps between lines of log.jsonl",
     "ckpt_every": "steps between checkpoints (the run resumes from the last one)",
     "sample_every": "steps between sample grids in samples/; 0: once per epoch of the pack",
+    "profile_steps": "profile this many phase-1 steps (after 5 warm-up steps) with "
+                     "torch.profiler: profile.txt and profile.json in OUT (on a GPU: how busy "
+                     "the device is, and its slowest kernels); 0: off",
 }
 
 # glibc malloc settings measured on a 2-core CPU (docs/method.md): without them ~25% of training

@@ -104,6 +104,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 200
     sample_every: int = 0  # steps between sample grids; 0: once per epoch of the pack
+    profile_steps: int = 0  # >0: profile this many phase-1 steps (training/profiling.py)
 
     def to_dict(self) -> dict:
         return asdict(self)

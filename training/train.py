@@ -27,6 +27,7 @@ from training.config import ModelConfig, TrainConfig
 from training.data import FacePack, pair_source, random_patches
 from training.losses import ReconstructionObjective, phase2_losses
 from training.models import StochasticSR
+from training.profiling import StepProfiler
 from training.schedule import WeightEMA, lr_factor, set_lr
 from training.visuals import sample_grid, save_loss_curve
 from training.weights import (
@@ -407,6 +408,8 @@ class Trainer:
             budget = self.cfg.phase_budget_s(phase)
             bar = self.progress_bar(phase, budget, disable=not (progress and self.rt.main))
             step_fn = (self.step_phase1, self.step_phase2, self.step_phase3)[phase - 1]
+            profiler = StepProfiler(self.out, cfg.profile_steps if phase == 1 and self.rt.main
+                                    else 0, self.rt.device, self.per_rank_batch(1))
             tick = self.phase_started = time.time()
             self.phase_elapsed = 0.0
             if phase == 2 and self.steps[key] == 0 and cfg.icap_logvar_fit_batches > 0:
@@ -421,7 +424,7 @@ class Trainer:
                               f"{self.steps[key]}")
                     break
                 images = self.per_rank_batch(phase) * self.rt.world
-                losses = step_fn()
+                losses = profiler.step(step_fn)
                 if not all(math.isfinite(v) for v in losses.values()):
                     raise FloatingPointError(f"{key} step {self.steps[key]}: loss {losses}")
                 now = time.time()

@@ -33,6 +33,9 @@ for s in $SCALES; do
     cp "$FILES/x$s/model.safetensors" "$run/"
     if [ -f "$FILES/x$s/run.tar.gz" ]; then tar -xzf "$FILES/x$s/run.tar.gz" -C "$run"; fi
   fi
+  if [ -f "$run/profile.json" ]; then   # where the device's time went (training/profiling.py)
+    echo "x$s profile: $(python3 -m training.profiling "$run/profile.json")"
+  fi
   if [ -f "$run/eval/metrics.json" ]; then
     echo "x$s: evaluated on the device ($run/eval/metrics.json)"
   else

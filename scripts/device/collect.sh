@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Training runs in WORK/x<s> -> OUT/x<s>/model.safetensors and OUT/x<s>/run.tar.gz (train.log
-# with the summary at its end, log.jsonl, summary.json, config.json, loss_curve.png and the last
-# sample grids). Two files per scale: with bench.tar.gz, 7 of the 8 files a device run returns.
+# with the summary at its end, log.jsonl, summary.json, config.json, loss_curve.png, the profile
+# of a few phase-1 steps and the last sample grids). Two files per scale: with bench.tar.gz, 7 of
+# the 8 files a device run returns.
 # A run stopped before its end has no model.safetensors: its weights come from checkpoint.pt
 # (written at the end of every phase). A training still running is stopped first.
 set -euo pipefail
@@ -36,7 +37,8 @@ PY
   [ -f "$run/model.safetensors" ] && cp "$run/model.safetensors" "$OUT/x$s/"
   files=()
   for f in train.log log.jsonl summary.json config.json loss_curve.png exit_code judge.log \
-      eval/metrics.json eval/metrics.md principal/principal.json principal/principal_basis.npy; do
+      eval/metrics.json eval/metrics.md principal/principal.json principal/principal_basis.npy \
+      profile.json profile.txt; do
     [ -f "$run/$f" ] && files+=("$f")
   done
   if [ -d "$run/samples" ]; then

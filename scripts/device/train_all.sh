@@ -27,6 +27,9 @@ TRAIN_ARGS=${TRAIN_ARGS:-}   # more facesr-train flags
 # --compile (torch.compile of phase 1's networks) for these scales; none by default: on an H100
 # (2026-11-28) the compiled x8 ran at the eager scales' 218 images/s and lost 48 s compiling.
 COMPILE_SCALES=${COMPILE_SCALES:-}
+# phase-1 steps each process profiles after its first 5 (training/profiling.py: how busy the GPU
+# is, its slowest kernels; profile.json comes back in run.tar.gz); 0: none
+PROFILE_STEPS=${PROFILE_STEPS:-4}
 PY=${PY:-python3}
 
 n=$(wc -w <<<"$SCALES")
@@ -62,6 +65,7 @@ train_one() {
     --batch-size "$BATCH" --phase1-steps 100000000 --phase2-steps 100000000 \
     --phase3-steps $((PHASE3 * 100000000)) --time-budget-s "$budget" "${flip[@]}" \
     --log-every 10 --ckpt-every 100000000 --sample-every 500 --no-resume --no-progress \
+    --profile-steps "$PROFILE_STEPS" \
     "${init[@]}" "${compile[@]}" $RECIPE "${keep[@]}" $TRAIN_ARGS >"$run/train.log" 2>&1
   echo $? >"$run/exit_code"
 }
