@@ -78,3 +78,10 @@ def test_the_gist_names_the_busy_share_and_the_slowest_kernels():
     cpu_gist = profiling.describe(summarise(events, wall_s=0.1, steps=1, images=64,
                                             on_device=False))
     assert "device busy" not in cpu_gist and "aten::add 100%" in cpu_gist
+
+
+def test_a_phase_that_ends_first_writes_the_steps_it_profiled(pack, tmp_path):
+    train(tiny_cfg(pack, tmp_path / "run", phase1_steps=WARMUP_STEPS + 1, profile_steps=3),
+          progress=False)
+    assert json.loads((tmp_path / "run" / "profile.json").read_text())["steps"] == 1
+    assert torch.autograd.profiler._is_profiler_enabled is False  # none left running

@@ -76,6 +76,15 @@ class StepProfiler:
             self._finish()
         return losses
 
+    def close(self) -> None:
+        """At the phase's end: a profile cut short (the phase ended first) is written with the
+        steps it has, and the profiler never outlives the phase."""
+        if self.prof is not None and self.calls > WARMUP_STEPS:
+            self._finish()
+        elif self.prof is not None:  # started, but no step ran under it
+            self.prof.__exit__(None, None, None)
+        self.prof, self.done = None, True
+
     def _start(self) -> None:
         try:
             self.prof = profile(activities=self.activities, record_shapes=True)
@@ -86,16 +95,17 @@ class StepProfiler:
 
     def _finish(self) -> None:
         wall_s = time.perf_counter() - self.started
+        steps = self.calls - WARMUP_STEPS
         try:
             self.prof.__exit__(None, None, None)
             events = self.prof.key_averages()
             sort_by = "self_device_time_total" if self.on_device else "self_cpu_time_total"
             (self.out / "profile.txt").write_text(events.table(sort_by=sort_by, row_limit=40))
-            summary = summarise(events, wall_s, self.steps, self.steps * self.images_per_step,
+            summary = summarise(events, wall_s, steps, steps * self.images_per_step,
                                 self.on_device)
             (self.out / "profile.json").write_text(json.dumps(summary, indent=2))
             busy = summary.get("device_busy_fraction")
-            print(f"profile: {self.steps} phase-1 steps in {wall_s:.2f} s"
+            print(f"profile: {steps} phase-1 steps in {wall_s:.2f} s"
                   + (f", device busy {busy:.0%} of it" if busy is not None else "")
                   + f"; {self.out / 'profile.json'}", flush=True)
         except Exception as exc:  # noqa: BLE001

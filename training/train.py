@@ -438,6 +438,7 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses['loss']:.4f}", img_s=f"{speed:.1f}")
                 self.after_step(phase, losses, speed)
+            profiler.close()
             bar.close()
             if self.ema:  # the phase ends on its averaged weights; the next phase starts there
                 self.ema.copy_to(self.model)
