@@ -6,7 +6,10 @@ Pausing: on a shared 2-core machine a training run (`python -m training.cli`, `f
 `--pause-training` the benchmarks send it SIGSTOP for the timed part only, and SIGCONT in a
 `finally` block and from a watchdog timer (so a pause never outlasts `max_s`, even if the
 benchmark hangs). The patterns start with a bracket (`[t]raining`) so that they never match the
-shell that started the benchmark.
+shell that started the benchmark. A stopped process keeps its memory: beside a paper-size CPU
+training stage (~13 GB at batch 64), a benchmark that needs more than the rest of the machine's
+24 GB (`bench.training` at batch 64 does) gets the training, the largest process, killed by the
+kernel's OOM killer. Check `free -g` first.
 """
 
 from __future__ import annotations
