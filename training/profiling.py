@@ -29,6 +29,7 @@ def summarise(events: Iterable, wall_s: float, steps: int, images: int, on_devic
     """profile.json's content from key_averages() rows (key, count, device_type,
     self_cpu_time_total and self_device_time_total, in microseconds)."""
     events = list(events)
+    ops = [e for e in events if e.device_type == DeviceType.CPU]
 
     def rows(selected: list, time_of: Callable) -> list[dict]:
         total = sum(time_of(e) for e in selected) or 1.0
@@ -41,13 +42,11 @@ def summarise(events: Iterable, wall_s: float, steps: int, images: int, on_devic
     if on_device:
         kernels = [e for e in events if e.device_type != DeviceType.CPU]
         busy_s = sum(e.self_device_time_total for e in kernels) / 1e6
-        ops = [e for e in events if e.device_type == DeviceType.CPU]
         summary |= {"device_busy_s": round(busy_s, 4),
                     "device_busy_fraction": round(busy_s / wall_s, 4) if wall_s > 0 else None,
                     "top_kernels": rows(kernels, lambda e: e.self_device_time_total),
                     "top_ops_by_device_time": rows(ops, lambda e: e.self_device_time_total)}
-    summary["top_ops_by_cpu_time"] = rows([e for e in events if e.device_type == DeviceType.CPU],
-                                          lambda e: e.self_cpu_time_total)
+    summary["top_ops_by_cpu_time"] = rows(ops, lambda e: e.self_cpu_time_total)
     return summary
 
 
@@ -59,8 +58,6 @@ class StepProfiler:
     def __init__(self, out: Path, steps: int, device: torch.device, images_per_step: int):
         self.out, self.steps, self.images_per_step = Path(out), steps, images_per_step
         self.on_device = device.type == "cuda" and ProfilerActivity.CUDA in supported_activities()
-        self.activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.on_device
-                                                    else [])
         self.calls, self.done = 0, steps <= 0
         self.prof: profile | None = None
         self.started = 0.0
@@ -79,15 +76,15 @@ class StepProfiler:
     def close(self) -> None:
         """At the phase's end: a profile cut short (the phase ended first) is written with the
         steps it has, and the profiler never outlives the phase."""
-        if self.prof is not None and self.calls > WARMUP_STEPS:
+        if self.prof is not None:
             self._finish()
-        elif self.prof is not None:  # started, but no step ran under it
-            self.prof.__exit__(None, None, None)
-        self.prof, self.done = None, True
+        self.done = True
 
     def _start(self) -> None:
         try:
-            self.prof = profile(activities=self.activities, record_shapes=True)
+            activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if self.on_device
+                                                  else [])]
+            self.prof = profile(activities=activities, record_shapes=True)
             self.prof.__enter__()
             self.started = time.perf_counter()
         except Exception as exc:  # noqa: BLE001 -- the profile is optional, the training is not
@@ -95,22 +92,24 @@ class StepProfiler:
 
     def _finish(self) -> None:
         wall_s = time.perf_counter() - self.started
-        steps = self.calls - WARMUP_STEPS
+        steps = self.calls - WARMUP_STEPS  # 0: started, but no step ran under it
         try:
             self.prof.__exit__(None, None, None)
-            events = self.prof.key_averages()
-            sort_by = "self_device_time_total" if self.on_device else "self_cpu_time_total"
-            (self.out / "profile.txt").write_text(events.table(sort_by=sort_by, row_limit=40))
-            summary = summarise(events, wall_s, steps, steps * self.images_per_step,
-                                self.on_device)
-            (self.out / "profile.json").write_text(json.dumps(summary, indent=2))
-            busy = summary.get("device_busy_fraction")
-            print(f"profile: {steps} phase-1 steps in {wall_s:.2f} s"
-                  + (f", device busy {busy:.0%} of it" if busy is not None else "")
-                  + f"; {self.out / 'profile.json'}", flush=True)
+            if steps:
+                self._write(self.prof.key_averages(), wall_s, steps)
         except Exception as exc:  # noqa: BLE001
             self._give_up(exc)
         self.prof, self.done = None, True
+
+    def _write(self, events, wall_s: float, steps: int) -> None:
+        sort_by = "self_device_time_total" if self.on_device else "self_cpu_time_total"
+        (self.out / "profile.txt").write_text(events.table(sort_by=sort_by, row_limit=40))
+        summary = summarise(events, wall_s, steps, steps * self.images_per_step, self.on_device)
+        (self.out / "profile.json").write_text(json.dumps(summary, indent=2))
+        busy = summary.get("device_busy_fraction")
+        print(f"profile: {steps} phase-1 steps in {wall_s:.2f} s"
+              + (f", device busy {busy:.0%} of it" if busy is not None else "")
+              + f"; {self.out / 'profile.json'}", flush=True)
 
     def _give_up(self, exc: Exception) -> None:
         print(f"warning: --profile-steps: the profiler failed ({type(exc).__name__}: "
