@@ -1,5 +1,5 @@
 """Helpers shared by the tests: settings, uploads, answers and metrics of the service; the
-command lines' --help."""
+command lines' --help; a tiny training configuration."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from PIL import Image
 from facesr_core.degradation import degrade
 from facesr_core.manifest import QuantizationLoss, load_manifest, write_manifest
 from service.settings import Settings
+from training.config import TrainConfig
 
 LIMITS = {  # small limits keep warm-up and the over-limit payloads cheap
     "FACESR_MAX_SAMPLES": "16", "FACESR_MAX_STEPS": "16", "FACESR_MAX_BATCH": "4",
@@ -154,3 +155,10 @@ def flags_without_help(help_text: str) -> list[str]:
         if not (beside or under):
             bare.append(line.strip())
     return bare
+
+
+def tiny_cfg(pack: Path, out: Path, **kw) -> TrainConfig:
+    """A training run of a few steps of the tiny preset on the test pack; kw overrides."""
+    base = dict(data=str(pack), out=str(out), scale=8, preset="tiny", phase1_steps=3,
+                phase2_steps=2, batch_size=4, log_every=1, ckpt_every=100, sample_every=100)
+    return TrainConfig(**{**base, **kw})

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_training import tiny_cfg
+from helpers import tiny_cfg
 from torch.autograd import DeviceType
 
 import training.profiling as profiling

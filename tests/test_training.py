@@ -9,19 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_cfg
 
 from facesr_core.manifest import load_manifest
-from training.config import TrainConfig
 from training.train import CHECKPOINT, train
 from training.weights import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_cfg(pack: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(data=str(pack), out=str(out), scale=8, preset="tiny", phase1_steps=3,
-                phase2_steps=2, batch_size=4, log_every=1, ckpt_every=100, sample_every=100)
-    return TrainConfig(**{**base, **kw})
 
 
 def logged(out: Path) -> list[dict]:
