@@ -4,12 +4,15 @@ training.report reads the metrics the same way."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from facesr_core.manifest import MANIFEST_NAME, ManifestError
 from training.report import table
 from training.weights import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -53,3 +56,11 @@ def test_report_table_reads_each_manifest(model_copy):
     line = table(model_copy.parent).splitlines()[-1]
     assert line.startswith("| celeba | x8 | 7 | 20.00 / 0.500 | 22.00 / 0.600 | 22.50 / 0.620")
     assert "+2.50" in line
+
+
+def test_readme_results_table_is_the_shipped_manifests_table():
+    """Shipping a model rewrites models/*/manifest.json; the README's Results table must follow
+    (`python -m training.report models` prints it)."""
+    shipped = table(ROOT / "models")
+    assert shipped.count("\n") >= 3, "models/ holds no manifest with metrics"
+    assert shipped in (ROOT / "README.md").read_text(), "README's Results table is stale"
