@@ -81,6 +81,14 @@ def astronaut_hr() -> np.ndarray:
 
 
 @pytest.fixture
+def model_copy(tiny_model_dir, tmp_path) -> Path:
+    """A copy of the tiny x8 model in tmp_path/models/x8, free to edit."""
+    root = tmp_path / "models"
+    shutil.copytree(tiny_model_dir / "x8", root / "x8")
+    return root / "x8"
+
+
+@pytest.fixture
 def make_app(tiny_model_dir):
     """In-process apps on the x8 model alone, no warm-up: make(routers, **settings) ->
     (client, state), with these extra routers; closed at the end of the test."""

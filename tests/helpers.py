@@ -4,6 +4,7 @@ command lines' --help; a tiny training configuration."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -16,7 +17,12 @@ import numpy as np
 from PIL import Image
 
 from facesr_core.degradation import degrade
-from facesr_core.manifest import QuantizationLoss, load_manifest, write_manifest
+from facesr_core.manifest import (
+    MANIFEST_NAME,
+    QuantizationLoss,
+    load_manifest,
+    write_manifest,
+)
 from service.settings import Settings
 from training.config import TrainConfig
 
@@ -120,6 +126,12 @@ def gate_decoder(state, fail: bool = False) -> Gated:
     gated = Gated(runner.sessions["decoder"], fail)
     runner.sessions["decoder"] = gated
     return gated
+
+
+def edit_manifest(folder: Path, **changes) -> None:
+    """Overwrite top-level fields of folder's manifest.json (no validation: tests of refusals)."""
+    path = folder / MANIFEST_NAME
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
 def model_copy_with_int8_loss(tiny_model_dir: Path, out: Path, loss_db: float | None) -> Path:
