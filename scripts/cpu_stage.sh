@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One more training stage of a shipped scale on a CPU, then the whole ship if it measures better
+# (README "The stages on a CPU"): train from INIT for BUDGET seconds with the GPU stages' recipe;
+# scripts/device/after.sh evaluates and exports it and compares it face by face with models/;
+# on SHIP: fit the principal basis on the new weights, replace models/x$SCALE, measure the
+# uncertainty maps and the identity ranking again (docs/uncertainty.json), rewrite the README's
+# measured tables, redraw the figures, and run the identity/flip and photo measurements whose
+# figures the README quotes in prose. Let nothing else use the CPU meanwhile (README "Training").
+#
+#   SCALE=4 SEED=8 BUDGET=5400 scripts/cpu_stage.sh
+#   SCALE=4 SEED=9 INIT=runs/x4_first scripts/cpu_stage.sh   # continue an unshipped run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SCALE=${SCALE:?set SCALE to 4, 8 or 16}
+SEED=${SEED:-0}
+BUDGET=${BUDGET:-5400}
+INIT=${INIT:-models/x$SCALE}
+PACK=${PACK:-packs/faces_all.npz}
+RUN=runs/gpu/x$SCALE
+case $SCALE in   # each scale's deconvolutions and principal fit, as shipped
+  8) deconv=--no-balanced-deconv; fit=(--fit gradient --ranks 8 --temperatures 0.35 0.5) ;;
+  16) deconv=--balanced-deconv; fit=(--fit code-error --ranks 4 8 --temperatures 0.7 1) ;;
+  *) deconv=--balanced-deconv; fit=(--fit code-error --ranks 8 --temperatures 0.35 0.5) ;;
+esac
+python3 -c "from facesr_core import identity; identity.available() or exit(identity.INSTALL_HINT)"
+[ -d "$INIT" ] || { echo "no $INIT" >&2; exit 1; }
+[ -f "$PACK" ] || { echo "no $PACK: facesr-prepare (scripts/train_defaults.sh, first step)" >&2; exit 1; }
+[ "$(realpath "$INIT")" != "$(realpath -m "$RUN")" ] || { echo "INIT is $RUN, which --no-resume clears: move it first" >&2; exit 1; }
+
+facesr-train --data "$PACK" --out "$RUN" --scale "$SCALE" --preset paper --device cpu \
+  --pair-cache --batch-size 64 --phase1-steps 100000000 --phase2-steps 100000000 \
+  --phase3-steps 100000000 --time-budget-s "$BUDGET" --hflip --ckpt-every 50 --no-resume \
+  --init-from "$INIT" --lr-schedule cosine --warmup-steps 100 --ema 0.999 "$deconv" \
+  --phase2-loss nll --icap-logvar-min -6 --no-progress --seed "$SEED"
+PRINCIPAL=0 SCALES=$SCALE FILES=runs/gpu PACK=$PACK scripts/device/after.sh | tee "$RUN/after.log"
+grep -q "vs models/x$SCALE: SHIP" "$RUN/after.log" || { echo "x$SCALE: kept the shipped model"; exit 0; }
+
+python3 -m training.principal --model "$RUN/export" --pack "$PACK" "${fit[@]}" \
+  --save-basis "$RUN/principal" --no-progress
+python3 -m training.principal --model "$RUN/export" --install-from "$RUN/principal"
+python3 scripts/device/compare.py "$RUN/export" "models/x$SCALE" --pack "$PACK" --ship
+python3 -m training.uncertainty --pack "$PACK" --models models --scales 4 8 16 --limit 50 \
+  --identity --out runs/uncertainty
+cp runs/uncertainty/uncertainty.json docs/uncertainty.json
+python3 -m training.report models --write README.md
+python3 scripts/readme_figure.py
+python3 scripts/uncertainty_figure.py --curves docs/uncertainty.json
+facesr-eval --model "$RUN" --pack "$PACK" --sources celeba utkface --best-of 10 --limit 100 \
+  --identity --flip-ensemble --out "$RUN/recheck"
+python3 -m bench.photo --pack "$PACK" --faces 120 --pause-training --out bench/results/photo.json
+echo "x$SCALE shipped. By hand: the CPU-stage row (models/x$SCALE/manifest.json training.steps),"
+echo "the prose figures ($RUN/recheck/metrics.md, the photo table), BENCHMARKS' int8 row, and"
+echo "scripts/device/init_weights.py --models models --out .device/init --scales 8 4"
