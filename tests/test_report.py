@@ -1,5 +1,5 @@
-"""training.report: the README's measured tables come from the manifests and from
-docs/uncertainty.json, and `--write` keeps the README in step with them."""
+"""training.report: the README's measured tables come from the manifests, docs/uncertainty.json
+and bench/results/photo.json, and `--write` keeps the README in step with them."""
 
 from pathlib import Path
 
@@ -50,6 +50,17 @@ def test_uncertainty_tables_sort_by_split_and_bold_only_the_winner():
     assert "| 0.600 / 0.500 / 0.550 |" in picks[1]
 
 
+def test_photo_table_names_each_band_by_the_widths_it_holds():
+    band = {"faces": 3, "recall": 2 / 3, "super_resolved": 1, "psnr_photo": 25.0,
+            "psnr_bicubic": 24.5}
+    photo = {"bands": [{**band, "px": [12, 41]}, {**band, "px": [12, 20]},
+                       {**band, "px": [30, 41], "psnr_photo": 24.0}]}
+    rows = report.photo_table(photo).splitlines()[2:]
+    assert rows == ["| 12–40 px (all) | 3 | 67% | 1 | **25.00 dB** | 24.50 dB |",
+                    "| 12–20 px | 3 | 67% | 1 | 25.00 dB | 24.50 dB |",
+                    "| 30–40 px | 3 | 67% | 1 | 24.00 dB | 24.50 dB |"]
+
+
 def test_replace_tables_keeps_indent_and_everything_outside_the_markers():
     text = ("intro\n<!-- report:a -->\n| old |\n\n<!-- /report -->\n\n- item\n\n"
             "  <!-- report:b -->\n  | old b |\n\n  <!-- /report -->\nend\n")
@@ -67,7 +78,8 @@ def test_write_rewrites_a_stale_table_and_says_which(tmp_path, model_copy):
     edit_manifest(model_copy, metrics={"utkface_test": ROWS})
     said = []
     report.main([str(model_copy.parent), "--uncertainty", str(tmp_path / "none.json"),
-                 "--write", str(readme)], echo=said.append)
+                 "--photo", str(tmp_path / "none.json"), "--write", str(readme)],
+                echo=said.append)
     assert report.results_table(model_copy.parent) in readme.read_text()
     assert "| stale |" not in readme.read_text() and said == [f"{readme}: 1 of 1 tables "
                                                              "changed (results)"]
@@ -77,9 +89,10 @@ def test_readme_tables_are_the_generated_ones():
     """Shipping a model rewrites models/*/manifest.json (and, after `training.uncertainty`,
     docs/uncertainty.json); `python -m training.report models --write README.md` must follow."""
     readme = (ROOT / "README.md").read_text()
-    found = report.tables(ROOT / "models", ROOT / report.UNCERTAINTY_JSON)
+    found = report.tables(ROOT / "models", ROOT / report.UNCERTAINTY_JSON,
+                          ROOT / report.PHOTO_JSON)
     assert sorted(report.marked_names(readme)) == sorted(found) == [
-        "identity_ranking", "principal", "results", "uncertainty"]
+        "identity_ranking", "photo", "principal", "results", "uncertainty"]
     assert found["results"].count("\n") >= 3, "models/ holds no manifest with metrics"
     assert report.replace_tables(readme, found) == readme, (
         "README's tables are stale: python -m training.report models --write README.md")

@@ -2,7 +2,7 @@
 table (each model's manifest metrics beside the paper's Table 1), the principal draws' table
 (each manifest's `principal_draws.calibration`) and, from `python -m training.uncertainty
 --identity`'s JSON (kept as docs/uncertainty.json), the uncertainty-map and identity-ranking
-tables.
+tables, and from bench/results/photo.json the whole-photo table.
 
     python -m training.report models                      # print the tables
     python -m training.report models --write README.md    # replace them in the README
@@ -30,6 +30,7 @@ PAPER = {
 ROWS = ("bicubic", "deterministic", "icap_mean")
 SERVED_MAP, BASELINE_MAP = "sample_std", "bicubic_gradient"  # training.uncertainty's map names
 UNCERTAINTY_JSON = Path("docs/uncertainty.json")
+PHOTO_JSON = Path("bench/results/photo.json")  # python -m bench.photo --out
 MARKED = re.compile(r"^(?P<indent> *)<!-- report:(?P<name>\w+) -->\n"
                     r".*?^(?P=indent)<!-- /report -->", re.M | re.S)
 
@@ -134,13 +135,32 @@ def identity_ranking_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def tables(model_root: Path, uncertainty_json: Path | None = None) -> dict[str, str]:
-    """Each README table by the name its markers give it."""
+def photo_table(photo: dict) -> str:
+    """bench.photo's bands: the first is every face, [min-px, max-px + 1) wide."""
+    bands = photo["bands"]
+    widest = bands[0]["px"][1] - 1
+    lines = ["| face width | faces | found | super-resolved | PSNR `/photo` | PSNR bicubic |",
+             "|---" * 6 + "|"]
+    for i, band in enumerate(bands):
+        lo, hi = band["px"]
+        ours, bicubic = band["psnr_photo"], band["psnr_bicubic"]
+        lines.append(
+            f"| {lo:g}–{min(hi, widest):g} px{' (all)' if i == 0 else ''} | {band['faces']} | "
+            f"{band['recall']:.0%} | {band['super_resolved']} | "
+            f"{bold_if(f'{ours:.2f} dB', i == 0 and ours > bicubic)} | {bicubic:.2f} dB |")
+    return "\n".join(lines)
+
+
+def tables(model_root: Path, uncertainty_json: Path | None = None,
+           photo_json: Path | None = None) -> dict[str, str]:
+    """Each README table by the name its markers give it (the JSON ones where the file is)."""
     found = {"results": results_table(model_root), "principal": principal_table(model_root)}
     if uncertainty_json is not None and uncertainty_json.is_file():
         results = json.loads(uncertainty_json.read_text())
         found |= {"uncertainty": uncertainty_table(results),
                   "identity_ranking": identity_ranking_table(results)}
+    if photo_json is not None and photo_json.is_file():
+        found["photo"] = photo_table(json.loads(photo_json.read_text()))
     return found
 
 
@@ -169,10 +189,12 @@ def main(argv: list[str] | None = None, echo: Callable[[str], None] = print) -> 
     p.add_argument("--uncertainty", type=Path, default=UNCERTAINTY_JSON,
                    help="uncertainty.json of `python -m training.uncertainty --identity` "
                         f"(default: {UNCERTAINTY_JSON})")
+    p.add_argument("--photo", type=Path, default=PHOTO_JSON,
+                   help=f"the JSON of `python -m bench.photo --out` (default: {PHOTO_JSON})")
     p.add_argument("--write", type=Path, metavar="README",
                    help="replace the marked tables in this file instead of printing them")
     a = p.parse_args(argv)
-    found = tables(a.models, a.uncertainty)
+    found = tables(a.models, a.uncertainty, a.photo)
     if a.write is None:
         for name, table in found.items():
             echo(f"<!-- report:{name} -->\n{table}\n")
