@@ -4,7 +4,8 @@
 # scripts/device/after.sh evaluates and exports it and compares it face by face with models/;
 # on SHIP: fit the principal basis on the new weights, replace models/x$SCALE, measure the
 # uncertainty maps and the identity ranking again (docs/uncertainty.json), the identity/flip and
-# whole-photo figures, rewrite the README's measured tables and redraw its figures. Let nothing else use the CPU meanwhile (README "Training").
+# whole-photo figures, rewrite the README's measured tables and redraw its figures.
+# Let nothing else use the CPU meanwhile (README "Training").
 #
 #   SCALE=4 SEED=8 BUDGET=5400 scripts/cpu_stage.sh
 #   SCALE=4 SEED=9 INIT=runs/x4_first scripts/cpu_stage.sh   # continue an unshipped run
