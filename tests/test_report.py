@@ -1,6 +1,7 @@
 """training.report: the README's measured tables come from the manifests, docs/uncertainty.json
 and bench/results/photo.json, and `--write` keeps the README in step with them."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,21 @@ def test_uncertainty_tables_sort_by_split_and_bold_only_the_winner():
     assert len(picks) == 2  # utkface has no identity ranking
     assert "| **0.450** / 0.500 / 0.550 | 20.00 / 21.00 / 19.50 | 75% of faces |" in picks[0]
     assert "| 0.600 / 0.500 / 0.550 |" in picks[1]
+
+
+def test_identity_table_has_a_row_per_scale_and_source_from_the_eval_files(tmp_path):
+    def entry(scale, source):
+        rows = {p: {"id_distance": 0.1 * scale / 4, "id_same": 0.5} for p in
+                ("bicubic", "deterministic", "icap_mean", "ren_oracle")}
+        return {"scale": scale, "sources": [source], "rows": rows}
+
+    (tmp_path / "x8.json").write_text(json.dumps([entry(8, "utkface"), entry(8, "celeba")]))
+    (tmp_path / "x4.json").write_text(json.dumps([entry(4, "celeba")]))
+    rows = report.tables(tmp_path, identity_dir=tmp_path)["identity"].splitlines()[2:]
+    four, eight = ("0.100 / 50% | " * 3 + "n/a | 0.100 / 50%",
+                   "0.200 / 50% | " * 3 + "n/a | 0.200 / 50%")
+    assert rows == [f"| celeba | x4 | {four} |", f"| celeba | x8 | {eight} |",
+                    f"| utkface | x8 | {eight} |"]
 
 
 def test_photo_table_names_each_band_by_the_widths_it_holds():

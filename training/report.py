@@ -2,7 +2,8 @@
 table (each model's manifest metrics beside the paper's Table 1), the principal draws' table
 (each manifest's `principal_draws.calibration`) and, from `python -m training.uncertainty
 --identity`'s JSON (kept as docs/uncertainty.json), the uncertainty-map and identity-ranking
-tables, and from bench/results/photo.json the whole-photo table.
+tables, from docs/identity/x<s>.json (`facesr-eval --identity`) the identity table, and from
+bench/results/photo.json the whole-photo table.
 
     python -m training.report models                      # print the tables
     python -m training.report models --write README.md    # replace them in the README
@@ -31,6 +32,7 @@ ROWS = ("bicubic", "deterministic", "icap_mean")
 SERVED_MAP, BASELINE_MAP = "sample_std", "bicubic_gradient"  # training.uncertainty's map names
 UNCERTAINTY_JSON = Path("docs/uncertainty.json")
 PHOTO_JSON = Path("bench/results/photo.json")  # python -m bench.photo --out
+IDENTITY_DIR = Path("docs/identity")  # x<s>.json: facesr-eval --identity's metrics.json
 MARKED = re.compile(r"^(?P<indent> *)<!-- report:(?P<name>\w+) -->\n"
                     r".*?^(?P=indent)<!-- /report -->", re.M | re.S)
 
@@ -135,6 +137,21 @@ def identity_ranking_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def identity_table(evaluations: list[dict]) -> str:
+    """Identity distance to the HR / share under 0.6, per path: `facesr-eval --identity`'s
+    metrics.json entries, one per scale and source."""
+    paths = ("bicubic", "deterministic", "icap_mean", "best_of_10", "ren_oracle")
+    lines = ["| data | scale | bicubic | deterministic | ICAP mean | best-of-10 | "
+             "REN oracle (sees the HR) |", "|---" * 7 + "|"]
+    for entry in sorted(evaluations, key=lambda e: (e["sources"], e["scale"])):
+        rows = entry["rows"]
+        cells = [f"{rows[p]['id_distance']:.3f} / {rows[p]['id_same']:.0%}" if p in rows
+                 else "n/a" for p in paths]
+        lines.append(f"| {'+'.join(entry['sources'])} | x{entry['scale']} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def photo_table(photo: dict) -> str:
     """bench.photo's bands: the first is every face, [min-px, max-px + 1) wide."""
     bands = photo["bands"]
@@ -152,9 +169,13 @@ def photo_table(photo: dict) -> str:
 
 
 def tables(model_root: Path, uncertainty_json: Path | None = None,
-           photo_json: Path | None = None) -> dict[str, str]:
+           photo_json: Path | None = None, identity_dir: Path | None = None) -> dict[str, str]:
     """Each README table by the name its markers give it (the JSON ones where the file is)."""
     found = {"results": results_table(model_root), "principal": principal_table(model_root)}
+    evaluations = sorted(identity_dir.glob("x*.json")) if identity_dir is not None else []
+    if evaluations:
+        found["identity"] = identity_table(
+            [e for path in evaluations for e in json.loads(path.read_text())])
     if uncertainty_json is not None and uncertainty_json.is_file():
         results = json.loads(uncertainty_json.read_text())
         found |= {"uncertainty": uncertainty_table(results),
@@ -191,10 +212,13 @@ def main(argv: list[str] | None = None, echo: Callable[[str], None] = print) -> 
                         f"(default: {UNCERTAINTY_JSON})")
     p.add_argument("--photo", type=Path, default=PHOTO_JSON,
                    help=f"the JSON of `python -m bench.photo --out` (default: {PHOTO_JSON})")
+    p.add_argument("--identity", type=Path, default=IDENTITY_DIR,
+                   help="a folder of x<s>.json, each the metrics.json of `facesr-eval --identity` "
+                        f"on that scale (default: {IDENTITY_DIR})")
     p.add_argument("--write", type=Path, metavar="README",
                    help="replace the marked tables in this file instead of printing them")
     a = p.parse_args(argv)
-    found = tables(a.models, a.uncertainty, a.photo)
+    found = tables(a.models, a.uncertainty, a.photo, a.identity)
     if a.write is None:
         for name, table in found.items():
             echo(f"<!-- report:{name} -->\n{table}\n")
