@@ -3,8 +3,9 @@
 # (README "The stages on a CPU"): train from INIT for BUDGET seconds with the GPU stages' recipe;
 # scripts/device/after.sh evaluates and exports it and compares it face by face with models/;
 # on SHIP: fit the principal basis on the new weights, replace models/x$SCALE, measure the
-# uncertainty maps and the identity ranking again (docs/uncertainty.json), the identity/flip and
-# whole-photo figures, rewrite the README's measured tables and redraw its figures.
+# uncertainty maps and the identity ranking again (docs/uncertainty.json), the identity/flip
+# figures (docs/identity/x$SCALE.json) and the whole-photo ones, rewrite the README's measured
+# tables and redraw its figures.
 # Let nothing else use the CPU meanwhile (README "Training").
 #
 #   SCALE=4 SEED=8 BUDGET=5400 scripts/cpu_stage.sh
@@ -44,10 +45,11 @@ python3 -m training.uncertainty --pack "$PACK" --models models --scales 4 8 16 -
 cp runs/uncertainty/uncertainty.json docs/uncertainty.json
 facesr-eval --model "$RUN" --pack "$PACK" --sources celeba utkface --best-of 10 --limit 100 \
   --identity --flip-ensemble --out "$RUN/recheck"
+mkdir -p docs/identity && cp "$RUN/recheck/metrics.json" "docs/identity/x$SCALE.json"
 python3 -m bench.photo --pack "$PACK" --faces 120 --pause-training --out bench/results/photo.json
 python3 -m training.report models --write README.md
 python3 scripts/readme_figure.py
 python3 scripts/uncertainty_figure.py --curves docs/uncertainty.json
 echo "x$SCALE shipped. By hand: the CPU-stage row (models/x$SCALE/manifest.json training.steps),"
-echo "the prose figures ($RUN/recheck/metrics.md: identity and flip), BENCHMARKS' int8 row, and"
+echo "the prose figures (docs/identity/x$SCALE.json: identity and flip), BENCHMARKS' int8 row, and"
 echo "scripts/device/init_weights.py --models models --out .device/init --scales 8 4"
