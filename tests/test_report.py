@@ -1,5 +1,5 @@
-"""training.report: the README's measured tables come from the manifests, docs/uncertainty.json
-and bench/results/photo.json, and `--write` keeps the README in step with them."""
+"""training.report: the README's measured tables come from the manifests, docs/uncertainty.json,
+docs/identity/ and bench/results/photo.json, and `--write` keeps the README in step with them."""
 
 import json
 from pathlib import Path
@@ -102,13 +102,13 @@ def test_write_rewrites_a_stale_table_and_says_which(tmp_path, model_copy):
 
 
 def test_readme_tables_are_the_generated_ones():
-    """Shipping a model rewrites models/*/manifest.json (and, after `training.uncertainty`,
-    docs/uncertainty.json); `python -m training.report models --write README.md` must follow."""
+    """Shipping a model rewrites models/*/manifest.json (and scripts/cpu_stage.sh the JSON files
+    of its measurements); `python -m training.report models --write README.md` must follow."""
     readme = (ROOT / "README.md").read_text()
     found = report.tables(ROOT / "models", ROOT / report.UNCERTAINTY_JSON,
-                          ROOT / report.PHOTO_JSON)
+                          ROOT / report.PHOTO_JSON, ROOT / report.IDENTITY_DIR)
     assert sorted(report.marked_names(readme)) == sorted(found) == [
-        "identity_ranking", "photo", "principal", "results", "uncertainty"]
+        "identity", "identity_ranking", "photo", "principal", "results", "uncertainty"]
     assert found["results"].count("\n") >= 3, "models/ holds no manifest with metrics"
     assert report.replace_tables(readme, found) == readme, (
         "README's tables are stale: python -m training.report models --write README.md")
