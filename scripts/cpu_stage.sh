@@ -10,6 +10,7 @@
 #
 #   SCALE=4 SEED=8 BUDGET=5400 scripts/cpu_stage.sh
 #   SCALE=4 SEED=9 INIT=runs/x4_first scripts/cpu_stage.sh   # continue an unshipped run
+#   SHIP=0 ...: stop after the verdict (models/ and the README untouched)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE=${SCALE:?set SCALE to 4, 8 or 16}
@@ -17,6 +18,7 @@ SEED=${SEED:-0}
 BUDGET=${BUDGET:-5400}
 INIT=${INIT:-models/x$SCALE}
 PACK=${PACK:-packs/faces_all.npz}
+SHIP=${SHIP:-1}
 RUN=runs/gpu/x$SCALE
 case $SCALE in   # each scale's deconvolutions and principal fit, as shipped
   8) deconv=--no-balanced-deconv; fit=(--fit gradient --ranks 8 --temperatures 0.35 0.5) ;;
@@ -35,6 +37,7 @@ facesr-train --data "$PACK" --out "$RUN" --scale "$SCALE" --preset paper --devic
   --phase2-loss nll --icap-logvar-min -6 --no-progress --seed "$SEED"
 PRINCIPAL=0 SCALES=$SCALE FILES=runs/gpu PACK=$PACK scripts/device/after.sh | tee "$RUN/after.log"
 grep -q "vs models/x$SCALE: SHIP" "$RUN/after.log" || { echo "x$SCALE: kept the shipped model"; exit 0; }
+[ "$SHIP" = 1 ] || { echo "x$SCALE: would ship; SHIP=0, so models/ is unchanged"; exit 0; }
 
 python3 -m training.principal --model "$RUN/export" --pack "$PACK" "${fit[@]}" \
   --save-basis "$RUN/principal" --no-progress
