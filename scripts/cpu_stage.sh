@@ -20,15 +20,18 @@ INIT=${INIT:-models/x$SCALE}
 PACK=${PACK:-packs/faces_all.npz}
 SHIP=${SHIP:-1}
 RUN=runs/gpu/x$SCALE
-case $SCALE in   # each scale's deconvolutions and principal fit, as shipped
-  8) deconv=--no-balanced-deconv; fit=(--fit gradient --ranks 8 --temperatures 0.35 0.5) ;;
-  16) deconv=--balanced-deconv; fit=(--fit code-error --ranks 4 8 --temperatures 0.7 1) ;;
-  *) deconv=--balanced-deconv; fit=(--fit code-error --ranks 8 --temperatures 0.35 0.5) ;;
+case $SCALE in   # each scale's principal fit, as shipped
+  8) fit=(--fit gradient --ranks 8 --temperatures 0.35 0.5) ;;
+  16) fit=(--fit code-error --ranks 4 8 --temperatures 0.7 1) ;;
+  *) fit=(--fit code-error --ranks 8 --temperatures 0.35 0.5) ;;
 esac
 python3 -c "from facesr_core import identity; identity.available() or exit(identity.INSTALL_HINT)"
 [ -d "$INIT" ] || { echo "no $INIT" >&2; exit 1; }
 [ -f "$PACK" ] || { echo "no $PACK: facesr-prepare (scripts/train_defaults.sh, first step)" >&2; exit 1; }
 [ "$(realpath "$INIT")" != "$(realpath -m "$RUN")" ] || { echo "INIT is $RUN, which --no-resume clears: move it first" >&2; exit 1; }
+# keep INIT's transposed convs, as scripts/device/train_all.sh does: balancing them changes the model
+deconv=--no-balanced-deconv
+grep -qs '"balanced_deconv": true' "$INIT"/{config,manifest}.json && deconv=--balanced-deconv
 
 facesr-train --data "$PACK" --out "$RUN" --scale "$SCALE" --preset paper --device cpu \
   --pair-cache --batch-size 64 --phase1-steps 100000000 --phase2-steps 100000000 \

@@ -24,6 +24,7 @@ from service.engine import load_models  # noqa: E402
 from service.sampling import MAP_DRAWS, sample_set  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from training.data import network_input  # noqa: E402
+from training.uncertainty import BASELINE_MAP, SERVED_MAP  # noqa: E402
 from training.visuals import nearest_lr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,7 +70,7 @@ def curves(results: Path, out: Path) -> None:
     for ax, res in zip(np.atleast_1d(axes), data, strict=True):
         fractions = np.linspace(0, 0.98, len(res["oracle_curve"]))
         ax.plot(fractions, res["oracle_curve"], "k--", label="oracle")
-        for name in ("sample_std", "bicubic_gradient"):
+        for name in (SERVED_MAP, BASELINE_MAP):
             ax.plot(fractions, res["maps"][name]["curve"], label=name)
         ax.axhline(1.0, color="grey", lw=0.5)
         ax.set_title(f"{res['source']} x{res['scale']} ({res['faces']} faces)", fontsize=9)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from facesr_core.manifest import MANIFEST_NAME, Manifest, load_manifest
+from training.uncertainty import BASELINE_MAP, SERVED_MAP
 
 # Table 1 of the paper (PSNR / SSIM), bicubic and ours; their protocol is not stated.
 PAPER = {
@@ -29,7 +30,6 @@ PAPER = {
     ("celeba", 8): ((21.15, 0.60), (24.91, 0.76)), ("celeba", 16): ((17.95, 0.48), (21.33, 0.64)),
 }
 ROWS = ("bicubic", "deterministic", "icap_mean")
-SERVED_MAP, BASELINE_MAP = "sample_std", "bicubic_gradient"  # training.uncertainty's map names
 UNCERTAINTY_JSON = Path("docs/uncertainty.json")
 PHOTO_JSON = Path("bench/results/photo.json")  # python -m bench.photo --out
 IDENTITY_DIR = Path("docs/identity")  # x<s>.json: facesr-eval --identity's metrics.json

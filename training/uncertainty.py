@@ -38,6 +38,7 @@ from service.settings import Settings
 from training.data import FacePack, network_input
 
 FRACTIONS = np.linspace(0.0, 0.98, 50)
+SERVED_MAP, BASELINE_MAP = "sample_std", "bicubic_gradient"  # names of the maps in the results
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -77,7 +78,7 @@ def upsampled_sigma(logvar: np.ndarray, size: int) -> np.ndarray:
 
 
 MapFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-SAMPLE_MAPS: dict[str, MapFn] = {"sample_std": served_map, "rms_to_served": rms_to_served,
+SAMPLE_MAPS: dict[str, MapFn] = {SERVED_MAP: served_map, "rms_to_served": rms_to_served,
                                  "luma_std": luma_std}
 
 
@@ -115,7 +116,7 @@ def run_face(runner: Runner, hr: np.ndarray, n: int, seed: int, draws: str | Non
     oracle = sparsification(error, error)
     maps = {name: fn(samples, served) for name, fn in SAMPLE_MAPS.items()}
     maps["icap_sigma"] = upsampled_sigma(logvar[0], hr.shape[0])
-    maps["bicubic_gradient"] = gradient_magnitude(bicubic)
+    maps[BASELINE_MAP] = gradient_magnitude(bicubic)
     return {"scores": {name: score_map(error, v, oracle) for name, v in maps.items()},
             "oracle": oracle, "images": images, "bicubic": bicubic}
 
@@ -156,7 +157,7 @@ def evaluate_split(runner: Runner, faces: FacePack, n: int, seed: int,
             "spearman_median": float(np.median([s["spearman"] for s in scores])),
             "ause_mean": float(np.mean([s["ause"] for s in scores])),
             "beats_baseline": float(np.mean([
-                s["ause"] < r["scores"]["bicubic_gradient"]["ause"]
+                s["ause"] < r["scores"][BASELINE_MAP]["ause"]
                 for s, r in zip(scores, runs, strict=True)])),
             "curve": np.mean([s["curve"] for s in scores], axis=0).round(4).tolist()}
     result = {"faces": len(runs), "n": n, "maps": summary,
